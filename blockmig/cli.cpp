@@ -1,0 +1,54 @@
+#include "blockmig/cli.hpp"
+
+#include <fmt/core.h>
+
+#include <exception>
+
+#include "cli_commands.hpp"
+
+namespace blockmig::cli {
+
+namespace {
+
+int print_error(const Error& error) {
+    fmt::print(stderr, "blockmig: error: {}\n", error.message);
+    return 1;
+}
+
+}  // namespace
+
+int run(int argc, char** argv) {
+    // The one place exceptions are caught: CLI11 reports usage errors by
+    // throwing, and nothing below may let one escape past here.
+    try {
+        CLI::App app{"blockmig: move virtual-machine disks while the guest keeps running"};
+        app.require_subcommand(1);
+        app.set_version_flag("--version", std::string("blockmig ") + BLOCKMIG_VERSION);
+        Dispatch dispatch;
+        std::map<std::string, OutputFormat> formats{{"text", OutputFormat::text},
+                                                    {"json", OutputFormat::json}};
+        app.add_option("--output", dispatch.globals.output, "text (default) or json lines")
+            ->transform(CLI::CheckedTransformer(formats, CLI::ignore_case))
+            ->option_text("text|json");
+        app.add_flag("-v,--verbose", dispatch.globals.verbose, "log protocol details to stderr");
+
+        add_qmp_command(app, dispatch);
+        add_pool_commands(app, dispatch);
+
+        try {
+            app.parse(argc, argv);
+        } catch (const CLI::ParseError& e) {
+            return app.exit(e);
+        }
+        if (!dispatch.action) return 0;
+        Result<void> result = dispatch.action();
+        if (!result) return print_error(result.error());
+        return 0;
+    } catch (const std::exception& e) {
+        return print_error(Error{ErrorCode::io_error, e.what(), {}});
+    } catch (...) {
+        return print_error(Error{ErrorCode::io_error, "unexpected internal error", {}});
+    }
+}
+
+}  // namespace blockmig::cli

@@ -1,0 +1,32 @@
+// Private to the CLI: how each command file plugs into `blockmig`.
+//
+// Each command lives in its own cli_<name>.cpp and registers its CLI11
+// subcommand(s). When CLI11 selects one, its callback stores the work in
+// `Dispatch::action`; cli::run() calls it after parsing and turns an Error
+// into the single "blockmig: error: ..." line and a non-zero exit.
+#pragma once
+
+#include <CLI/CLI.hpp>
+#include <functional>
+#include <string>
+
+#include "qmp/error.hpp"
+
+namespace blockmig::cli {
+
+enum class OutputFormat { text, json };
+
+struct GlobalOptions {
+    OutputFormat output = OutputFormat::text;
+    bool verbose = false;
+};
+
+struct Dispatch {
+    std::function<Result<void>()> action;
+    GlobalOptions globals;
+};
+
+void add_qmp_command(CLI::App& app, Dispatch& dispatch);
+void add_pool_commands(CLI::App& app, Dispatch& dispatch);
+
+}  // namespace blockmig::cli

@@ -1,0 +1,39 @@
+#!/bin/bash
+# Two lab "hosts": network namespaces NAME-a (10.77.0.1) and NAME-b (10.77.0.2)
+# joined by a veth pair, with an optional tbf rate limit on both ends.
+#
+#   hosts.sh up   NAME [RATE]     RATE as tc understands it, e.g. 100mbit
+#   hosts.sh down NAME
+#
+# The addresses exist only inside the namespaces this script creates, so
+# several pairs (distinct NAMEs) can coexist. netem is not available on these
+# machines; tbf (pure rate limiting) is.
+set -euo pipefail
+cmd=$1; name=$2
+a=$name-a; b=$name-b
+case $cmd in
+up)
+  ip netns add "$a"; ip netns add "$b"
+  trap '[ $? = 0 ] || { ip netns del "$a" 2>/dev/null; ip netns del "$b" 2>/dev/null; }' EXIT
+  # interface names are limited to 15 characters
+  ia=va$$; ib=vb$$
+  ip link add "$ia" netns "$a" type veth peer name "$ib" netns "$b"
+  ip -n "$a" addr add 10.77.0.1/24 dev "$ia"; ip -n "$b" addr add 10.77.0.2/24 dev "$ib"
+  for ns in "$a" "$b"; do ip -n "$ns" link set lo up; done
+  ip -n "$a" link set "$ia" up; ip -n "$b" link set "$ib" up
+  if [ -n "${3:-}" ]; then
+    ip netns exec "$a" tc qdisc add dev "$ia" root tbf rate "$3" burst 32kb latency 50ms
+    ip netns exec "$b" tc qdisc add dev "$ib" root tbf rate "$3" burst 32kb latency 50ms
+  fi
+  echo "$a 10.77.0.1 $b 10.77.0.2"
+  ;;
+down)
+  # processes still inside would keep the namespace alive: stop them first
+  for ns in "$a" "$b"; do
+    pids=$(ip netns pids "$ns" 2>/dev/null || true)
+    [ -z "$pids" ] || kill -KILL $pids 2>/dev/null || true
+    ip netns del "$ns" 2>/dev/null || true
+  done
+  ;;
+*) echo "usage: hosts.sh up|down NAME [RATE]" >&2; exit 2 ;;
+esac
