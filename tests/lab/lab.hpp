@@ -1,0 +1,227 @@
+// The test lab: real parts (a QEMU guest that stamps its disks, nfs-ganesha,
+// tgtd, network-namespace "hosts") started by tests and always stopped by PID.
+//
+// Each part is an RAII object: its destructor stops what it started and
+// removes its files, also when a test fails. The heavy lifting is done by the
+// scripts next to this file (guest.sh, nfs.sh, iscsi.sh, hosts.sh), which the
+// README's demo uses too. Helpers throw std::runtime_error on failure: this is
+// test code, and gtest turns an exception into a failed test after unwinding
+// (so every part still gets stopped).
+#pragma once
+
+#include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <filesystem>
+#include <functional>
+#include <map>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <thread>
+#include <vector>
+
+namespace blockmig::lab {
+
+namespace fs = std::filesystem;
+using Clock = std::chrono::steady_clock;
+
+// ---- environment ---------------------------------------------------------
+
+// Folder holding the lab scripts (compiled in; tests run from the build tree).
+fs::path script_dir();
+// True under CI=true: a lab part that cannot start must fail, never skip.
+bool running_in_ci();
+// Why the lab cannot run here (not root, missing tool), or empty if it can.
+std::string missing_prerequisite();
+
+// Skips (or, under CI=true, fails) the current test when the lab cannot run.
+#define LAB_REQUIRE()                                                              \
+    do {                                                                           \
+        if (auto why = ::blockmig::lab::missing_prerequisite(); !why.empty()) {    \
+            if (::blockmig::lab::running_in_ci()) FAIL() << "lab unavailable in CI: " << why; \
+            GTEST_SKIP() << "lab unavailable: " << why;                            \
+        }                                                                          \
+    } while (0)
+
+struct CommandResult {
+    int status = -1;  // exit status, or 128+signal
+    std::string out;  // stdout and stderr, interleaved
+};
+// Runs argv (no shell), waits, captures output.
+CommandResult run(const std::vector<std::string>& argv);
+// Like run() but throws with the output when the exit status is not 0.
+std::string run_ok(const std::vector<std::string>& argv);
+
+// A fresh directory under $BLOCKMIG_LAB_TMP (default /var/tmp/blockmig-lab,
+// a disk: O_DIRECT does not work on tmpfs), removed on destruction.
+class TempDir {
+public:
+    explicit TempDir(const std::string& prefix = "t");
+    ~TempDir();
+    TempDir(const TempDir&) = delete;
+    TempDir& operator=(const TempDir&) = delete;
+    const fs::path& path() const { return m_path; }
+    fs::path operator/(const std::string& name) const { return m_path / name; }
+
+private:
+    fs::path m_path;
+};
+
+// ---- NFS -------------------------------------------------------------------
+
+// nfs-ganesha exporting a fresh directory as nfs://127.0.0.1/export (v3 + v4).
+// Only one can run per network namespace (rpcbind's port 111), so the
+// constructor waits for a machine-wide lock that is held until destruction.
+class NfsServer {
+public:
+    NfsServer();
+    ~NfsServer();
+    NfsServer(const NfsServer&) = delete;
+    NfsServer& operator=(const NfsServer&) = delete;
+
+    std::string url() const { return "nfs://127.0.0.1/export"; }
+    const fs::path& export_dir() const { return m_export; }
+    int pid() const { return m_pid; }
+    // Stops the server now (e.g. to simulate a dead NAS); idempotent.
+    void stop();
+
+private:
+    TempDir m_dir{"nfs"};
+    fs::path m_export;
+    int m_lock_fd = -1;
+    int m_pid = -1;
+};
+
+// ---- iSCSI -----------------------------------------------------------------
+
+// tgtd on 127.0.0.1:<free port> with `luns` thin-provisioned LUNs of `size`
+// bytes, each backed by a sparse file.
+class IscsiTarget {
+public:
+    IscsiTarget(std::uint64_t size, int luns = 1);
+    ~IscsiTarget();
+    IscsiTarget(const IscsiTarget&) = delete;
+    IscsiTarget& operator=(const IscsiTarget&) = delete;
+
+    std::string portal() const;                     // "127.0.0.1:PORT"
+    std::string base_url() const;                   // iscsi://127.0.0.1:PORT/IQN
+    std::string lun_url(int lun) const;             // base_url()/lun
+    fs::path backing_file(int lun) const;           // the sparse file behind a LUN
+    const std::string& iqn() const { return m_iqn; }
+    int port() const { return m_port; }
+    void stop();
+
+private:
+    TempDir m_dir{"iscsi"};
+    int m_port = 0;
+    std::string m_iqn;
+    bool m_running = false;
+};
+
+// ---- hosts -----------------------------------------------------------------
+
+// Two network namespaces <name>-a (10.77.0.1) and <name>-b (10.77.0.2) joined
+// by veth; `rate` (tc syntax, e.g. "100mbit") adds a tbf limit on both ends.
+class HostPair {
+public:
+    explicit HostPair(const std::string& rate = "");
+    ~HostPair();
+    HostPair(const HostPair&) = delete;
+    HostPair& operator=(const HostPair&) = delete;
+
+    const std::string& ns_a() const { return m_a; }
+    const std::string& ns_b() const { return m_b; }
+    static constexpr const char* k_addr_a = "10.77.0.1";
+    static constexpr const char* k_addr_b = "10.77.0.2";
+
+private:
+    std::string m_name, m_a, m_b;
+};
+
+// ---- guest -----------------------------------------------------------------
+
+struct Ack {
+    std::uint64_t gen = 0;
+    std::uint64_t blk = 0;
+};
+
+struct GuestDisk {
+    std::string id;           // qdev id, e.g. "disk0" (guest sees them as vda, vdb, ... in order)
+    fs::path path;            // image file
+    std::string format;       // "raw" or "qcow2"
+};
+
+struct GuestConfig {
+    std::vector<GuestDisk> disks;
+    // Raw extra QEMU arguments (e.g. network-backed -blockdev definitions).
+    std::vector<std::string> extra_args;
+    std::uint64_t stamp_blocks = 0;  // 0 = whole disk
+    int heartbeat_ms = 100;
+    std::string netns;               // run inside this namespace if set
+};
+
+// A running lab guest. A reader thread stamps every console line with its
+// host arrival time (guest clocks stop while the VM is paused).
+class Guest {
+public:
+    explicit Guest(GuestConfig config);
+    ~Guest();
+    Guest(const Guest&) = delete;
+    Guest& operator=(const Guest&) = delete;
+
+    const fs::path& qmp_socket() const { return m_qmp; }
+    int pid() const { return m_pid; }
+    bool running() const;
+
+    // Waits until a console line contains `needle`; false on timeout.
+    bool wait_for_line(const std::string& needle, std::chrono::milliseconds timeout);
+    // Waits until `dev` (e.g. "vda") has acknowledged at least generation `gen`.
+    bool wait_for_ack(const std::string& dev, std::uint64_t gen, std::chrono::milliseconds timeout);
+    std::optional<Ack> last_ack(const std::string& dev) const;
+    // Longest gap between consecutive heartbeat lines (any disk) that arrived after `since`.
+    std::chrono::milliseconds max_heartbeat_gap(Clock::time_point since) const;
+    std::string console() const;
+
+    // Sends one QMP command (raw JSON object text) and returns the reply line.
+    // The lab's own minimal client, independent of the product's qmp/ library.
+    std::string qmp(const std::string& command_json);
+    // Pauses the VM (QEMU drains all I/O first) so disks can be read consistently.
+    void pause();
+    void resume();
+    void stop();
+
+private:
+    void read_console(int fd);
+
+    GuestConfig m_config;
+    TempDir m_dir{"guest"};
+    fs::path m_qmp;
+    int m_pid = -1;
+    std::thread m_reader;
+    mutable std::mutex m_mutex;
+    std::condition_variable m_changed;
+    std::vector<std::pair<Clock::time_point, std::string>> m_lines;
+    std::vector<Clock::time_point> m_heartbeats;
+    std::map<std::string, Ack> m_acks;
+};
+
+// ---- verification -----------------------------------------------------------
+
+struct VerifyReport {
+    std::uint64_t blocks = 0, ok = 0, empty = 0, bad = 0, lost = 0, gen_min = 0, gen_max = 0;
+    int status = -1;        // diskstamp's exit status: 0 intact, 1 BAD/LOST, 2 I/O error
+    std::string output;
+    bool intact() const { return status == 0 && bad == 0 && lost == 0; }
+};
+
+// Verifies every stamped block of a raw image file against the last ACK.
+VerifyReport verify_raw(const fs::path& raw, std::uint64_t nblocks, std::optional<Ack> ack);
+// Same for any image QEMU can read (a qcow2 file, nfs://..., iscsi://...):
+// converts it to a temporary raw file first.
+VerifyReport verify_image(const std::string& image, const std::string& format,
+                          std::uint64_t nblocks, std::optional<Ack> ack);
+// Host-side diskstamp binary (the verifier).
+fs::path diskstamp_binary();
+
+}  // namespace blockmig::lab
