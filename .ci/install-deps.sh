@@ -9,7 +9,7 @@ packages=(
   build-essential cmake pkg-config git
   libvirt-dev nlohmann-json3-dev libfmt-dev libnfs-dev libiscsi-dev
   libgtest-dev libgmock-dev libcli11-dev libtomlplusplus-dev zlib1g-dev
-  clang libclang-rt-14-dev
+  clang-16 libclang-rt-16-dev   # fuzz + sanitizer build (clang 14/15 cannot compile std::expected)
   # QEMU and image tools
   qemu-system-x86 qemu-utils qemu-block-extra
   # lab: NFS (ganesha + rpcbind), iSCSI (tgt), guest (busybox), netns hosts

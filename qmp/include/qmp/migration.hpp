@@ -1,0 +1,66 @@
+// Typed migration commands (qapi/migration.json). Errors as in
+// qmp/commands.hpp: those of Client::execute(), protocol for a malformed reply.
+#pragma once
+
+#include <cstdint>
+#include <nlohmann/json.hpp>
+#include <optional>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "qmp/commands.hpp"
+
+namespace blockmig::qmp {
+
+// uri: "tcp:HOST:PORT", "unix:PATH", "fd:NAME", "exec:..."
+Result<void> migrate(Client& client, const std::string& uri, Timeout timeout = {});
+// Needs QEMU started with -incoming defer.
+Result<void> migrate_incoming(Client& client, const std::string& uri, Timeout timeout = {});
+// e.g. {{"events", true}, {"pause-before-switchover", true}}
+Result<void> migrate_set_capabilities(Client& client,
+                                      const std::vector<std::pair<std::string, bool>>& capabilities,
+                                      Timeout timeout = {});
+// `parameters` is a MigrateSetParameters object, e.g. {"max-bandwidth": 125000000}.
+Result<void> migrate_set_parameters(Client& client, const nlohmann::json& parameters,
+                                    Timeout timeout = {});
+Result<std::vector<std::pair<std::string, bool>>> query_migrate_capabilities(Client& client,
+                                                                             Timeout timeout = {});
+Result<nlohmann::json> query_migrate_parameters(Client& client, Timeout timeout = {});
+// state: the status the migration waits in, e.g. "pre-switchover".
+Result<void> migrate_continue(Client& client, const std::string& state, Timeout timeout = {});
+Result<void> migrate_cancel(Client& client, Timeout timeout = {});
+Result<void> migrate_start_postcopy(Client& client, Timeout timeout = {});
+
+struct MigrationRamStats {
+    std::uint64_t transferred = 0, remaining = 0, total = 0, duplicate = 0, normal = 0;
+    std::uint64_t dirty_pages_rate = 0, dirty_sync_count = 0, page_size = 0;
+    double mbps = 0;
+};
+
+struct MigrationInfo {
+    // MigrationStatus: none setup active postcopy-active pre-switchover device
+    // completed failed cancelling cancelled wait-unplug ...; "none" before any.
+    std::string status = "none";
+    std::optional<std::int64_t> total_time_ms, downtime_ms, expected_downtime_ms, setup_time_ms;
+    std::optional<MigrationRamStats> ram;
+    std::optional<std::string> error_desc;
+    nlohmann::json raw;
+};
+Result<MigrationInfo> query_migrate(Client& client, Timeout timeout = {});
+
+// Starts measuring the guest's dirty rate for `seconds`. mode: "page-sampling"
+// (default), "dirty-ring", "dirty-bitmap".
+Result<void> calc_dirty_rate(Client& client, std::int64_t seconds,
+                             std::optional<std::int64_t> sample_pages = {},
+                             std::optional<std::string> mode = {}, Timeout timeout = {});
+
+struct DirtyRateInfo {
+    std::string status;                               // "unstarted", "measuring", "measured"
+    std::optional<std::int64_t> dirty_rate_mb_per_s;  // set once measured
+    std::int64_t start_time = 0, calc_time = 0, sample_pages = 0;
+    std::string mode;
+};
+Result<DirtyRateInfo> query_dirty_rate(Client& client, Timeout timeout = {});
+
+}  // namespace blockmig::qmp

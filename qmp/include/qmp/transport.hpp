@@ -1,0 +1,55 @@
+// The byte-level connection under a QMP client: send a line (optionally with
+// file descriptors), receive a line, close. Unix and TCP sockets implement it
+// here; qmp/testing/scripted_transport.hpp has the scripted test double.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+#include <string_view>
+
+#include "qmp/error.hpp"
+
+namespace blockmig::qmp {
+
+class Transport {
+  public:
+    virtual ~Transport() = default;
+
+    // Sends `line` followed by '\n'. `fds` travel with the first byte as
+    // SCM_RIGHTS ancillary data; they stay owned by the caller.
+    // Errors: unsupported (fds on a transport without fd passing),
+    // interrupted (peer gone or closed), io_error.
+    // REQUIRES: external synchronization between senders (Client does it).
+    virtual Result<void> send(std::string_view line, std::span<const int> fds = {}) = 0;
+
+    // Blocks until one complete line arrives and returns it without '\n'.
+    // Errors: interrupted (end of stream or close()), protocol (line longer
+    // than the transport's limit), io_error. Called by one reader at a time.
+    virtual Result<std::string> receive_line() = 0;
+
+    // Ends the connection: a blocked receive_line() returns interrupted and
+    // later calls fail. Idempotent; safe from any thread while others use it.
+    virtual void close() = 0;
+
+    virtual bool supports_fd_passing() const = 0;
+    // Human-readable peer, e.g. "/run/vm.qmp" or "tcp:127.0.0.1:4444".
+    virtual std::string peer() const = 0;
+};
+
+// Connects to a QMP Unix socket. Errors: not_found (no such path),
+// io_error (refused, not a socket), timeout.
+Result<std::unique_ptr<Transport>> make_unix_transport(
+    const std::string& path, std::chrono::milliseconds timeout = std::chrono::seconds(10));
+// Connects to host:port over TCP (no fd passing). Errors: io_error, timeout.
+Result<std::unique_ptr<Transport>> make_tcp_transport(
+    const std::string& host, std::uint16_t port,
+    std::chrono::milliseconds timeout = std::chrono::seconds(10));
+// "tcp:HOST:PORT" (HOST may be [v6]) -> TCP; anything else is a Unix socket path.
+// Errors: invalid_argument for a malformed tcp: address, plus those above.
+Result<std::unique_ptr<Transport>> make_transport(
+    std::string_view address, std::chrono::milliseconds timeout = std::chrono::seconds(10));
+
+}  // namespace blockmig::qmp
