@@ -34,6 +34,7 @@ int run(int argc, char** argv) {
 
         add_qmp_command(app, dispatch);
         add_pool_commands(app, dispatch);
+        add_move_command(app, dispatch);
 
         try {
             app.parse(argc, argv);

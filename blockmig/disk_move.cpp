@@ -1,0 +1,348 @@
+#include "disk_move.hpp"
+
+#include <fmt/core.h>
+#include <unistd.h>
+
+#include <thread>
+
+#include "pools/pools.hpp"
+
+namespace blockmig {
+
+namespace {
+
+using namespace std::chrono_literals;
+
+// QEMU node names: a letter first, then letters, digits, '-', '_', '.';
+// at most 31 characters, and pools/ appends "-proto" / "-fmt".
+std::string node_prefix_for(const std::string& disk) {
+    std::string clean;
+    for (char c : disk)
+        if (std::isalnum(static_cast<unsigned char>(c)) || c == '-' || c == '_') clean += c;
+    return fmt::format("bm{}-{}", getpid() % 100000, clean.substr(0, 12));
+}
+
+// Room a qcow2 image may need beyond its virtual size (L2 tables, refcounts,
+// header): an NBD export cannot grow, so the hop's file is extended up front
+// (sparsely) to this size.
+std::uint64_t qcow2_container_size(std::uint64_t virtual_size) {
+    return virtual_size + virtual_size / 512 + (16ull << 20);
+}
+
+}  // namespace
+
+std::string_view to_string(DiskMoveState state) {
+    switch (state) {
+        case DiskMoveState::planned: return "planned";
+        case DiskMoveState::target_created: return "target_created";
+        case DiskMoveState::attached: return "attached";
+        case DiskMoveState::copying: return "copying";
+        case DiskMoveState::ready: return "ready";
+        case DiskMoveState::pivoted: return "pivoted";
+        case DiskMoveState::done: return "done";
+        case DiskMoveState::copied: return "copied";
+        case DiskMoveState::rolled_back: return "rolled_back";
+    }
+    return "unknown";
+}
+
+DiskMove::DiskMove(qmp::Client& client, SourceDisk source, TargetPlan plan, const MoveOptions& options,
+                   ProgressSink& progress)
+    : m_client(client),
+      m_source(std::move(source)),
+      m_plan(std::move(plan)),
+      m_options(options),
+      m_progress(progress),
+      m_prefix(node_prefix_for(m_source.id)),
+      m_job_id(m_prefix + "-mirror") {}
+
+std::string DiskMove::target_url() const { return m_plan.pool->url_of(m_plan.volume); }
+
+std::string DiskMove::target_image_for_qemu_img() const { return target_url(); }
+
+Result<void> DiskMove::start(qmp::CopyMode mode, std::uint64_t speed) {
+    if (auto r = create_target(); !r) return r;
+    if (auto r = attach_target(); !r) return r;
+    return start_mirror(mode, speed);
+}
+
+Result<void> DiskMove::create_target() {
+    // The source's allocation, for the sparseness check after the pivot.
+    if (!m_source.location.empty()) {
+        if (auto ref = pools::resolve_volume(m_source.location, m_options.pools); ref) {
+            if (auto info = ref->pool->stat(ref->name); info) m_source_allocated = info->allocated_bytes;
+        }
+    }
+    auto created = m_plan.pool->create(m_plan.volume, m_source.virtual_size, m_plan.format);
+    if (!created) return fail(created.error().with_context("create target volume"));
+    m_plan.volume = created->name;
+    auto* pool = m_plan.pool.get();
+    std::string name = m_plan.volume;
+    m_undo.emplace_back("volume", [pool, name] { (void)pool->remove(name); });
+    m_state = DiskMoveState::target_created;
+
+    if (m_plan.network && m_plan.format == pools::ImageFormat::qcow2 && m_plan.pool->type() == "nfs") {
+        auto volume = m_plan.pool->open(m_plan.volume, true);
+        if (!volume) return fail(volume.error().with_context("open target volume"));
+        const std::uint64_t want = qcow2_container_size(m_source.virtual_size);
+        const std::uint64_t have = (*volume)->size();
+        if (have < want) {
+            if (auto r = (*volume)->write_zeroes(have, want - have); !r)
+                return fail(r.error().with_context("extend target volume for the NBD hop"));
+        }
+    }
+    return {};
+}
+
+Result<void> DiskMove::attach_target() {
+    pools::QemuNodeOptions node_options;
+    node_options.node_prefix = m_prefix;
+    auto chain = m_plan.pool->describe_for_qemu(m_plan.volume, node_options);
+    if (!chain) return fail(chain.error().with_context("describe target for QEMU"));
+    m_chain = *chain;
+    m_top_node = m_chain.format_node;
+
+    nlohmann::json format_node = m_chain.format;
+    if (m_plan.network) {
+        std::filesystem::path dir = m_options.state_dir / m_prefix;
+        auto hop = NbdHop::start(dir, m_chain.protocol, m_chain.secrets, 15s);
+        if (!hop) return fail(hop.error().with_context(fmt::format("open {} in a storage daemon", target_url())));
+        m_hop.emplace(std::move(*hop));
+        m_undo.emplace_back("hop", [this] { if (m_hop) m_hop->kill_now(); });
+        m_hop_node = m_prefix + "-hop";
+        if (auto r = qmp::blockdev_add(m_client, m_hop->client_node(m_hop_node)); !r)
+            return fail(r.error().with_context("blockdev-add NBD hop node"));
+        m_undo.emplace_back("node", [this] { (void)qmp::blockdev_del(m_client, m_hop_node); });
+        format_node["file"] = m_hop_node;
+    } else {
+        for (const auto& secret : m_chain.secrets) {
+            if (auto r = qmp::object_add(m_client, secret); !r)
+                return fail(r.error().with_context("object-add secret"));
+            std::string id = secret.value("id", "");
+            m_undo.emplace_back("node", [this, id] { (void)qmp::object_del(m_client, id); });
+        }
+        if (auto r = qmp::blockdev_add(m_client, m_chain.protocol); !r)
+            return fail(r.error().with_context("blockdev-add target protocol node"));
+        std::string proto = m_chain.protocol_node;
+        m_undo.emplace_back("node", [this, proto] { (void)qmp::blockdev_del(m_client, proto); });
+    }
+    if (auto r = qmp::blockdev_add(m_client, format_node); !r)
+        return fail(r.error().with_context("blockdev-add target format node"));
+    m_undo.emplace_back("node", [this] { (void)qmp::blockdev_del(m_client, m_top_node); });
+    m_state = DiskMoveState::attached;
+    return {};
+}
+
+Result<void> DiskMove::start_mirror(qmp::CopyMode mode, std::uint64_t speed) {
+    qmp::MirrorOptions mirror;
+    mirror.job_id = m_job_id;
+    mirror.device = m_source.node;
+    mirror.target = m_top_node;
+    mirror.sync = qmp::MirrorSync::full;
+    mirror.speed = speed;
+    mirror.copy_mode = mode;
+    // Keep the job after it ends so its error can be read, then dismiss it.
+    mirror.auto_dismiss = false;
+    if (auto r = qmp::blockdev_mirror(m_client, mirror); !r) return fail(r.error().with_context("blockdev-mirror"));
+    if (m_state != DiskMoveState::copying) {
+        m_undo.emplace_back("job", [this] {
+            (void)qmp::block_job_cancel(m_client, m_job_id, true);
+            std::optional<std::string> ignored;
+            if (!wait_job_gone(10s, &ignored) && m_hop) {
+                // The target stopped answering and the job cannot finish
+                // cancelling: killing the hop fails its requests at once.
+                m_hop->kill_now();
+                (void)wait_job_gone(10s, &ignored);
+            }
+        });
+    }
+    m_state = DiskMoveState::copying;
+    m_offset = 0;
+    m_len = 0;
+    m_last_progress = std::chrono::steady_clock::now();
+    return {};
+}
+
+Result<void> DiskMove::observe(const std::vector<qmp::BlockJobInfo>& jobs) {
+    for (const auto& job : jobs) {
+        if (job.id != m_job_id) continue;
+        if (job.status == "concluded") {
+            std::string why = job.error.value_or("the job ended before it was ready");
+            (void)qmp::job_dismiss(m_client, m_job_id);
+            return fail(ErrorCode::io_error, fmt::format("mirror to {} failed: {}", target_url(), why));
+        }
+        if (job.offset > m_offset) m_last_progress = std::chrono::steady_clock::now();
+        m_offset = job.offset;
+        m_len = job.len;
+        if (job.ready || job.status == "ready") m_state = DiskMoveState::ready;
+        return {};
+    }
+    return fail(ErrorCode::invalid_state, fmt::format("mirror job {} disappeared from QEMU", m_job_id));
+}
+
+Result<void> DiskMove::set_speed(std::uint64_t speed) { return qmp::block_job_set_speed(m_client, m_job_id, speed); }
+
+Result<void> DiskMove::restart_write_blocking(std::uint64_t speed) {
+    if (auto r = qmp::block_job_cancel(m_client, m_job_id, true); !r)
+        return fail(r.error().with_context("cancel background mirror"));
+    std::optional<std::string> error;
+    if (auto r = wait_job_gone(30s, &error); !r) return r;
+    m_state = DiskMoveState::attached;
+    if (auto r = start_mirror(qmp::CopyMode::write_blocking, speed); !r) return r;
+    m_switched = true;
+    return {};
+}
+
+Result<void> DiskMove::wait_job_gone(std::chrono::milliseconds timeout, std::optional<std::string>* error) {
+    auto deadline = std::chrono::steady_clock::now() + timeout;
+    for (;;) {
+        auto jobs = qmp::query_block_jobs(m_client);
+        if (!jobs) return fail(jobs.error().with_context("query-block-jobs"));
+        bool present = false;
+        for (const auto& job : *jobs) {
+            if (job.id != m_job_id) continue;
+            present = true;
+            if (job.status == "concluded") {
+                *error = job.error;
+                (void)qmp::job_dismiss(m_client, m_job_id);
+                return {};
+            }
+        }
+        if (!present) return {};
+        if (std::chrono::steady_clock::now() > deadline)
+            return fail(ErrorCode::timeout, fmt::format("job {} did not end within {} s", m_job_id,
+                                                        std::chrono::duration_cast<std::chrono::seconds>(timeout).count()));
+        std::this_thread::sleep_for(50ms);
+    }
+}
+
+Result<void> DiskMove::wait_in_sync(std::chrono::milliseconds timeout) {
+    auto deadline = std::chrono::steady_clock::now() + timeout;
+    for (;;) {
+        auto jobs = qmp::query_block_jobs(m_client);
+        if (!jobs) return fail(jobs.error());
+        for (const auto& job : *jobs)
+            if (job.id == m_job_id && job.ready && job.offset == job.len && !job.busy) return {};
+        if (std::chrono::steady_clock::now() > deadline)
+            return fail(ErrorCode::timeout, fmt::format("{}: mirror did not catch up with the paused guest", m_source.id));
+        std::this_thread::sleep_for(50ms);
+    }
+}
+
+Result<void> DiskMove::pivot() {
+    if (auto r = qmp::block_job_complete(m_client, m_job_id); !r)
+        return fail(r.error().with_context("block-job-complete"));
+    std::optional<std::string> error;
+    if (auto r = wait_job_gone(120s, &error); !r) return fail(r.error().with_context("pivot"));
+    if (error) {
+        // QEMU switches the device only when completion succeeds: the guest
+        // is still on its source, so the ordinary rollback applies.
+        return fail(ErrorCode::io_error, fmt::format("pivot to {} failed: {}", target_url(), *error));
+    }
+    // From here on the target IS the guest's disk: nothing may delete it.
+    m_undo.clear();
+    m_state = DiskMoveState::pivoted;
+    m_progress.event("pivoted", {{"disk", m_source.id}, {"node", m_top_node}, {"target", target_url()}},
+                     fmt::format("{}: pivoted to {}", m_source.id, target_url()));
+
+    if (auto r = switch_to_direct(); !r) {
+        std::string where = m_hop ? fmt::format(" through blockmig's storage daemon (pid kept running, socket {})",
+                                                m_hop->socket_path().string())
+                                  : "";
+        if (m_hop) m_hop->detach();  // the guest depends on it now: never kill it
+        return fail(ErrorCode::io_error,
+                    fmt::format("{}: the guest now runs on {}{}; re-pointing it at a direct node failed: {}. "
+                                "Its data is safe while that daemon runs; run `blockmig qmp` query-block to "
+                                "inspect, and move the disk again to leave the daemon",
+                                m_source.id, target_url(), where, r.error().message));
+    }
+    release_source_nodes();
+
+    // Confirm through QMP that the device sits on the new node, directly.
+    auto disks = list_source_disks(m_client);
+    if (!disks) return fail(disks.error().with_context("confirm pivot"));
+    auto now = find_source_disk(*disks, m_source.id);
+    if (!now) return fail(now.error().with_context("confirm pivot"));
+    if (now->node != m_top_node || now->filename.find("nbd") != std::string::npos)
+        return fail(ErrorCode::invalid_state,
+                    fmt::format("{}: after the pivot the device is on node {} ({}), expected {} on {}", m_source.id,
+                                now->node, now->filename, m_top_node, target_url()));
+    if (auto info = m_plan.pool->stat(m_plan.volume); info) m_target_allocated = info->allocated_bytes;
+    m_state = DiskMoveState::done;
+    return {};
+}
+
+Result<void> DiskMove::switch_to_direct() {
+    if (!m_hop) return {};
+    // The guest's format node stays; only its `file` child changes from the
+    // NBD hop to a direct protocol node on the same volume (blockdev-reopen
+    // takes the node's full option set; unspecified options would reset).
+    for (const auto& secret : m_chain.secrets)
+        if (auto r = qmp::object_add(m_client, secret); !r) return fail(r.error().with_context("object-add secret"));
+    if (auto r = qmp::blockdev_add(m_client, m_chain.protocol); !r)
+        return fail(r.error().with_context("blockdev-add direct node"));
+    auto reopen = m_client.execute("blockdev-reopen", {{"options", nlohmann::json::array({m_chain.format})}});
+    if (!reopen) {
+        (void)qmp::blockdev_del(m_client, m_chain.protocol_node);
+        return fail(reopen.error().with_context("blockdev-reopen onto the direct node"));
+    }
+    if (auto r = qmp::blockdev_del(m_client, m_hop_node); !r) return fail(r.error().with_context("remove NBD hop node"));
+    m_hop->stop();
+    m_hop.reset();
+    return {};
+}
+
+void DiskMove::release_source_nodes() {
+    // Nodes created with -blockdev stay open (monitor-owned) after the
+    // pivot; delete them so the old storage is really no longer used.
+    // Nodes from -drive are closed by QEMU itself and are already gone.
+    std::vector<std::string> names{m_source.node};
+    names.insert(names.end(), m_source.protocol_nodes.begin(), m_source.protocol_nodes.end());
+    for (const auto& name : names) {
+        auto r = qmp::blockdev_del(m_client, name);
+        if (!r && r.error().qmp_class != "GenericError")
+            m_progress.event("warning", {{"disk", m_source.id}, {"message", r.error().message}},
+                             fmt::format("{}: warning: could not release old node {}: {}", m_source.id, name,
+                                         r.error().message));
+    }
+}
+
+Result<void> DiskMove::finish_copy_only() {
+    // A soft cancel of a READY mirror does a final sync and detaches the
+    // target without switching the device: a consistent copy.
+    if (auto r = qmp::block_job_cancel(m_client, m_job_id, false); !r)
+        return fail(r.error().with_context("block-job-cancel"));
+    std::optional<std::string> error;
+    if (auto r = wait_job_gone(60s, &error); !r) return r;
+    if (error) return fail(ErrorCode::io_error, fmt::format("final sync to {} failed: {}", target_url(), *error));
+    // Detach the target (closing it flushes qcow2 metadata); keep the volume.
+    for (auto it = m_undo.rbegin(); it != m_undo.rend(); ++it)
+        if (it->first == "node" || it->first == "hop") it->second();
+    m_undo.clear();
+    if (m_hop) m_hop->stop();
+    m_hop.reset();
+    if (auto info = m_plan.pool->stat(m_plan.volume); info) m_target_allocated = info->allocated_bytes;
+    m_state = DiskMoveState::copied;
+    return {};
+}
+
+void DiskMove::rollback() {
+    for (auto it = m_undo.rbegin(); it != m_undo.rend(); ++it) it->second();
+    m_undo.clear();
+    m_hop.reset();
+    m_state = DiskMoveState::rolled_back;
+}
+
+DiskMoveReport DiskMove::report() const {
+    return DiskMoveReport{.disk = m_source.id,
+                          .source = m_source.location.empty() ? m_source.filename : m_source.location,
+                          .target = target_url(),
+                          .target_node = m_top_node,
+                          .source_allocated = m_source_allocated,
+                          .target_allocated = m_target_allocated,
+                          .pivoted = m_state == DiskMoveState::done,
+                          .verified = false,
+                          .switched_to_write_blocking = m_switched};
+}
+
+}  // namespace blockmig

@@ -1,0 +1,111 @@
+// One disk's move: a state machine driven by run_move() (move.cpp).
+//
+//   planned --create_target--> target_created --attach--> attached
+//     --start_mirror--> copying --(READY)--> ready
+//     ready --pivot--> pivoted --switch_to_direct--> done
+//     ready --finish_copy_only--> copied
+//   any state before pivoted --rollback--> rolled_back (source untouched)
+//
+// Every side effect pushes its undo onto a stack; rollback() runs it in
+// reverse, bounded in time (a stuck job is ended by killing the NBD hop).
+// After block-job-complete succeeded the undo stack is dropped: the target
+// is now the guest's disk and must never be deleted.
+#pragma once
+
+#include <chrono>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "blockmig/move.hpp"
+#include "nbd_hop.hpp"
+#include "qmp/commands.hpp"
+#include "source_disk.hpp"
+
+namespace blockmig {
+
+enum class DiskMoveState { planned, target_created, attached, copying, ready, pivoted, done, copied, rolled_back };
+std::string_view to_string(DiskMoveState state);
+
+// Where one disk goes, decided (and checked) before anything is created.
+struct TargetPlan {
+    std::unique_ptr<pools::Pool> pool;
+    std::string volume;          // name in the pool; "" lets an iSCSI pool pick a LUN
+    pools::ImageFormat format = pools::ImageFormat::raw;
+    bool network = false;        // NFS / iSCSI: go through the NBD hop
+};
+
+class DiskMove {
+public:
+    DiskMove(qmp::Client& client, SourceDisk source, TargetPlan plan, const MoveOptions& options,
+             ProgressSink& progress);
+
+    const SourceDisk& source() const { return m_source; }
+    DiskMoveState state() const { return m_state; }
+    const std::string& job_id() const { return m_job_id; }
+    std::string target_url() const;
+    pools::Pool& target_pool() { return *m_plan.pool; }
+
+    // Creates the target volume, attaches it to the guest's QEMU (through
+    // the hop for network targets) and starts the mirror.
+    Result<void> start(qmp::CopyMode mode, std::uint64_t speed);
+    // Feeds one query-block-jobs sample; moves copying -> ready. Fails if
+    // the job ended with an error or vanished.
+    Result<void> observe(const std::vector<qmp::BlockJobInfo>& jobs);
+    Result<void> set_speed(std::uint64_t speed);
+    // Restarts the mirror in write-blocking mode (QEMU 7.2 has no
+    // block-job-change): cancel, then mirror again onto the same target.
+    Result<void> restart_write_blocking(std::uint64_t speed);
+    // Waits until the job is ready with nothing left to copy (guest paused).
+    Result<void> wait_in_sync(std::chrono::milliseconds timeout);
+
+    Result<void> pivot();             // block-job-complete; then re-point at a direct node
+    Result<void> finish_copy_only();  // cancel at READY: target keeps a consistent copy
+    void rollback();                  // best effort; leaves the guest on its source
+
+    // Progress numbers of the current job.
+    std::uint64_t offset() const { return m_offset; }
+    std::uint64_t length() const { return m_len; }
+    bool switched_to_write_blocking() const { return m_switched; }
+    std::chrono::steady_clock::time_point last_progress() const { return m_last_progress; }
+    DiskMoveReport report() const;
+    std::string verify_source_spec() const { return m_source.location; }
+    pools::ImageFormat target_format() const { return m_plan.format; }
+    std::string target_image_for_qemu_img() const;
+    void kill_hop() { if (m_hop) m_hop->kill_now(); }
+    bool uses_hop() const { return m_hop.has_value(); }
+    std::string hop_log() const { return m_hop ? m_hop->log_tail() : std::string{}; }
+
+private:
+    Result<void> create_target();
+    Result<void> attach_target();
+    Result<void> start_mirror(qmp::CopyMode mode, std::uint64_t speed);
+    Result<void> wait_job_gone(std::chrono::milliseconds timeout, std::optional<std::string>* error);
+    Result<void> switch_to_direct();
+    void release_source_nodes();
+
+    qmp::Client& m_client;
+    SourceDisk m_source;
+    TargetPlan m_plan;
+    const MoveOptions& m_options;
+    ProgressSink& m_progress;
+    DiskMoveState m_state = DiskMoveState::planned;
+
+    std::string m_prefix;          // node-name prefix of everything blockmig adds
+    std::string m_job_id;
+    pools::BlockdevChain m_chain;  // target nodes as pools/ describes them
+    std::string m_top_node;        // the target format node the mirror writes to
+    std::string m_hop_node;        // nbd client node (network targets)
+    std::optional<NbdHop> m_hop;
+    std::vector<std::pair<std::string, std::function<void()>>> m_undo;
+
+    std::uint64_t m_offset = 0, m_len = 0;
+    std::chrono::steady_clock::time_point m_last_progress = std::chrono::steady_clock::now();
+    bool m_switched = false;
+    std::uint64_t m_target_allocated = 0;
+    std::uint64_t m_source_allocated = 0;
+};
+
+}  // namespace blockmig

@@ -1,0 +1,79 @@
+// `move`: storage-only live move of a running guest's disks between pools.
+//
+// For each disk: create the target volume, attach it to the guest's QEMU,
+// `blockdev-mirror` (sync=full), wait for READY while reporting progress,
+// then pivot (`block-job-complete`) — or, with copy_only, cancel at READY so
+// the target is a consistent copy and the guest stays on its source.
+// Network targets (NFS, iSCSI) go through a blockmig-owned
+// qemu-storage-daemon hop so that a dead server ends the job in bounded time;
+// after the pivot the guest is re-pointed at a direct node and the hop
+// stops. States and transitions: docs/state-machines.md.
+//
+// Failure before the pivot: the job is cancelled, every node blockmig added
+// is removed, the volume it created is deleted, the guest keeps running on
+// its source, and the Error names the step. Failure after the pivot: the
+// Error says exactly what state the guest is in.
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "blockmig/progress.hpp"
+#include "pools/address.hpp"
+#include "pools/pool.hpp"
+#include "qmp/client.hpp"
+
+namespace blockmig {
+
+enum class CopyModePolicy { background, write_blocking, auto_switch };
+
+struct DiskTarget {
+    std::string disk;    // guest device id (qdev id) or block node name
+    std::string target;  // pool spec or exact volume spec; empty = the default target
+};
+
+struct MoveOptions {
+    std::vector<DiskTarget> disks;
+    bool all_disks = false;
+    std::string default_target;                 // --to POOL|VOLUME
+    std::optional<pools::ImageFormat> format;   // default: the source's format
+    std::uint64_t bandwidth = 0;                // bytes/s for all disks together; 0 = unlimited
+    CopyModePolicy copy_mode = CopyModePolicy::auto_switch;
+    bool copy_only = false;
+    bool verify = false;
+    bool delete_source = false;
+    bool unsafe = false;                        // allow cache modes other than none on network targets
+    std::chrono::seconds timeout{0};            // whole move; 0 = none
+    std::chrono::seconds stall_timeout{15};     // no progress at all for this long = failure
+    // Remaining bytes not shrinking for this long makes auto switch to write-blocking.
+    std::chrono::seconds converge_window{6};
+    std::filesystem::path state_dir;            // for hop sockets/logs; default /run/blockmig
+    pools::PoolsConfig pools;
+};
+
+struct DiskMoveReport {
+    std::string disk;
+    std::string source;  // URL / path
+    std::string target;  // URL / path
+    std::string target_node;
+    std::uint64_t source_allocated = 0;
+    std::uint64_t target_allocated = 0;
+    bool pivoted = false;
+    bool verified = false;
+    bool switched_to_write_blocking = false;
+};
+
+struct MoveReport {
+    std::vector<DiskMoveReport> disks;
+};
+
+// Runs a move on the guest behind `client`. `cancel` (e.g. set by SIGINT)
+// aborts with rollback if it becomes true before the pivot. Blocks until done.
+Result<MoveReport> run_move(qmp::Client& client, const MoveOptions& options, ProgressSink& progress,
+                            const std::atomic<bool>& cancel);
+
+}  // namespace blockmig

@@ -1,0 +1,417 @@
+#include "blockmig/move.hpp"
+
+#include <fmt/core.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <map>
+#include <thread>
+
+#include "disk_move.hpp"
+#include "pools/pools.hpp"
+#include "qmp/commands.hpp"
+#include "qmp/features.hpp"
+
+namespace blockmig {
+
+namespace {
+
+using namespace std::chrono_literals;
+using SteadyClock = std::chrono::steady_clock;
+
+bool has_image_extension(std::string_view spec) {
+    for (std::string_view ext : {".qcow2", ".raw", ".img", ".vmdk"})
+        if (spec.ends_with(ext)) return true;
+    return false;
+}
+
+// iscsi://host[:port]/iqn/N names a LUN (a volume); iscsi://host[:port]/iqn a pool.
+bool is_iscsi_lun(std::string_view spec) {
+    if (!spec.starts_with("iscsi://")) return false;
+    auto last = spec.substr(spec.rfind('/') + 1);
+    auto slashes = std::count(spec.begin() + 8, spec.end(), '/');
+    return slashes >= 2 && !last.empty() && std::all_of(last.begin(), last.end(), ::isdigit);
+}
+
+// "pool:name" with a named pool (not a URL scheme, not a path).
+bool is_named_volume(std::string_view spec) {
+    auto colon = spec.find(':');
+    return colon != std::string_view::npos && spec.find("://") == std::string_view::npos &&
+           !spec.starts_with('/') && !spec.starts_with('.');
+}
+
+std::string stem_of(std::string_view location, std::string_view fallback) {
+    auto base = location.substr(location.rfind('/') + 1);
+    if (base.empty()) base = fallback;
+    std::string name(base);
+    for (std::string_view ext : {".qcow2", ".raw", ".img", ".vmdk"})
+        if (name.ends_with(ext)) return name.substr(0, name.size() - ext.size());
+    return name;
+}
+
+// Decides where one disk goes. No side effects: nothing is created here.
+Result<TargetPlan> plan_target(const SourceDisk& source, std::string_view spec, const MoveOptions& options) {
+    TargetPlan plan;
+    auto source_format = pools::parse_image_format(source.driver);
+    if (spec.empty()) return fail(ErrorCode::invalid_argument, fmt::format("{}: no --to target given", source.id));
+    if (is_named_volume(spec) || is_iscsi_lun(spec) || has_image_extension(spec)) {
+        auto ref = pools::resolve_volume(spec, options.pools);
+        if (!ref) return fail(ref.error());
+        plan.pool = std::move(ref->pool);
+        plan.volume = ref->name;
+    } else {
+        auto pool = pools::open_pool(spec, options.pools);
+        if (!pool) return fail(pool.error());
+        plan.pool = std::move(*pool);
+    }
+    plan.network = plan.pool->type() == "nfs" || plan.pool->type() == "iscsi";
+    if (options.format) {
+        plan.format = *options.format;
+    } else if (source_format && (*source_format == pools::ImageFormat::raw || *source_format == pools::ImageFormat::qcow2)) {
+        plan.format = *source_format;
+    } else {
+        plan.format = pools::ImageFormat::qcow2;
+    }
+    if (plan.format != pools::ImageFormat::raw && plan.format != pools::ImageFormat::qcow2)
+        return fail(ErrorCode::unsupported, fmt::format("{}: target format {} is not supported (raw or qcow2)",
+                                                        source.id, pools::to_string(plan.format)));
+    if (plan.volume.empty() && plan.pool->type() != "iscsi") {
+        plan.volume = stem_of(source.location.empty() ? source.id : source.location, source.id) +
+                      (plan.format == pools::ImageFormat::qcow2 ? ".qcow2" : ".raw");
+    }
+    return plan;
+}
+
+// Pre-flight: refuse with an explanation before anything is created.
+Result<void> preflight(const SourceDisk& source, TargetPlan& plan, const MoveOptions& options,
+                       const std::vector<qmp::BlockJobInfo>& jobs) {
+    if (source.driver == "mirror_top" || source.driver == "commit_top" || source.driver.ends_with("_top"))
+        return fail(ErrorCode::invalid_state, fmt::format("{}: disk is already in a block job", source.id));
+    for (const auto& job : jobs)
+        if (job.id.find(source.id) != std::string::npos || job.id == source.node)
+            return fail(ErrorCode::invalid_state,
+                        fmt::format("{}: disk is already in block job {} ({})", source.id, job.id, job.status));
+    if (source.virtual_size == 0)
+        return fail(ErrorCode::invalid_state, fmt::format("{}: cannot read the disk's size", source.id));
+    if (plan.network && !options.unsafe && source.cache_mode != "none" && source.cache_mode != "directsync")
+        return fail(ErrorCode::invalid_argument,
+                    fmt::format("{}: the disk uses cache mode '{}'; on network storage only cache=none keeps "
+                                "acknowledged writes safe across a host crash (use --unsafe to move anyway)",
+                                source.id, source.cache_mode.empty() ? "unknown" : source.cache_mode));
+    if (options.delete_source && source.location.empty())
+        return fail(ErrorCode::invalid_argument,
+                    fmt::format("{}: --delete-source: cannot tell which volume '{}' is", source.id, source.filename));
+    if (!plan.volume.empty() && plan.pool->type() != "iscsi") {
+        if (plan.pool->stat(plan.volume))
+            return fail(ErrorCode::already_exists,
+                        fmt::format("{}: target {} already exists", source.id, plan.pool->url_of(plan.volume)));
+    }
+    if (!source.location.empty() && plan.pool->url_of(plan.volume) == source.location)
+        return fail(ErrorCode::invalid_argument, fmt::format("{}: target is the disk's own volume", source.id));
+    return {};
+}
+
+// Several disks may land in one pool: their sizes add up.
+Result<void> check_capacity(const std::vector<std::unique_ptr<DiskMove>>& moves) {
+    std::map<std::string, std::pair<pools::Pool*, std::uint64_t>> need;
+    for (const auto& move : moves) {
+        auto& slot = need[move->target_pool().url()];
+        slot.first = &move->target_pool();
+        slot.second += move->source().virtual_size;
+    }
+    for (const auto& [url, entry] : need) {
+        auto capacity = entry.first->capacity();
+        if (!capacity) return fail(capacity.error().with_context(fmt::format("capacity of {}", url)));
+        if (capacity->free < entry.second)
+            return fail(ErrorCode::no_space,
+                        fmt::format("target pool {} has {} MiB free, the move needs {} MiB", url,
+                                    capacity->free >> 20, (entry.second + (1 << 20) - 1) >> 20));
+    }
+    return {};
+}
+
+// `qemu-img compare` answers "are these two images' guest-visible contents
+// equal?" across formats; -U because the guest's QEMU holds the images
+// (paused and flushed at this point).
+Result<bool> images_equal(const std::string& a, std::string_view a_format, const std::string& b,
+                          std::string_view b_format) {
+    std::vector<std::string> args{"qemu-img", "compare", "-U",          "-q", "-f", std::string(a_format),
+                                  "-F",       std::string(b_format), a, b};
+    std::vector<char*> argv;
+    for (auto& s : args) argv.push_back(s.data());
+    argv.push_back(nullptr);
+    pid_t pid = fork();
+    if (pid < 0) return fail(ErrorCode::io_error, "verify: fork failed");
+    if (pid == 0) {
+        execvp(argv[0], argv.data());
+        _exit(127);
+    }
+    int status = 0;
+    while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+    }
+    int code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+    if (code == 0) return true;
+    if (code == 1) return false;
+    return fail(ErrorCode::io_error, fmt::format("verify: qemu-img compare {} {} failed (exit {})", a, b, code));
+}
+
+class MoveRun {
+public:
+    MoveRun(qmp::Client& client, const MoveOptions& options, ProgressSink& progress,
+            const std::atomic<bool>& cancel)
+        : m_client(client), m_options(options), m_progress(progress), m_cancel(cancel) {}
+
+    Result<MoveReport> run() {
+        if (auto r = plan(); !r) return fail(r.error());
+        if (auto r = copy(); !r) {
+            rollback_all();
+            return fail(r.error());
+        }
+        return finish();
+    }
+
+private:
+    Result<void> plan() {
+        auto disks = list_source_disks(m_client);
+        if (!disks) return fail(disks.error());
+        auto jobs = qmp::query_block_jobs(m_client);
+        if (!jobs) return fail(jobs.error().with_context("query-block-jobs"));
+
+        std::vector<DiskTarget> wanted = m_options.disks;
+        if (m_options.all_disks)
+            for (const auto& d : *disks)
+                if (std::none_of(wanted.begin(), wanted.end(), [&](auto& w) { return w.disk == d.id; }))
+                    wanted.push_back({d.id, ""});
+        if (wanted.empty()) return fail(ErrorCode::invalid_argument, "no disk selected (use --disk DEV or --all-disks)");
+
+        for (const auto& w : wanted) {
+            auto source = find_source_disk(*disks, w.disk);
+            if (!source) return fail(source.error());
+            auto target_plan = plan_target(*source, w.target.empty() ? m_options.default_target : w.target, m_options);
+            if (!target_plan) return fail(target_plan.error().with_context(source->id));
+            if (auto r = preflight(*source, *target_plan, m_options, *jobs); !r) return r;
+            m_moves.push_back(std::make_unique<DiskMove>(m_client, *source, std::move(*target_plan), m_options, m_progress));
+        }
+        if (auto r = check_capacity(m_moves); !r) return r;
+
+        auto features = qmp::Features::detect(m_client);
+        if (!features) return fail(features.error().with_context("query-qmp-schema"));
+        m_has_copy_mode = features->mirror_copy_mode();
+        bool needs_reopen = std::any_of(m_moves.begin(), m_moves.end(), [](auto& m) { return m->target_url().find("://") != std::string::npos; });
+        if (needs_reopen && !m_options.copy_only && !features->blockdev_reopen())
+            return fail(ErrorCode::unsupported, "this QEMU lacks blockdev-reopen, needed to leave the NBD hop after a pivot to network storage");
+        return {};
+    }
+
+    std::uint64_t speed_per_job() const {
+        if (m_options.bandwidth == 0) return 0;
+        std::size_t active = 0;
+        for (const auto& m : m_moves)
+            if (m->state() == DiskMoveState::copying) ++active;
+        return m_options.bandwidth / std::max<std::size_t>(active, 1);
+    }
+
+    qmp::CopyMode initial_mode() const {
+        return m_options.copy_mode == CopyModePolicy::write_blocking ? qmp::CopyMode::write_blocking
+                                                                     : qmp::CopyMode::background;
+    }
+
+    Result<void> copy() {
+        if (m_options.copy_mode == CopyModePolicy::write_blocking && !m_has_copy_mode)
+            return fail(ErrorCode::unsupported, "this QEMU's blockdev-mirror has no copy-mode");
+        const std::uint64_t initial_speed =
+            m_options.bandwidth ? m_options.bandwidth / m_moves.size() : 0;
+        for (auto& m : m_moves) {
+            m_progress.event("start", {{"disk", m->source().id}, {"target", m->target_url()}},
+                             fmt::format("{}: mirroring {} -> {}", m->source().id,
+                                         m->source().location.empty() ? m->source().filename : m->source().location,
+                                         m->target_url()));
+            if (auto r = m->start(initial_mode(), initial_speed); !r)
+                return fail(r.error().with_context(m->source().id));
+        }
+        const auto started = SteadyClock::now();
+        std::map<DiskMove*, RateMeter> meters;
+        std::map<DiskMove*, std::pair<std::uint64_t, SteadyClock::time_point>> best_remaining;
+        std::uint64_t last_speed = initial_speed;
+        for (;;) {
+            if (m_cancel.load()) return fail(ErrorCode::cancelled, "interrupted before the pivot");
+            if (m_options.timeout.count() > 0 && SteadyClock::now() - started > m_options.timeout)
+                return fail(ErrorCode::timeout, fmt::format("the copy did not finish within --timeout {} s",
+                                                            m_options.timeout.count()));
+            auto jobs = qmp::query_block_jobs(m_client);
+            if (!jobs) return fail(jobs.error().with_context("query-block-jobs"));
+            bool all_ready = true;
+            const auto now = SteadyClock::now();
+            for (auto& m : m_moves) {
+                if (auto r = m->observe(*jobs); !r) return fail(r.error().with_context(m->source().id));
+                auto& meter = meters[m.get()];
+                meter.add(now, m->offset());
+                const std::uint64_t remaining = m->length() - std::min(m->offset(), m->length());
+                const bool ready = m->state() == DiskMoveState::ready;
+                m_progress.progress({.item = m->source().id,
+                                     .phase = ready ? "ready" : "copy",
+                                     .bytes = m->offset(),
+                                     .total = m->length(),
+                                     .rate = meter.rate(),
+                                     .eta_seconds = ready ? 0 : meter.eta(remaining)});
+                if (ready) continue;
+                all_ready = false;
+                if (now - m->last_progress() > m_options.stall_timeout) {
+                    std::string log = m->hop_log();
+                    return fail(ErrorCode::timeout,
+                                fmt::format("{}: no progress for {} s writing to {}: target unreachable?{}{}",
+                                            m->source().id, m_options.stall_timeout.count(), m->target_url(),
+                                            log.empty() ? "" : " storage daemon said: ", log));
+                }
+                // Convergence: remaining bytes must keep shrinking.
+                auto& best = best_remaining[m.get()];
+                if (best.second == SteadyClock::time_point{} || remaining + (1u << 20) < best.first ||
+                    remaining < best.first * 95 / 100) {
+                    best = {remaining, now};
+                } else if (m_options.copy_mode == CopyModePolicy::auto_switch && !m->switched_to_write_blocking() &&
+                           m_has_copy_mode && now - best.second > m_options.converge_window && m->length() > 0) {
+                    m_progress.event("copy-mode",
+                                     {{"disk", m->source().id}, {"mode", "write-blocking"},
+                                      {"reason", "guest writes faster than the copy"}},
+                                     fmt::format("{}: remaining {} MiB stopped shrinking for {} s; switching to "
+                                                 "write-blocking mode so the copy converges",
+                                                 m->source().id, remaining >> 20, m_options.converge_window.count()));
+                    if (auto r = m->restart_write_blocking(speed_per_job()); !r)
+                        return fail(r.error().with_context(m->source().id));
+                    best = {};
+                }
+            }
+            if (all_ready) return {};
+            // One bandwidth budget: share it among jobs still copying.
+            if (m_options.bandwidth && speed_per_job() != last_speed) {
+                last_speed = speed_per_job();
+                for (auto& m : m_moves)
+                    if (m->state() == DiskMoveState::copying) (void)m->set_speed(last_speed);
+            }
+            std::this_thread::sleep_for(200ms);
+        }
+    }
+
+    // All disks READY: optionally verify (guest paused), then pivot or finish the copy.
+    Result<MoveReport> finish() {
+        bool paused = false;
+        auto resume = [&] {
+            if (paused) (void)qmp::cont(m_client);
+            paused = false;
+        };
+        if (m_options.verify) {
+            if (auto status = qmp::query_status(m_client); status && status->running) {
+                if (auto r = qmp::stop(m_client); !r) {
+                    rollback_all();
+                    return fail(r.error().with_context("verify: pause guest"));
+                }
+                paused = true;
+            }
+            for (auto& m : m_moves) {
+                if (auto r = m->wait_in_sync(60s); !r) {
+                    resume();
+                    rollback_all();
+                    return fail(r.error());
+                }
+            }
+            // `stop` on a paused VM still drains and flushes every node,
+            // including the targets' qcow2 metadata.
+            (void)qmp::stop(m_client);
+            if (!m_options.copy_only) {
+                if (auto r = verify_all(); !r) {
+                    resume();
+                    rollback_all();
+                    return fail(r.error());
+                }
+            }
+        }
+        MoveReport report;
+        for (auto& m : m_moves) {
+            auto r = m_options.copy_only ? m->finish_copy_only() : m->pivot();
+            if (!r) {
+                resume();
+                // Disks not yet pivoted go back to their sources; a failure
+                // after a pivot is reported as is (pivot() says what to do).
+                rollback_all();
+                return fail(r.error().with_context(m->source().id));
+            }
+            if (m_options.copy_only)
+                m_progress.event("copied", {{"disk", m->source().id}, {"target", m->target_url()}},
+                                 fmt::format("{}: consistent copy at {} (guest stays on its source)", m->source().id,
+                                             m->target_url()));
+        }
+        if (m_options.verify && m_options.copy_only) {
+            auto r = verify_all();
+            resume();
+            if (!r) return fail(r.error());
+        }
+        resume();
+        for (auto& m : m_moves) {
+            DiskMoveReport d = m->report();
+            d.verified = m_options.verify;
+            if (!m_options.copy_only && d.source_allocated && d.target_allocated &&
+                d.target_allocated > d.source_allocated + d.source_allocated / 10 + (16ull << 20))
+                m_progress.event("warning", {{"disk", d.disk}, {"message", "target less sparse than source"}},
+                                 fmt::format("{}: warning: target allocates {} MiB, source {} MiB", d.disk,
+                                             d.target_allocated >> 20, d.source_allocated >> 20));
+            if (m_options.delete_source && d.pivoted) {
+                if (auto ref = pools::resolve_volume(m->source().location, m_options.pools); ref) {
+                    if (auto r = ref->pool->remove(ref->name); !r)
+                        m_progress.event("warning", {{"disk", d.disk}, {"message", r.error().message}},
+                                         fmt::format("{}: warning: could not delete the old volume: {}", d.disk,
+                                                     r.error().message));
+                    else
+                        m_progress.event("deleted", {{"disk", d.disk}, {"volume", d.source}},
+                                         fmt::format("{}: deleted old volume {}", d.disk, d.source));
+                }
+            }
+            report.disks.push_back(std::move(d));
+        }
+        return report;
+    }
+
+    Result<void> verify_all() {
+        for (auto& m : m_moves) {
+            auto equal = images_equal(m->source().location, m->source().driver, m->target_image_for_qemu_img(),
+                                      pools::to_string(m->target_format()));
+            if (!equal) return fail(equal.error().with_context(m->source().id));
+            if (!*equal)
+                return fail(ErrorCode::io_error, fmt::format("{}: verify: target {} differs from the source",
+                                                             m->source().id, m->target_url()));
+            m_progress.event("verified", {{"disk", m->source().id}, {"equal", true}},
+                             fmt::format("{}: verified: target equals source", m->source().id));
+        }
+        return {};
+    }
+
+    void rollback_all() {
+        for (auto it = m_moves.rbegin(); it != m_moves.rend(); ++it) {
+            auto& m = *it;
+            if (m->state() == DiskMoveState::done || m->state() == DiskMoveState::pivoted ||
+                m->state() == DiskMoveState::copied || m->state() == DiskMoveState::rolled_back)
+                continue;
+            m_progress.event("rollback", {{"disk", m->source().id}},
+                             fmt::format("{}: rolling back: the guest stays on its source", m->source().id));
+            m->rollback();
+        }
+    }
+
+    qmp::Client& m_client;
+    const MoveOptions& m_options;
+    ProgressSink& m_progress;
+    const std::atomic<bool>& m_cancel;
+    std::vector<std::unique_ptr<DiskMove>> m_moves;
+    bool m_has_copy_mode = false;
+};
+
+}  // namespace
+
+Result<MoveReport> run_move(qmp::Client& client, const MoveOptions& options, ProgressSink& progress,
+                            const std::atomic<bool>& cancel) {
+    MoveOptions effective = options;
+    if (effective.state_dir.empty()) effective.state_dir = "/run/blockmig";
+    MoveRun run(client, effective, progress, cancel);
+    return run.run();
+}
+
+}  // namespace blockmig

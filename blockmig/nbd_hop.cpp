@@ -1,0 +1,166 @@
+#include "nbd_hop.hpp"
+
+#include <fcntl.h>
+#include <fmt/core.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstring>
+#include <fstream>
+#include <sstream>
+#include <thread>
+
+namespace blockmig {
+
+namespace {
+
+bool socket_accepts(const std::filesystem::path& path) {
+    int s = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (s < 0) return false;
+    sockaddr_un a{};
+    a.sun_family = AF_UNIX;
+    std::strncpy(a.sun_path, path.c_str(), sizeof a.sun_path - 1);
+    bool ok = connect(s, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0;
+    close(s);
+    return ok;
+}
+
+}  // namespace
+
+Result<NbdHop> NbdHop::start(const std::filesystem::path& state_dir, const nlohmann::json& protocol_node,
+                             const std::vector<nlohmann::json>& secrets,
+                             std::chrono::milliseconds timeout) {
+    std::error_code ec;
+    std::filesystem::create_directories(state_dir, ec);
+    NbdHop hop;
+    hop.m_dir = state_dir;
+    hop.m_socket = state_dir / "nbd.sock";
+    hop.m_log = state_dir / "qemu-storage-daemon.log";
+    std::filesystem::remove(hop.m_socket, ec);
+    const std::string node = protocol_node.value("node-name", "");
+    if (node.empty() || hop.m_socket.string().size() >= sizeof(sockaddr_un::sun_path))
+        return fail(ErrorCode::invalid_argument, "storage daemon: bad node or socket path");
+
+    std::vector<std::string> args{"qemu-storage-daemon"};
+    for (const auto& s : secrets) {
+        // object-add arguments {qom-type, id, ...} become --object JSON
+        args.push_back("--object");
+        args.push_back(s.dump());
+    }
+    args.push_back("--blockdev");
+    args.push_back(protocol_node.dump());
+    args.push_back("--nbd-server");
+    args.push_back("addr.type=unix,addr.path=" + hop.m_socket.string());
+    args.push_back("--export");
+    args.push_back(fmt::format("type=nbd,id=hop,node-name={},name=hop,writable=on", node));
+
+    std::vector<char*> argv;
+    for (auto& a : args) argv.push_back(a.data());
+    argv.push_back(nullptr);
+    int log_fd = open(hop.m_log.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    if (log_fd < 0)
+        return fail(ErrorCode::io_error, fmt::format("storage daemon: create {}: {}", hop.m_log.string(),
+                                                     std::strerror(errno)));
+    pid_t pid = fork();
+    if (pid < 0) {
+        close(log_fd);
+        return fail(ErrorCode::io_error, "storage daemon: fork failed");
+    }
+    if (pid == 0) {
+        // Own process group: a Ctrl-C on blockmig's terminal must not kill
+        // the hop before blockmig has detached the guest from it.
+        setpgid(0, 0);
+        int devnull = open("/dev/null", O_RDWR);
+        dup2(devnull, 0);
+        dup2(log_fd, 1);
+        dup2(log_fd, 2);
+        execvp(argv[0], argv.data());
+        _exit(127);
+    }
+    close(log_fd);
+    hop.m_pid = pid;
+
+    auto deadline = std::chrono::steady_clock::now() + timeout;
+    while (!socket_accepts(hop.m_socket)) {
+        int status = 0;
+        if (waitpid(pid, &status, WNOHANG) == pid) {
+            hop.m_pid = -1;
+            std::string why = hop.log_tail();
+            return fail(ErrorCode::io_error,
+                        fmt::format("storage daemon exited: {}", why.empty() ? "no message" : why));
+        }
+        if (std::chrono::steady_clock::now() > deadline) {
+            std::string why = hop.log_tail();
+            hop.kill_now();
+            return fail(ErrorCode::timeout,
+                        fmt::format("storage daemon did not open the target within {} s{}{}",
+                                    timeout.count() / 1000, why.empty() ? "" : ": ", why));
+        }
+        std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+    return hop;
+}
+
+NbdHop::NbdHop(NbdHop&& other) noexcept
+    : m_pid(std::exchange(other.m_pid, -1)),
+      m_socket(std::move(other.m_socket)),
+      m_log(std::move(other.m_log)),
+      m_dir(std::move(other.m_dir)) {}
+
+NbdHop& NbdHop::operator=(NbdHop&& other) noexcept {
+    if (this != &other) {
+        kill_now();
+        m_pid = std::exchange(other.m_pid, -1);
+        m_socket = std::move(other.m_socket);
+        m_log = std::move(other.m_log);
+        m_dir = std::move(other.m_dir);
+    }
+    return *this;
+}
+
+NbdHop::~NbdHop() { kill_now(); }
+
+nlohmann::json NbdHop::client_node(const std::string& node_name) const {
+    return {{"driver", "nbd"},
+            {"node-name", node_name},
+            {"server", {{"type", "unix"}, {"path", m_socket.string()}}},
+            {"export", "hop"}};
+}
+
+bool NbdHop::running() const { return m_pid > 0 && kill(m_pid, 0) == 0; }
+
+void NbdHop::kill_now() {
+    if (m_pid <= 0) return;
+    kill(m_pid, SIGKILL);
+    int status = 0;
+    waitpid(m_pid, &status, 0);
+    m_pid = -1;
+}
+
+void NbdHop::stop(std::chrono::milliseconds grace) {
+    if (m_pid <= 0) return;
+    kill(m_pid, SIGTERM);
+    auto deadline = std::chrono::steady_clock::now() + grace;
+    int status = 0;
+    while (std::chrono::steady_clock::now() < deadline) {
+        if (waitpid(m_pid, &status, WNOHANG) == m_pid) {
+            m_pid = -1;
+            return;
+        }
+        std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+    kill_now();
+}
+
+std::string NbdHop::log_tail() const {
+    std::ifstream in(m_log);
+    std::string line, last;
+    while (std::getline(in, line))
+        if (!line.empty()) last = line;
+    return last;
+}
+
+}  // namespace blockmig

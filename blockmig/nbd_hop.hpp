@@ -1,0 +1,63 @@
+// A blockmig-owned qemu-storage-daemon between a guest's QEMU and network
+// storage (NFS, iSCSI).
+//
+// Why: when an NFS server dies mid-mirror and the guest's QEMU talks to it
+// directly, the mirror can never finish cancelling (libnfs retries forever;
+// QEMU 7.2's nfs driver has no timeout), leaving a stuck node in the guest.
+// With this hop the guest mirrors to an `nbd` node on a Unix socket; killing
+// the daemon ends the job in milliseconds with EIO, so every failure is
+// bounded and clean. After a successful pivot the guest's format node is
+// re-pointed at a direct protocol node and the hop is stopped
+// (docs/state-machines.md, "move").
+#pragma once
+
+#include <chrono>
+#include <filesystem>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "qmp/error.hpp"
+
+namespace blockmig {
+
+class NbdHop {
+public:
+    // Starts qemu-storage-daemon with `protocol_node` (a blockdev-add JSON
+    // object, plus any secret objects it needs) exported writable over NBD
+    // on a Unix socket in `state_dir`. Fails with the daemon's own error
+    // line if it exits or does not listen within `timeout`.
+    static Result<NbdHop> start(const std::filesystem::path& state_dir, const nlohmann::json& protocol_node,
+                                const std::vector<nlohmann::json>& secrets,
+                                std::chrono::milliseconds timeout);
+
+    NbdHop(NbdHop&& other) noexcept;
+    NbdHop& operator=(NbdHop&& other) noexcept;
+    NbdHop(const NbdHop&) = delete;
+    NbdHop& operator=(const NbdHop&) = delete;
+    ~NbdHop();  // kills the daemon if still running
+
+    // The `blockdev-add` arguments of an nbd client node reaching this hop.
+    nlohmann::json client_node(const std::string& node_name) const;
+    // Kills the daemon at once (SIGKILL): pending NBD requests fail with EIO.
+    void kill_now();
+    // Asks the daemon to exit cleanly (SIGTERM, it flushes), then kills it.
+    void stop(std::chrono::milliseconds grace = std::chrono::seconds(5));
+    bool running() const;
+    // Forgets the daemon without stopping it: used when the guest still
+    // depends on it after a failure, so that exiting cannot hurt the guest.
+    int detach() { return std::exchange(m_pid, -1); }
+    const std::filesystem::path& socket_path() const { return m_socket; }
+    // The daemon's stderr (its error messages), for error reports.
+    std::string log_tail() const;
+
+private:
+    NbdHop() = default;
+    int m_pid = -1;
+    std::filesystem::path m_socket;
+    std::filesystem::path m_log;
+    std::filesystem::path m_dir;
+};
+
+}  // namespace blockmig

@@ -1,0 +1,82 @@
+#include "source_disk.hpp"
+
+#include <fmt/core.h>
+
+#include "qmp/commands.hpp"
+
+namespace blockmig {
+
+namespace {
+
+// "/machine/peripheral/disk0/virtio-backend" -> "disk0"
+std::string qdev_id(const std::string& qdev) {
+    constexpr std::string_view prefix = "/machine/peripheral/";
+    if (!qdev.starts_with(prefix)) return qdev;
+    auto rest = qdev.substr(prefix.size());
+    return rest.substr(0, rest.find('/'));
+}
+
+}  // namespace
+
+std::string location_from_filename(std::string_view filename) {
+    if (filename.starts_with("json:")) {
+        auto j = nlohmann::json::parse(filename.substr(5), nullptr, false);
+        if (j.is_discarded()) return {};
+        const nlohmann::json* node = &j;
+        // Walk down to the protocol node ("file" children).
+        while (node->is_object() && node->contains("file") && (*node)["file"].is_object())
+            node = &(*node)["file"];
+        if (node->value("driver", "") == "iscsi") {
+            std::string lun = (*node)["lun"].is_string() ? (*node)["lun"].get<std::string>()
+                                                          : (*node)["lun"].dump();
+            return fmt::format("iscsi://{}/{}/{}", node->value("portal", ""), node->value("target", ""), lun);
+        }
+        if (node->value("driver", "") == "file") return node->value("filename", "");
+        return {};
+    }
+    return std::string(filename);
+}
+
+Result<std::vector<SourceDisk>> list_source_disks(qmp::Client& client) {
+    auto blocks = qmp::query_block(client);
+    if (!blocks) return fail(blocks.error().with_context("query-block"));
+    auto nodes = qmp::query_named_block_nodes(client);
+    if (!nodes) return fail(nodes.error().with_context("query-named-block-nodes"));
+    std::vector<SourceDisk> disks;
+    for (const auto& b : *blocks) {
+        if (!b.inserted) continue;
+        SourceDisk d;
+        d.node = b.inserted->node_name;
+        d.id = b.qdev ? qdev_id(*b.qdev) : (!b.device.empty() ? b.device : d.node);
+        d.driver = b.inserted->driver;
+        d.filename = b.inserted->file;
+        d.cache_mode = b.inserted->cache_mode;
+        d.has_backing = b.inserted->backing_file.has_value();
+        if (!b.inserted->chain.empty()) {
+            d.virtual_size = b.inserted->chain.front().virtual_size;
+            d.filename = b.inserted->chain.front().filename;
+        }
+        d.location = location_from_filename(d.filename);
+        // Protocol nodes under this format node share its filename and use
+        // a protocol driver; remember their names to release them later.
+        for (const auto& n : *nodes) {
+            if (n.node_name == d.node || n.file != b.inserted->file) continue;
+            if (n.driver == "file" || n.driver == "host_device" || n.driver == "nfs" || n.driver == "iscsi" ||
+                n.driver == "nbd")
+                d.protocol_nodes.push_back(n.node_name);
+        }
+        disks.push_back(std::move(d));
+    }
+    return disks;
+}
+
+Result<SourceDisk> find_source_disk(const std::vector<SourceDisk>& disks, std::string_view id) {
+    for (const auto& d : disks)
+        if (d.id == id || d.node == id) return d;
+    std::string known;
+    for (const auto& d : disks) known += (known.empty() ? "" : ", ") + d.id;
+    return fail(ErrorCode::not_found,
+                fmt::format("no disk '{}' in this guest (disks: {})", id, known.empty() ? "none" : known));
+}
+
+}  // namespace blockmig

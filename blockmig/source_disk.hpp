@@ -1,0 +1,34 @@
+// What blockmig knows about one of a guest's disks, read through QMP.
+#pragma once
+
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "qmp/client.hpp"
+
+namespace blockmig {
+
+struct SourceDisk {
+    std::string id;            // what the user calls it: the qdev id, else the node name
+    std::string node;          // top (format) node the device is attached to
+    std::string driver;        // "qcow2", "raw", ... ("mirror_top" while a job runs)
+    std::uint64_t virtual_size = 0;
+    std::string filename;      // as QEMU shows it: a path, nfs://..., json:{...}
+    std::string location;      // a volume spec pools/ understands, or empty
+    std::string cache_mode;    // "none", "writeback", ...
+    bool has_backing = false;
+    std::vector<std::string> protocol_nodes;  // named nodes below `node` (to release after a pivot)
+};
+
+// Every disk with a medium, in query-block order.
+Result<std::vector<SourceDisk>> list_source_disks(qmp::Client& client);
+
+// Finds a disk by qdev id ("disk0"), full qdev path, or node name.
+Result<SourceDisk> find_source_disk(const std::vector<SourceDisk>& disks, std::string_view id);
+
+// Turns a QEMU filename into a volume spec for pools/: paths and nfs:// URLs
+// pass through; json:{...iscsi...} becomes iscsi://portal/target/lun.
+std::string location_from_filename(std::string_view filename);
+
+}  // namespace blockmig
