@@ -222,12 +222,12 @@ private:
         const std::uint64_t initial_speed =
             m_options.bandwidth ? m_options.bandwidth / m_moves.size() : 0;
         for (auto& m : m_moves) {
+            if (auto r = m->start(initial_mode(), initial_speed); !r)
+                return fail(r.error().with_context(m->source().id));
             m_progress.event("start", {{"disk", m->source().id}, {"target", m->target_url()}},
                              fmt::format("{}: mirroring {} -> {}", m->source().id,
                                          m->source().location.empty() ? m->source().filename : m->source().location,
                                          m->target_url()));
-            if (auto r = m->start(initial_mode(), initial_speed); !r)
-                return fail(r.error().with_context(m->source().id));
         }
         const auto started = SteadyClock::now();
         std::map<DiskMove*, RateMeter> meters;

@@ -127,7 +127,10 @@ nlohmann::json NbdHop::client_node(const std::string& node_name) const {
     return {{"driver", "nbd"},
             {"node-name", node_name},
             {"server", {{"type", "unix"}, {"path", m_socket.string()}}},
-            {"export", "hop"}};
+            {"export", "hop"},
+            // Without it the block layer strips MAY_UNMAP from zero writes and
+            // a thin target gets fully allocated by the mirror's zeroing pass.
+            {"discard", "unmap"}};
 }
 
 bool NbdHop::running() const { return m_pid > 0 && kill(m_pid, 0) == 0; }

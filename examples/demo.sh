@@ -15,7 +15,7 @@ lab=$root/tests/lab
 demo=${BLOCKMIG_DEMO_DIR:-/var/tmp/blockmig-demo}
 
 .ci/install-deps.sh
-cmake -S . -B build -DCMAKE_BUILD_TYPE=Release -DBUILD_TESTING=ON >/dev/null
+cmake -S . -B build >/dev/null
 cmake --build build -j"$(nproc)" --target blockmig diskstamp >/dev/null
 blockmig=$root/build/blockmig/blockmig
 diskstamp=$root/build/tests/lab/diskstamp
@@ -28,6 +28,10 @@ cleanup() {
   "$lab/iscsi.sh" stop "$demo/iscsi" || true
 }
 trap cleanup EXIT
+# One NFSv3 server per network namespace (rpcbind's port 111): wait for any
+# lab test that has one running, as the test lab itself does.
+exec 9>/run/lock/blockmig-lab-nfs.lock
+flock 9
 cleanup
 rm -rf "$demo"; mkdir -p "$demo/local"
 
@@ -40,21 +44,27 @@ qemu-img create -q -f qcow2 "$demo/local/vm1.qcow2" 256M
 echo "local pool: $demo/local (guest disk vm1.qcow2, 256 MiB)"
 BLOCKMIG_GUEST_APPEND="stamp.blocks=8192" "$lab/guest.sh" start "$demo/guest" \
   -blockdev "driver=file,node-name=vm1-file,filename=$demo/local/vm1.qcow2,cache.direct=on,aio=native" \
-  -blockdev "driver=qcow2,node-name=vm1,file=vm1-file" \
+  -blockdev "driver=qcow2,node-name=vm1,file=vm1-file,cache.direct=on" \
   -device virtio-blk-pci,drive=vm1,id=disk0 >/dev/null
 qmp=$demo/guest/qmp.sock
 for _ in $(seq 1 300); do grep -q '^ACK' "$demo/guest/console.log" && break; sleep 0.2; done
 echo "guest:      running ($(grep -m1 GUEST-UP "$demo/guest/console.log")), QMP $qmp"
 echo "            $(grep -c '^ACK' "$demo/guest/console.log") write batches acknowledged so far"
 
-"$blockmig" qmp "$qmp" query-status
+
+say "moving the disk live: local -> NFS (qcow2)"
+"$blockmig" move --qmp "$qmp" --disk disk0 --to nfs://127.0.0.1/export
+say "moving the disk live: NFS -> iSCSI (raw, a thin LUN)"
+"$blockmig" move --qmp "$qmp" --disk disk0 --to "iscsi://127.0.0.1:3260/$iqn" --format raw
+echo
+"$blockmig" qmp "$qmp" query-block | grep -E '"(node-name|filename|qdev)"' | head -n 4
 
 say "pausing the guest and verifying every block against its last acknowledged write"
 "$blockmig" qmp "$qmp" stop >/dev/null
 ack=$(grep '^ACK' "$demo/guest/console.log" | tail -n 1)
 gen=$(sed -E 's/.* gen=([0-9]+).*/\1/' <<<"$ack"); blk=$(sed -E 's/.* blk=([0-9]+).*/\1/' <<<"$ack")
 echo "last ACK: $ack"
-qemu-img convert -U -O raw "$demo/local/vm1.qcow2" "$demo/check.raw"
+qemu-img convert -U -f raw -O raw "iscsi://127.0.0.1:3260/$iqn/1" "$demo/check.raw"
 if "$diskstamp" verify "$demo/check.raw" 8192 "$gen" "$blk"; then
   say "PASS: every acknowledged block is intact"
 else
