@@ -23,6 +23,8 @@ int run(int argc, char** argv) {
     try {
         CLI::App app{"blockmig: move virtual-machine disks while the guest keeps running"};
         app.require_subcommand(1);
+        // Global options (--output, -v) may also follow the subcommand, as users type them.
+        app.fallthrough();
         app.set_version_flag("--version", std::string("blockmig ") + BLOCKMIG_VERSION);
         Dispatch dispatch;
         std::map<std::string, OutputFormat> formats{{"text", OutputFormat::text},
@@ -35,6 +37,7 @@ int run(int argc, char** argv) {
         add_qmp_command(app, dispatch);
         add_pool_commands(app, dispatch);
         add_move_command(app, dispatch);
+        add_pivot_command(app, dispatch);
 
         try {
             app.parse(argc, argv);

@@ -29,5 +29,6 @@ struct Dispatch {
 void add_qmp_command(CLI::App& app, Dispatch& dispatch);
 void add_pool_commands(CLI::App& app, Dispatch& dispatch);
 void add_move_command(CLI::App& app, Dispatch& dispatch);
+void add_pivot_command(CLI::App& app, Dispatch& dispatch);
 
 }  // namespace blockmig::cli

@@ -26,6 +26,7 @@ struct MoveArgs {
     double bandwidth_mib = 0;
     std::string copy_mode = "auto";
     bool copy_only = false;
+    bool no_pivot = false;
     bool verify = false;
     bool delete_source = false;
     bool unsafe = false;
@@ -65,6 +66,7 @@ Result<MoveOptions> to_options(const MoveArgs& args) {
                   : args.copy_mode == "write-blocking" ? CopyModePolicy::write_blocking
                                                        : CopyModePolicy::auto_switch;
     o.copy_only = args.copy_only;
+    o.no_pivot = args.no_pivot;
     o.verify = args.verify;
     o.delete_source = args.delete_source;
     o.unsafe = args.unsafe;
@@ -106,7 +108,7 @@ Result<void> run_move_command(const MoveArgs& args, const GlobalOptions& globals
                          {"write_blocking", d.switched_to_write_blocking},
                          {"source_allocated", d.source_allocated},
                          {"target_allocated", d.target_allocated}});
-        if (globals.output == OutputFormat::text)
+        if (globals.output == OutputFormat::text && !args.no_pivot)
             fmt::print("{}: {} {} -> {} ({} allocated)\n", d.disk, d.pivoted ? "moved" : "copied", d.source, d.target,
                        human_size(d.target_allocated));
     }
@@ -130,6 +132,9 @@ void add_move_command(CLI::App& app, Dispatch& dispatch) {
     cmd->add_option("--copy-mode", args->copy_mode, "background, write-blocking or auto (default)")
         ->check(CLI::IsMember({"background", "write-blocking", "auto"}));
     cmd->add_flag("--copy-only", args->copy_only, "make a consistent copy; the guest stays on its source");
+    auto* no_pivot = cmd->add_flag("--no-pivot", args->no_pivot,
+                                   "stop at READY (job keeps mirroring); finish later with `blockmig pivot`");
+    no_pivot->excludes(cmd->get_option("--copy-only"));
     cmd->add_flag("--verify", args->verify, "pause the guest briefly and prove target == source before finishing");
     cmd->add_flag("--delete-source", args->delete_source, "delete the old volume after a confirmed pivot");
     cmd->add_flag("--unsafe", args->unsafe, "allow cache modes other than none on network targets");

@@ -3,6 +3,7 @@
 #include <fmt/core.h>
 #include <unistd.h>
 
+#include <fstream>
 #include <thread>
 
 #include "pools/pools.hpp"
@@ -144,23 +145,113 @@ Result<void> DiskMove::start_mirror(qmp::CopyMode mode, std::uint64_t speed) {
     // Keep the job after it ends so its error can be read, then dismiss it.
     mirror.auto_dismiss = false;
     if (auto r = qmp::blockdev_mirror(m_client, mirror); !r) return fail(r.error().with_context("blockdev-mirror"));
-    if (m_state != DiskMoveState::copying) {
-        m_undo.emplace_back("job", [this] {
-            (void)qmp::block_job_cancel(m_client, m_job_id, true);
-            std::optional<std::string> ignored;
-            if (!wait_job_gone(10s, &ignored) && m_hop) {
-                // The target stopped answering and the job cannot finish
-                // cancelling: killing the hop fails its requests at once.
-                m_hop->kill_now();
-                (void)wait_job_gone(10s, &ignored);
-            }
-        });
-    }
+    if (m_state != DiskMoveState::copying) push_undo_job();
     m_state = DiskMoveState::copying;
     m_offset = 0;
     m_len = 0;
     m_last_progress = std::chrono::steady_clock::now();
     return {};
+}
+
+void DiskMove::push_undo_job() {
+    m_undo.emplace_back("job", [this] {
+        (void)qmp::block_job_cancel(m_client, m_job_id, true);
+        std::optional<std::string> ignored;
+        if (!wait_job_gone(10s, &ignored) && m_hop) {
+            // The target stopped answering and the job cannot finish
+            // cancelling: killing the hop fails its requests at once.
+            m_hop->kill_now();
+            (void)wait_job_gone(10s, &ignored);
+        }
+    });
+}
+
+Result<std::filesystem::path> DiskMove::leave_ready() {
+    nlohmann::json saved{{"job_id", m_job_id},
+                         {"prefix", m_prefix},
+                         {"disk", m_source.id},
+                         {"source_node", m_source.node},
+                         {"source_driver", m_source.driver},
+                         {"source_location", m_source.location},
+                         {"source_filename", m_source.filename},
+                         {"source_protocol_nodes", m_source.protocol_nodes},
+                         {"virtual_size", m_source.virtual_size},
+                         {"target", target_url()},
+                         {"target_format", pools::to_string(m_plan.format)},
+                         {"top_node", m_top_node},
+                         {"hop_node", m_hop_node},
+                         {"hop_pid", m_hop ? m_hop->pid() : -1},
+                         {"hop_socket", m_hop ? m_hop->socket_path().string() : ""},
+                         {"chain",
+                          {{"protocol", m_chain.protocol},
+                           {"format", m_chain.format},
+                           {"protocol_node", m_chain.protocol_node},
+                           {"format_node", m_chain.format_node},
+                           {"secrets", m_chain.secrets}}}};
+    std::filesystem::path dir = m_options.state_dir / "jobs";
+    std::error_code ec;
+    std::filesystem::create_directories(dir, ec);
+    std::filesystem::path file = dir / (m_job_id + ".json");
+    std::ofstream out(file);
+    out << saved.dump(2) << "\n";
+    if (!out.good())
+        return fail(ErrorCode::io_error, fmt::format("save job state {}: write failed", file.string()));
+    // The job, its nodes, the volume and the hop now outlive this process.
+    m_undo.clear();
+    if (m_hop) m_hop->detach();
+    m_hop.reset();
+    return file;
+}
+
+Result<std::unique_ptr<DiskMove>> DiskMove::adopt(qmp::Client& client, const nlohmann::json& saved,
+                                                  const MoveOptions& options, ProgressSink& progress) {
+    SourceDisk source;
+    source.id = saved.value("disk", "");
+    source.node = saved.value("source_node", "");
+    source.driver = saved.value("source_driver", "");
+    source.location = saved.value("source_location", "");
+    source.filename = saved.value("source_filename", "");
+    source.protocol_nodes = saved.value("source_protocol_nodes", std::vector<std::string>{});
+    source.virtual_size = saved.value("virtual_size", std::uint64_t{0});
+    auto ref = pools::resolve_volume(saved.value("target", ""), options.pools);
+    if (!ref) return fail(ref.error().with_context("target of the saved move"));
+    TargetPlan plan;
+    plan.pool = std::move(ref->pool);
+    plan.volume = ref->name;
+    auto format = pools::parse_image_format(saved.value("target_format", "raw"));
+    plan.format = format ? *format : pools::ImageFormat::raw;
+    plan.network = saved.value("hop_pid", -1) > 0;
+
+    auto move = std::make_unique<DiskMove>(client, std::move(source), std::move(plan), options, progress);
+    DiskMove& m = *move;
+    m.m_prefix = saved.value("prefix", "");
+    m.m_job_id = saved.value("job_id", "");
+    m.m_top_node = saved.value("top_node", "");
+    m.m_hop_node = saved.value("hop_node", "");
+    const auto& chain = saved["chain"];
+    m.m_chain.protocol = chain["protocol"];
+    m.m_chain.format = chain["format"];
+    m.m_chain.protocol_node = chain.value("protocol_node", "");
+    m.m_chain.format_node = chain.value("format_node", "");
+    m.m_chain.secrets = chain.value("secrets", std::vector<nlohmann::json>{});
+    // Same undo stack a fresh move would have built, in creation order.
+    auto* pool = m.m_plan.pool.get();
+    std::string name = m.m_plan.volume;
+    m.m_undo.emplace_back("volume", [pool, name] { (void)pool->remove(name); });
+    if (m.m_plan.network) {
+        auto hop = NbdHop::adopt(saved.value("hop_pid", -1), saved.value("hop_socket", ""));
+        if (!hop) return fail(hop.error());
+        m.m_hop.emplace(std::move(*hop));
+        m.m_undo.emplace_back("hop", [&m] { if (m.m_hop) m.m_hop->kill_now(); });
+        m.m_undo.emplace_back("node", [&m] { (void)qmp::blockdev_del(m.m_client, m.m_hop_node); });
+    } else {
+        std::string proto = m.m_chain.protocol_node;
+        m.m_undo.emplace_back("node", [&m, proto] { (void)qmp::blockdev_del(m.m_client, proto); });
+    }
+    m.m_undo.emplace_back("node", [&m] { (void)qmp::blockdev_del(m.m_client, m.m_top_node); });
+    m.push_undo_job();
+    m.m_state = DiskMoveState::ready;
+    return move;
 }
 
 Result<void> DiskMove::observe(const std::vector<qmp::BlockJobInfo>& jobs) {

@@ -61,6 +61,14 @@ public:
     // Waits until the job is ready with nothing left to copy (guest paused).
     Result<void> wait_in_sync(std::chrono::milliseconds timeout);
 
+    // `--no-pivot`: leaves the READY job (and its NBD hop) running after
+    // blockmig exits, and saves what a later `blockmig pivot` needs in
+    // <state_dir>/jobs/<job-id>.json.
+    Result<std::filesystem::path> leave_ready();
+    // Rebuilds a READY move from such a file (for `blockmig pivot`).
+    static Result<std::unique_ptr<DiskMove>> adopt(qmp::Client& client, const nlohmann::json& saved,
+                                                   const MoveOptions& options, ProgressSink& progress);
+
     Result<void> pivot();             // block-job-complete; then re-point at a direct node
     Result<void> finish_copy_only();  // cancel at READY: target keeps a consistent copy
     void rollback();                  // best effort; leaves the guest on its source
@@ -79,6 +87,7 @@ public:
     std::string hop_log() const { return m_hop ? m_hop->log_tail() : std::string{}; }
 
 private:
+    void push_undo_job();
     Result<void> create_target();
     Result<void> attach_target();
     Result<void> start_mirror(qmp::CopyMode mode, std::uint64_t speed);

@@ -4,6 +4,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <fstream>
 #include <map>
 #include <thread>
 
@@ -326,6 +327,22 @@ private:
             }
         }
         MoveReport report;
+        if (m_options.no_pivot) {
+            resume();
+            for (auto& m : m_moves) {
+                auto saved = m->leave_ready();
+                if (!saved) {
+                    rollback_all();
+                    return fail(saved.error().with_context(m->source().id));
+                }
+                m_progress.event("ready", {{"disk", m->source().id}, {"job", m->job_id()}, {"state", saved->string()}},
+                                 fmt::format("{}: READY; mirror job {} keeps {} in sync. Finish with `blockmig pivot "
+                                             "--qmp SOCKET --disk {}` (or --abort)",
+                                             m->source().id, m->job_id(), m->target_url(), m->source().id));
+                report.disks.push_back(m->report());
+            }
+            return report;
+        }
         for (auto& m : m_moves) {
             auto r = m_options.copy_only ? m->finish_copy_only() : m->pivot();
             if (!r) {
@@ -405,6 +422,52 @@ private:
 };
 
 }  // namespace
+
+Result<MoveReport> run_pivot(qmp::Client& client, const PivotOptions& options, ProgressSink& progress) {
+    MoveOptions move_options;
+    move_options.pools = options.pools;
+    move_options.state_dir = options.state_dir.empty() ? "/run/blockmig" : options.state_dir;
+    auto jobs = qmp::query_block_jobs(client);
+    if (!jobs) return fail(jobs.error().with_context("query-block-jobs"));
+    std::vector<std::pair<std::filesystem::path, nlohmann::json>> found;
+    std::error_code ec;
+    for (const auto& entry : std::filesystem::directory_iterator(move_options.state_dir / "jobs", ec)) {
+        std::ifstream in(entry.path());
+        auto saved = nlohmann::json::parse(in, nullptr, false);
+        if (saved.is_discarded() || !saved.is_object()) continue;
+        const std::string job_id = saved.value("job_id", "");
+        bool here = std::any_of(jobs->begin(), jobs->end(), [&](auto& j) { return j.id == job_id; });
+        bool wanted = options.disks.empty() ||
+                      std::find(options.disks.begin(), options.disks.end(), saved.value("disk", "")) !=
+                          options.disks.end();
+        if (here && wanted) found.emplace_back(entry.path(), std::move(saved));
+    }
+    if (found.empty())
+        return fail(ErrorCode::not_found, "no move left READY by `blockmig move --no-pivot` for this guest");
+    MoveReport report;
+    for (auto& [file, saved] : found) {
+        auto move = DiskMove::adopt(client, saved, move_options, progress);
+        if (!move) return fail(move.error().with_context(saved.value("disk", "")));
+        auto& m = **move;
+        if (auto r = m.observe(*jobs); !r) return fail(r.error().with_context(m.source().id));
+        if (options.abort) {
+            m.rollback();
+            progress.event("aborted", {{"disk", m.source().id}},
+                           fmt::format("{}: move aborted; the guest stays on its source", m.source().id));
+        } else if (auto r = m.pivot(); !r) {
+            // Before the switch QEMU kept the source: undo everything. After
+            // it, keep the state file: it describes the daemon still in use.
+            if (m.state() != DiskMoveState::pivoted) {
+                m.rollback();
+                std::filesystem::remove(file, ec);
+            }
+            return fail(r.error().with_context(m.source().id));
+        }
+        std::filesystem::remove(file, ec);
+        report.disks.push_back(m.report());
+    }
+    return report;
+}
 
 Result<MoveReport> run_move(qmp::Client& client, const MoveOptions& options, ProgressSink& progress,
                             const std::atomic<bool>& cancel) {

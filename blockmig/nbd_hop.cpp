@@ -104,8 +104,26 @@ Result<NbdHop> NbdHop::start(const std::filesystem::path& state_dir, const nlohm
     return hop;
 }
 
+Result<NbdHop> NbdHop::adopt(int pid, const std::filesystem::path& socket) {
+    // A PID can be reused: only adopt a qemu-storage-daemon serving `socket`.
+    std::ifstream in(fmt::format("/proc/{}/cmdline", pid), std::ios::binary);
+    std::string cmdline((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    if (cmdline.find("qemu-storage-daemon") == std::string::npos ||
+        cmdline.find(socket.string()) == std::string::npos)
+        return fail(ErrorCode::not_found,
+                    fmt::format("storage daemon {} serving {} is gone", pid, socket.string()));
+    NbdHop hop;
+    hop.m_pid = pid;
+    hop.m_adopted = true;
+    hop.m_socket = socket;
+    hop.m_dir = socket.parent_path();
+    hop.m_log = hop.m_dir / "qemu-storage-daemon.log";
+    return hop;
+}
+
 NbdHop::NbdHop(NbdHop&& other) noexcept
     : m_pid(std::exchange(other.m_pid, -1)),
+      m_adopted(other.m_adopted),
       m_socket(std::move(other.m_socket)),
       m_log(std::move(other.m_log)),
       m_dir(std::move(other.m_dir)) {}
@@ -114,6 +132,7 @@ NbdHop& NbdHop::operator=(NbdHop&& other) noexcept {
     if (this != &other) {
         kill_now();
         m_pid = std::exchange(other.m_pid, -1);
+        m_adopted = other.m_adopted;
         m_socket = std::move(other.m_socket);
         m_log = std::move(other.m_log);
         m_dir = std::move(other.m_dir);
@@ -135,26 +154,31 @@ nlohmann::json NbdHop::client_node(const std::string& node_name) const {
 
 bool NbdHop::running() const { return m_pid > 0 && kill(m_pid, 0) == 0; }
 
+void NbdHop::wait_gone(std::chrono::milliseconds timeout) {
+    auto deadline = std::chrono::steady_clock::now() + timeout;
+    for (;;) {
+        int status = 0;
+        bool gone = m_adopted ? kill(m_pid, 0) != 0 : waitpid(m_pid, &status, WNOHANG) == m_pid;
+        if (gone) {
+            m_pid = -1;
+            return;
+        }
+        if (std::chrono::steady_clock::now() > deadline) return;
+        std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+}
+
 void NbdHop::kill_now() {
     if (m_pid <= 0) return;
     kill(m_pid, SIGKILL);
-    int status = 0;
-    waitpid(m_pid, &status, 0);
+    wait_gone(std::chrono::seconds(5));
     m_pid = -1;
 }
 
 void NbdHop::stop(std::chrono::milliseconds grace) {
     if (m_pid <= 0) return;
     kill(m_pid, SIGTERM);
-    auto deadline = std::chrono::steady_clock::now() + grace;
-    int status = 0;
-    while (std::chrono::steady_clock::now() < deadline) {
-        if (waitpid(m_pid, &status, WNOHANG) == m_pid) {
-            m_pid = -1;
-            return;
-        }
-        std::this_thread::sleep_for(std::chrono::milliseconds(20));
-    }
+    wait_gone(grace);
     kill_now();
 }
 

@@ -32,6 +32,10 @@ public:
                                 const std::vector<nlohmann::json>& secrets,
                                 std::chrono::milliseconds timeout);
 
+    // Takes over a daemon an earlier blockmig run left serving a READY
+    // mirror (`move --no-pivot`). Fails unless `pid` is still that daemon.
+    static Result<NbdHop> adopt(int pid, const std::filesystem::path& socket);
+
     NbdHop(NbdHop&& other) noexcept;
     NbdHop& operator=(NbdHop&& other) noexcept;
     NbdHop(const NbdHop&) = delete;
@@ -48,13 +52,18 @@ public:
     // Forgets the daemon without stopping it: used when the guest still
     // depends on it after a failure, so that exiting cannot hurt the guest.
     int detach() { return std::exchange(m_pid, -1); }
+    int pid() const { return m_pid; }
     const std::filesystem::path& socket_path() const { return m_socket; }
     // The daemon's stderr (its error messages), for error reports.
     std::string log_tail() const;
 
 private:
     NbdHop() = default;
+    // Reaps the daemon: waitpid for our child, polling for an adopted one.
+    void wait_gone(std::chrono::milliseconds timeout);
+
     int m_pid = -1;
+    bool m_adopted = false;  // not our child: cannot waitpid
     std::filesystem::path m_socket;
     std::filesystem::path m_log;
     std::filesystem::path m_dir;

@@ -18,6 +18,7 @@
 #include <atomic>
 #include <chrono>
 #include <cstdint>
+#include <filesystem>
 #include <optional>
 #include <string>
 #include <vector>
@@ -44,6 +45,7 @@ struct MoveOptions {
     std::uint64_t bandwidth = 0;                // bytes/s for all disks together; 0 = unlimited
     CopyModePolicy copy_mode = CopyModePolicy::auto_switch;
     bool copy_only = false;
+    bool no_pivot = false;                      // leave the jobs READY for `blockmig pivot`
     bool verify = false;
     bool delete_source = false;
     bool unsafe = false;                        // allow cache modes other than none on network targets
@@ -70,6 +72,17 @@ struct DiskMoveReport {
 struct MoveReport {
     std::vector<DiskMoveReport> disks;
 };
+
+struct PivotOptions {
+    std::vector<std::string> disks;  // empty: every move left READY for this guest
+    bool abort = false;              // cancel instead: guest stays on its source, target deleted
+    std::filesystem::path state_dir; // default /run/blockmig
+    pools::PoolsConfig pools;
+};
+
+// Finishes (or aborts) moves that `move --no-pivot` left READY on the guest
+// behind `client`, from the state saved in <state_dir>/jobs/.
+Result<MoveReport> run_pivot(qmp::Client& client, const PivotOptions& options, ProgressSink& progress);
 
 // Runs a move on the guest behind `client`. `cancel` (e.g. set by SIGINT)
 // aborts with rollback if it becomes true before the pivot. Blocks until done.
