@@ -25,6 +25,7 @@ struct MoveArgs {
     std::string format;
     double bandwidth_mib = 0;
     std::string copy_mode = "auto";
+    bool shallow = false;
     bool copy_only = false;
     bool no_pivot = false;
     bool verify = false;
@@ -65,6 +66,7 @@ Result<MoveOptions> to_options(const MoveArgs& args) {
     o.copy_mode = args.copy_mode == "background"       ? CopyModePolicy::background
                   : args.copy_mode == "write-blocking" ? CopyModePolicy::write_blocking
                                                        : CopyModePolicy::auto_switch;
+    o.shallow = args.shallow;
     o.copy_only = args.copy_only;
     o.no_pivot = args.no_pivot;
     o.verify = args.verify;
@@ -131,6 +133,7 @@ void add_move_command(CLI::App& app, Dispatch& dispatch) {
         ->check(CLI::NonNegativeNumber);
     cmd->add_option("--copy-mode", args->copy_mode, "background, write-blocking or auto (default)")
         ->check(CLI::IsMember({"background", "write-blocking", "auto"}));
+    cmd->add_flag("--shallow", args->shallow, "copy only the top image; the target keeps the backing chain");
     cmd->add_flag("--copy-only", args->copy_only, "make a consistent copy; the guest stays on its source");
     auto* no_pivot = cmd->add_flag("--no-pivot", args->no_pivot,
                                    "stop at READY (job keeps mirroring); finish later with `blockmig pivot`");

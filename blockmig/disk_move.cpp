@@ -6,6 +6,7 @@
 #include <fstream>
 #include <thread>
 
+#include "pools/image_format.hpp"
 #include "pools/pools.hpp"
 
 namespace blockmig {
@@ -82,6 +83,14 @@ Result<void> DiskMove::create_target() {
     m_undo.emplace_back("volume", [pool, name] { (void)pool->remove(name); });
     m_state = DiskMoveState::target_created;
 
+    if (shallow()) {
+        auto volume = m_plan.pool->open(m_plan.volume, true);
+        if (!volume) return fail(volume.error().with_context("open target volume"));
+        auto backing_format = pools::parse_image_format(m_source.backing_format);
+        if (!backing_format) return fail(backing_format.error().with_context("backing image"));
+        if (auto r = pools::set_qcow2_backing(**volume, m_source.backing_filename, *backing_format); !r)
+            return fail(r.error().with_context("record backing file in target"));
+    }
     if (m_plan.network && m_plan.format == pools::ImageFormat::qcow2 && m_plan.pool->type() == "nfs") {
         auto volume = m_plan.pool->open(m_plan.volume, true);
         if (!volume) return fail(volume.error().with_context("open target volume"));
@@ -102,6 +111,9 @@ Result<void> DiskMove::attach_target() {
     if (!chain) return fail(chain.error().with_context("describe target for QEMU"));
     m_chain = *chain;
     m_top_node = m_chain.format_node;
+    // A shallow target shares the guest's backing node; naming it here also
+    // keeps it across the blockdev-reopen after the pivot.
+    if (shallow()) m_chain.format["backing"] = m_source.backing_node;
 
     nlohmann::json format_node = m_chain.format;
     if (m_plan.network) {
@@ -139,7 +151,7 @@ Result<void> DiskMove::start_mirror(qmp::CopyMode mode, std::uint64_t speed) {
     mirror.job_id = m_job_id;
     mirror.device = m_source.node;
     mirror.target = m_top_node;
-    mirror.sync = qmp::MirrorSync::full;
+    mirror.sync = shallow() ? qmp::MirrorSync::top : qmp::MirrorSync::full;
     mirror.speed = speed;
     mirror.copy_mode = mode;
     // Keep the job after it ends so its error can be read, then dismiss it.

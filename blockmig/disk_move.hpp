@@ -87,6 +87,7 @@ public:
     std::string hop_log() const { return m_hop ? m_hop->log_tail() : std::string{}; }
 
 private:
+    bool shallow() const { return m_options.shallow && m_source.has_backing; }
     void push_undo_job();
     Result<void> create_target();
     Result<void> attach_target();

@@ -99,6 +99,15 @@ Result<void> preflight(const SourceDisk& source, TargetPlan& plan, const MoveOpt
                     fmt::format("{}: the disk uses cache mode '{}'; on network storage only cache=none keeps "
                                 "acknowledged writes safe across a host crash (use --unsafe to move anyway)",
                                 source.id, source.cache_mode.empty() ? "unknown" : source.cache_mode));
+    if (options.shallow && source.has_backing) {
+        if (plan.format != pools::ImageFormat::qcow2)
+            return fail(ErrorCode::invalid_argument,
+                        fmt::format("{}: --shallow keeps the backing chain, so the target must be qcow2", source.id));
+        if (source.backing_node.empty())
+            return fail(ErrorCode::unsupported,
+                        fmt::format("{}: --shallow: the backing image {} has no node name to share", source.id,
+                                    source.backing_filename));
+    }
     if (options.delete_source && source.location.empty())
         return fail(ErrorCode::invalid_argument,
                     fmt::format("{}: --delete-source: cannot tell which volume '{}' is", source.id, source.filename));
@@ -136,8 +145,18 @@ Result<void> check_capacity(const std::vector<std::unique_ptr<DiskMove>>& moves)
 // (paused and flushed at this point).
 Result<bool> images_equal(const std::string& a, std::string_view a_format, const std::string& b,
                           std::string_view b_format) {
-    std::vector<std::string> args{"qemu-img", "compare", "-U",          "-q", "-f", std::string(a_format),
-                                  "-F",       std::string(b_format), a, b};
+    // A mirror target does not share "consistent read", so even -U cannot
+    // open a local target while the job exists: open local files with
+    // locking=off (the guest is paused and flushed; nothing writes).
+    auto spec = [](const std::string& image, std::string_view format) {
+        nlohmann::json file{{"filename", image}};
+        if (image.starts_with('/')) {
+            file["driver"] = "file";
+            file["locking"] = "off";
+        }
+        return "json:" + nlohmann::json{{"driver", format}, {"file", file}}.dump();
+    };
+    std::vector<std::string> args{"qemu-img", "compare", "-U", "-q", spec(a, a_format), spec(b, b_format)};
     std::vector<char*> argv;
     for (auto& s : args) argv.push_back(s.data());
     argv.push_back(nullptr);

@@ -57,6 +57,13 @@ Result<std::vector<SourceDisk>> list_source_disks(qmp::Client& client) {
             d.filename = b.inserted->chain.front().filename;
         }
         d.location = location_from_filename(d.filename);
+        if (b.inserted->chain.size() > 1) {
+            d.has_backing = true;
+            d.backing_filename = b.inserted->chain[1].filename;
+            d.backing_format = b.inserted->chain[1].format;
+            for (const auto& n : *nodes)
+                if (n.file == d.backing_filename && n.driver == d.backing_format) d.backing_node = n.node_name;
+        }
         // Protocol nodes under this format node share its filename and use
         // a protocol driver; remember their names to release them later.
         for (const auto& n : *nodes) {

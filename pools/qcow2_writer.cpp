@@ -8,6 +8,8 @@
 // tests check the result with `qemu-img check` and `qemu-img info`.
 #include <fmt/core.h>
 
+#include <algorithm>
+#include <cstring>
 #include <vector>
 
 #include "pools/image_format.hpp"
@@ -93,6 +95,41 @@ Result<void> write_empty_qcow2(Volume& volume, std::uint64_t virtual_size) {
     if (auto r = volume.pwrite(std::span(image).first(k_cluster_size), 0); !r) {
         return fail(r.error().with_context("qcow2: write header"));
     }
+    if (auto r = volume.flush(); !r) return fail(r.error().with_context("qcow2: flush"));
+    return {};
+}
+
+Result<void> set_qcow2_backing(Volume& volume, std::string_view backing, ImageFormat backing_format) {
+    // Cluster 0 of a fresh image: 104-byte header, then the extension area.
+    // Layout written here (docs/interop/qcow2.txt, "Header extensions"):
+    //   104: backing format extension {type 0xe2792aca, length, name, pad to 8}
+    //   then the end-of-extensions marker (8 zero bytes), then the file name.
+    const std::string_view format_name = to_string(backing_format);
+    if (backing.empty() || backing.size() > 1023)
+        return fail(ErrorCode::invalid_argument,
+                    fmt::format("qcow2: backing file name must be 1..1023 bytes, got {}", backing.size()));
+    std::vector<std::byte> header(k_cluster_size);
+    if (auto r = read_full(volume, header, 0); !r) return fail(r.error().with_context("qcow2: read header"));
+    auto get_be = [&](std::size_t offset, int bytes) {
+        std::uint64_t v = 0;
+        for (int i = 0; i < bytes; ++i) v = v << 8 | static_cast<std::uint8_t>(header[offset + i]);
+        return v;
+    };
+    if (get_be(0, 4) != 0x514649fb || get_be(4, 4) != 3 || get_be(100, 4) != k_header_length ||
+        get_be(8, 8) != 0 || get_be(k_header_length, 8) != 0)
+        return fail(ErrorCode::invalid_argument, "qcow2: not a fresh image without extensions");
+    const std::size_t ext_len = (format_name.size() + 7) / 8 * 8;
+    const std::size_t name_offset = k_header_length + 8 + ext_len + 8;
+    std::fill(header.begin() + k_header_length, header.end(), std::byte{0});
+    put_be(header, k_header_length, 0xe2792aca, 4);
+    put_be(header, k_header_length + 4, format_name.size(), 4);
+    std::memcpy(&header[k_header_length + 8], format_name.data(), format_name.size());
+    std::memcpy(&header[name_offset], backing.data(), backing.size());
+    put_be(header, 8, name_offset, 8);       // backing_file_offset
+    put_be(header, 16, backing.size(), 4);   // backing_file_size
+    // The whole cluster: block devices (iSCSI LUNs) take only aligned writes.
+    if (auto r = volume.pwrite(header, 0); !r)
+        return fail(r.error().with_context("qcow2: write header"));
     if (auto r = volume.flush(); !r) return fail(r.error().with_context("qcow2: flush"));
     return {};
 }

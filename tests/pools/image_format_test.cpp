@@ -112,3 +112,26 @@ TEST(ProbeImage, TruncatedQcow2HeaderIsAProtocolError) {
 }
 
 }  // namespace
+
+TEST(Qcow2Backing, RecordsBackingFileAndFormatInHeader) {
+    auto pool = blockmig::pools::make_mem_pool(64ull << 20);
+    ASSERT_TRUE(pool->create("overlay.qcow2", 16ull << 20, blockmig::pools::ImageFormat::qcow2));
+    auto volume = pool->open("overlay.qcow2", true);
+    ASSERT_TRUE(volume);
+    ASSERT_TRUE(blockmig::pools::set_qcow2_backing(**volume, "/srv/base.qcow2", blockmig::pools::ImageFormat::qcow2));
+    std::vector<std::byte> header(4096);
+    ASSERT_TRUE(blockmig::pools::read_full(**volume, header, 0));
+    auto be = [&](std::size_t off, int n) {
+        std::uint64_t v = 0;
+        for (int i = 0; i < n; ++i) v = v << 8 | static_cast<std::uint8_t>(header[off + i]);
+        return v;
+    };
+    const std::uint64_t name_offset = be(8, 8);
+    ASSERT_EQ(be(16, 4), std::string("/srv/base.qcow2").size());
+    EXPECT_EQ(std::string(reinterpret_cast<const char*>(&header[name_offset]), 15), "/srv/base.qcow2");
+    EXPECT_EQ(be(104, 4), 0xe2792acau);  // backing format extension
+    EXPECT_EQ(be(108, 4), 5u);
+    EXPECT_EQ(std::string(reinterpret_cast<const char*>(&header[112]), 5), "qcow2");
+    // A second call must refuse: the image is no longer a fresh one.
+    EXPECT_FALSE(blockmig::pools::set_qcow2_backing(**volume, "/x", blockmig::pools::ImageFormat::raw));
+}

@@ -44,6 +44,7 @@ struct MoveOptions {
     std::optional<pools::ImageFormat> format;   // default: the source's format
     std::uint64_t bandwidth = 0;                // bytes/s for all disks together; 0 = unlimited
     CopyModePolicy copy_mode = CopyModePolicy::auto_switch;
+    bool shallow = false;                       // copy only the top image; the target shares the backing chain
     bool copy_only = false;
     bool no_pivot = false;                      // leave the jobs READY for `blockmig pivot`
     bool verify = false;

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <string_view>
 
 #include "pools/pool.hpp"
 
@@ -29,5 +30,11 @@ Result<void> write_empty_qcow2(Volume& volume, std::uint64_t virtual_size);
 
 // Bytes the empty qcow2 of `virtual_size` occupies.
 std::uint64_t empty_qcow2_file_size(std::uint64_t virtual_size);
+
+// Makes an empty qcow2 written by write_empty_qcow2() an overlay: records
+// `backing` (a path or URL, at most 1023 bytes) and its format in the header,
+// as `qemu-img create -b BACKING -F FORMAT` does. Used for shallow copies.
+// Fails with invalid_argument if the image is not such a fresh qcow2.
+Result<void> set_qcow2_backing(Volume& volume, std::string_view backing, ImageFormat backing_format);
 
 }  // namespace blockmig::pools
