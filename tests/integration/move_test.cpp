@@ -1,0 +1,341 @@
+// `blockmig move` end to end on local files and iSCSI: sparseness kept,
+// --copy-only, refusals before anything is created, a write-heavy guest
+// under a bandwidth cap, and the JSON progress stream. A real TCG guest
+// stamps its disk the whole time; diskstamp verifies every block.
+#include <sys/mount.h>
+
+#include <algorithm>
+#include <iostream>
+#include <regex>
+
+#include "move_test_util.hpp"
+
+using namespace blockmig::lab;
+using namespace move_test;
+
+namespace {
+
+// A small tmpfs mounted for the test (a pool that is really short of space).
+class TmpfsMount {
+  public:
+    TmpfsMount(const fs::path& at, const std::string& size) : m_path(at) {
+        fs::create_directories(at);
+        run_ok({"mount", "-t", "tmpfs", "-o", "size=" + size, "tmpfs", at.string()});
+    }
+    ~TmpfsMount() { run({"umount", m_path.string()}); }
+    TmpfsMount(const TmpfsMount&) = delete;
+    TmpfsMount& operator=(const TmpfsMount&) = delete;
+    const fs::path& path() const { return m_path; }
+
+  private:
+    fs::path m_path;
+};
+
+std::vector<json> json_lines(const std::string& out) {
+    std::vector<json> events;
+    for (const auto& line : lines_of(out)) {
+        json j = json::parse(line, nullptr, false);
+        EXPECT_FALSE(j.is_discarded()) << "stdout line is not JSON: " << line;
+        if (!j.is_discarded()) events.push_back(std::move(j));
+    }
+    return events;
+}
+
+std::vector<json> events_named(const std::vector<json>& events, const std::string& name) {
+    std::vector<json> out;
+    for (const auto& e : events)
+        if (e.value("event", "") == name) out.push_back(e);
+    return out;
+}
+
+std::string seconds_since(Clock::time_point start) {
+    return std::to_string(std::chrono::duration<double>(Clock::now() - start).count()) + " s";
+}
+
+TEST(Move, SparseSourceStaysSparseOnLocalAndIscsiTargets) {
+    LAB_REQUIRE();
+    constexpr std::uint64_t k_blocks = 16384;  // the guest writes the first 64 MiB only
+    constexpr std::uint64_t k_size = 1ull << 30;
+    TempDir dir("move-sparse");
+    const fs::path source = dir / "sparse.raw";
+    run_ok({"truncate", "-s", "1G", source.string()});
+    IscsiTarget iscsi(k_size);
+    auto guest = boot_writing_guest(source, "raw", k_blocks);
+    ASSERT_TRUE(guest->wait_for_ack("vda", 2, 180s)) << "the 64 MiB were never written once";
+    const std::string qmp = guest->qmp_socket().string();
+
+    auto bound = [](std::uint64_t source_alloc) { return source_alloc * 11 / 10 + 16 * k_mib; };
+
+    // raw (local) -> qcow2 (local)
+    const std::uint64_t raw_alloc = allocated_bytes(source);
+    EXPECT_GE(raw_alloc, 64 * k_mib);
+    EXPECT_LT(raw_alloc, 80 * k_mib);
+    const fs::path qcow2 = dir / "sparse-copy.qcow2";
+    auto start = Clock::now();
+    auto r = blockmig_cli({"move", "--qmp", qmp, "--disk", "disk0", "--to", qcow2.string(),
+                           "--format", "qcow2", "--timeout", "300"});
+    std::cout << "[ move ] 1 GiB sparse raw -> local qcow2 took " << seconds_since(start) << "\n";
+    ASSERT_EQ(r.status, 0) << r.out;
+    EXPECT_NE(device_file(*guest, "disk0").find(qcow2.string()), std::string::npos);
+    const std::uint64_t qcow2_alloc = allocated_bytes(qcow2);
+    std::cout << "[ move ] allocation: source " << raw_alloc << ", qcow2 target " << qcow2_alloc
+              << "\n";
+    EXPECT_LE(qcow2_alloc, bound(raw_alloc));
+    VerifyReport v = pause_and_verify(*guest, qcow2.string(), "qcow2", k_blocks);
+    EXPECT_TRUE(v.intact()) << v.output;
+
+    // qcow2 (local) -> raw (iSCSI LUN on a sparse backing file)
+    ASSERT_EQ(allocated_bytes(iscsi.backing_file(1)), 0u);
+    start = Clock::now();
+    r = blockmig_cli({"move", "--qmp", qmp, "--disk", "disk0", "--to", iscsi.lun_url(1), "--format",
+                      "raw", "--timeout", "300"});
+    std::cout << "[ move ] 1 GiB sparse qcow2 -> iSCSI took " << seconds_since(start) << "\n";
+    ASSERT_EQ(r.status, 0) << r.out;
+    EXPECT_NE(device_file(*guest, "disk0").find(iscsi.iqn()), std::string::npos)
+        << device_file(*guest, "disk0");
+    const std::uint64_t lun_alloc = allocated_bytes(iscsi.backing_file(1));
+    const std::uint64_t qcow2_alloc_now = allocated_bytes(qcow2);
+    std::cout << "[ move ] allocation: qcow2 source " << qcow2_alloc_now << ", LUN backing file "
+              << lun_alloc << "\n";
+    EXPECT_LE(lun_alloc, bound(qcow2_alloc_now));
+    EXPECT_LE(lun_alloc, bound(raw_alloc));
+    v = pause_and_verify(*guest, iscsi.lun_url(1), "raw", k_blocks);
+    EXPECT_TRUE(v.intact()) << v.output;
+
+    // raw (iSCSI) -> raw (local)
+    const fs::path back = dir / "sparse-back.raw";
+    r = blockmig_cli({"move", "--qmp", qmp, "--disk", "disk0", "--to", back.string(), "--format",
+                      "raw", "--timeout", "300"});
+    ASSERT_EQ(r.status, 0) << r.out;
+    const std::uint64_t back_alloc = allocated_bytes(back);
+    std::cout << "[ move ] allocation: LUN " << lun_alloc << ", local raw target " << back_alloc
+              << "\n";
+    EXPECT_EQ(fs::file_size(back), k_size);
+    EXPECT_LE(back_alloc, bound(lun_alloc));
+    v = pause_and_verify(*guest, back.string(), "raw", k_blocks);
+    EXPECT_TRUE(v.intact()) << v.output;
+}
+
+TEST(Move, CopyOnlyLeavesGuestOnSourceAndMakesVerifiableCopy) {
+    LAB_REQUIRE();
+    constexpr std::uint64_t k_blocks = 4096;
+    TempDir dir("move-copy");
+    const fs::path source = dir / "orig.qcow2";
+    run_ok({"qemu-img", "create", "-q", "-f", "qcow2", source.string(), "64M"});
+    auto guest = boot_writing_guest(source, "qcow2", k_blocks);
+    ASSERT_TRUE(guest->wait_for_ack("vda", 2, 120s));
+    const auto nodes_before = node_names(*guest);
+    const std::string file_before = device_file(*guest, "disk0");
+
+    // Every acknowledged write before the move started must be in the copy
+    // (it is the source as of the cancel point, which comes later).
+    const std::optional<Ack> floor = guest->last_ack("vda");
+    const fs::path copy = dir / "copy.qcow2";
+    const auto start = Clock::now();
+    auto r = blockmig_cli({"move", "--qmp", guest->qmp_socket().string(), "--disk", "disk0", "--to",
+                           copy.string(), "--copy-only", "--timeout", "300"});
+    ASSERT_EQ(r.status, 0) << r.out;
+    const std::optional<Ack> at_return = guest->last_ack("vda");
+    std::cout << "[ move ] copy-only took " << seconds_since(start) << "; ACK before "
+              << ack_text(floor) << ", at return " << ack_text(at_return) << "\n";
+    std::this_thread::sleep_for(1s);
+    EXPECT_LT(guest->max_heartbeat_gap(start), 1000ms);
+
+    EXPECT_EQ(device_file(*guest, "disk0"), file_before) << "the guest must stay on its source";
+    EXPECT_TRUE(block_jobs(*guest).empty()) << block_jobs(*guest).dump();
+    EXPECT_EQ(node_names(*guest), nodes_before) << "the copy's node must be gone";
+    EXPECT_FALSE(any_node_mentions(*guest, copy.string()));
+    ASSERT_TRUE(fs::exists(copy));
+
+    guest->pause();
+    VerifyReport c = verify_image(copy.string(), "qcow2", k_blocks, floor);
+    EXPECT_TRUE(c.intact()) << "the copy:\n" << c.output;
+    EXPECT_EQ(c.ok, k_blocks) << c.output;
+    EXPECT_GE(c.gen_min, floor->gen - 1);
+    VerifyReport s = verify_image(source.string(), "qcow2", k_blocks, guest->last_ack("vda"));
+    EXPECT_TRUE(s.intact()) << "the source:\n" << s.output;
+    guest->resume();
+    EXPECT_TRUE(guest_keeps_writing(*guest)) << guest->console();
+}
+
+TEST(Move, TargetPoolTooSmallIsRefusedBeforeAnythingIsCreated) {
+    LAB_REQUIRE();
+    constexpr std::uint64_t k_blocks = 4096;
+    TempDir dir("move-small");
+    const fs::path source = dir / "big.raw";
+    run_ok({"truncate", "-s", "256M", source.string()});
+    // 96 MiB of data beyond the stamped area: more than the pool holds even
+    // for a target that keeps holes.
+    run_ok({"qemu-io", "-f", "raw", "-c", "write -P 0x5a 64M 96M", source.string()});
+    TmpfsMount pool(dir / "pool", "32M");
+    auto guest = boot_writing_guest(source, "raw", k_blocks);
+    const auto nodes_before = node_names(*guest);
+
+    auto r = blockmig_cli({"move", "--qmp", guest->qmp_socket().string(), "--disk", "disk0", "--to",
+                           pool.path().string(), "--timeout", "120"});
+    EXPECT_EQ(r.status, 1) << r.out;
+    auto lines = lines_of(r.out);
+    ASSERT_EQ(lines.size(), 1u) << r.out;
+    EXPECT_EQ(lines[0].rfind("blockmig: error: ", 0), 0u) << r.out;
+    EXPECT_TRUE(std::regex_search(lines[0], std::regex("space|capacity|free", std::regex::icase)))
+        << r.out;
+    EXPECT_NE(lines[0].find(pool.path().string()), std::string::npos) << "name the pool: " << r.out;
+
+    EXPECT_TRUE(fs::is_empty(pool.path())) << "nothing may be created in the pool";
+    EXPECT_TRUE(block_jobs(*guest).empty());
+    EXPECT_EQ(node_names(*guest), nodes_before);
+    EXPECT_NE(device_file(*guest, "disk0").find(source.string()), std::string::npos);
+    EXPECT_TRUE(guest_keeps_writing(*guest)) << guest->console();
+}
+
+TEST(Move, BadInputIsRefusedWithOneLineAndNothingChanges) {
+    LAB_REQUIRE();
+    constexpr std::uint64_t k_blocks = 4096;
+    TempDir dir("move-bad");
+    TempDir targets("move-bad-targets");
+    const fs::path source = dir / "b.qcow2";
+    run_ok({"qemu-img", "create", "-q", "-f", "qcow2", source.string(), "64M"});
+    const fs::path existing = targets / "taken.qcow2";
+    run_ok({"qemu-img", "create", "-q", "-f", "qcow2", existing.string(), "64M"});
+    const auto existing_size = fs::file_size(existing);
+    const auto existing_time = fs::last_write_time(existing);
+    auto guest = boot_writing_guest(source, "qcow2", k_blocks);
+    const std::string qmp = guest->qmp_socket().string();
+    const auto nodes_before = node_names(*guest);
+    const auto targets_before = entries_of(targets.path());
+    const auto dir_before = entries_of(dir.path());
+
+    struct Case {
+        std::vector<std::string> args;
+        std::string needle;
+    } cases[] = {
+        {{"--disk", "nosuch", "--to", targets.path().string()}, "nosuch"},
+        {{"--disk", "disk0", "--to", existing.string()}, "exists"},
+        {{"--disk", "disk0", "--to", "nfs://"}, "nfs://"},
+        {{"--disk", "disk0", "--to", "iscsi://127.0.0.1:3260"}, "iscsi://127.0.0.1:3260"},
+        {{"--disk", "disk0", "--to", targets.path().string(), "--format", "vhdx9"}, "vhdx9"},
+    };
+    for (const auto& c : cases) {
+        std::vector<std::string> args{"move", "--qmp", qmp};
+        args.insert(args.end(), c.args.begin(), c.args.end());
+        args.insert(args.end(), {"--timeout", "60"});
+        auto r = blockmig_cli(args);
+        SCOPED_TRACE(c.args[1] + " " + c.args[3]);
+        EXPECT_EQ(r.status, 1) << r.out;
+        auto lines = lines_of(r.out);
+        ASSERT_EQ(lines.size(), 1u) << r.out;
+        EXPECT_EQ(lines[0].rfind("blockmig: error: ", 0), 0u) << r.out;
+        EXPECT_NE(lines[0].find(c.needle), std::string::npos) << r.out;
+        EXPECT_TRUE(block_jobs(*guest).empty());
+        EXPECT_EQ(node_names(*guest), nodes_before);
+        EXPECT_EQ(entries_of(targets.path()), targets_before);
+        EXPECT_EQ(entries_of(dir.path()), dir_before);
+    }
+    EXPECT_EQ(fs::file_size(existing), existing_size) << "an existing volume must not be touched";
+    EXPECT_EQ(fs::last_write_time(existing), existing_time);
+    EXPECT_NE(device_file(*guest, "disk0").find(source.string()), std::string::npos);
+    EXPECT_TRUE(guest_keeps_writing(*guest)) << guest->console();
+    VerifyReport v = pause_and_verify(*guest, source.string(), "qcow2", k_blocks);
+    EXPECT_TRUE(v.intact()) << v.output;
+}
+
+TEST(Move, AutoCopyModeConvergesWhenGuestOutwritesTheBandwidthCap) {
+    LAB_REQUIRE();
+    constexpr std::uint64_t k_blocks = 8192;  // 32 MiB rewritten over and over
+    TempDir dir("move-heavy");
+    const fs::path source = dir / "heavy.qcow2";
+    run_ok({"qemu-img", "create", "-q", "-f", "qcow2", source.string(), "64M"});
+    auto guest = boot_writing_guest(source, "qcow2", k_blocks);
+
+    // The premise: the guest dirties its disk faster than the 1 MiB/s cap.
+    auto a = guest->last_ack("vda");
+    std::this_thread::sleep_for(3s);
+    auto b = guest->last_ack("vda");
+    const double rate =
+        double(ack_position(*b, k_blocks) - ack_position(*a, k_blocks)) * k_block / 3.0 / k_mib;
+    std::cout << "[ move ] guest write rate " << rate << " MiB/s\n";
+    ASSERT_GT(rate, 2.0) << "guest writes too slowly for this test to mean anything";
+
+    const fs::path target = dir / "heavy-target.qcow2";
+    const auto start = Clock::now();
+    auto r = blockmig_cli_split(
+        {"--output", "json", "move", "--qmp", guest->qmp_socket().string(), "--disk", "disk0",
+         "--to", target.string(), "--bandwidth", "1", "--copy-mode", "auto", "--timeout", "500"},
+        dir.path());
+    std::cout << "[ move ] write-heavy move took " << seconds_since(start) << "\n";
+    ASSERT_EQ(r.status, 0) << r.out << r.err;
+    auto events = json_lines(r.out);
+    auto switches = events_named(events, "copy-mode");
+    ASSERT_FALSE(switches.empty()) << "no copy-mode event: " << r.out;
+    EXPECT_EQ(switches[0].value("mode", ""), "write-blocking") << switches[0].dump();
+    EXPECT_EQ(switches[0].value("disk", ""), "disk0") << switches[0].dump();
+    EXPECT_FALSE(events_named(events, "pivoted").empty()) << r.out;
+    EXPECT_NE(device_file(*guest, "disk0").find(target.string()), std::string::npos);
+    std::this_thread::sleep_for(1s);
+    const auto gap = guest->max_heartbeat_gap(start);
+    std::cout << "[ move ] max heartbeat gap " << gap.count() << " ms\n";
+    EXPECT_LT(gap, 1000ms);
+
+    VerifyReport v = pause_and_verify(*guest, target.string(), "qcow2", k_blocks);
+    EXPECT_TRUE(v.intact()) << v.output;
+}
+
+TEST(Move, JsonOutputIsOneObjectPerLineWithProgressAndDone) {
+    LAB_REQUIRE();
+    constexpr std::uint64_t k_blocks = 4096;
+    TempDir dir("move-json");
+    const fs::path source = dir / "j.raw";
+    run_ok({"truncate", "-s", "64M", source.string()});
+    run_ok({"qemu-io", "-f", "raw", "-c", "write -P 0x5a 16M 32M", source.string()});
+    auto guest = boot_writing_guest(source, "raw", k_blocks);
+    const fs::path target = dir / "j-target.raw";
+    // 8 MiB/s over ~48 MiB of data: several seconds, so progress is reported.
+    auto r = blockmig_cli_split(
+        {"--output", "json", "move", "--qmp", guest->qmp_socket().string(), "--disk", "disk0",
+         "--to", target.string(), "--bandwidth", "8", "--timeout", "300"},
+        dir.path());
+    ASSERT_EQ(r.status, 0) << r.out << r.err;
+    auto events = json_lines(r.out);
+    ASSERT_FALSE(events.empty()) << r.out;
+
+    auto progress = events_named(events, "progress");
+    ASSERT_FALSE(progress.empty()) << r.out;
+    for (const auto& p : progress) {
+        ASSERT_TRUE(p.contains("bytes") && p["bytes"].is_number_unsigned()) << p.dump();
+        ASSERT_TRUE(p.contains("total") && p["total"].is_number_unsigned()) << p.dump();
+        ASSERT_TRUE(p.contains("rate") && p["rate"].is_number()) << p.dump();
+        EXPECT_LE(p["bytes"].get<std::uint64_t>(), p["total"].get<std::uint64_t>()) << p.dump();
+        EXPECT_EQ(p.value("disk", ""), "disk0") << p.dump();
+    }
+    EXPECT_TRUE(std::any_of(progress.begin(), progress.end(), [](const json& p) {
+        return p["bytes"].get<std::uint64_t>() > 0;
+    })) << r.out;
+    EXPECT_TRUE(std::any_of(progress.begin(), progress.end(), [](const json& p) {
+        return p["rate"].get<double>() > 0;
+    })) << r.out;
+
+    auto pivoted = events_named(events, "pivoted");
+    ASSERT_EQ(pivoted.size(), 1u) << r.out;
+    EXPECT_NE(pivoted[0].value("target", "").find(target.string()), std::string::npos);
+
+    const json& done = events.back();
+    ASSERT_EQ(done.value("event", ""), "done") << "the last line must be the done event: " << r.out;
+    ASSERT_TRUE(done.contains("disks") && done["disks"].size() == 1) << done.dump();
+    const json& d = done["disks"][0];
+    EXPECT_EQ(d.value("disk", ""), "disk0");
+    EXPECT_NE(d.value("source", "").find(source.string()), std::string::npos) << d.dump();
+    EXPECT_NE(d.value("target", "").find(target.string()), std::string::npos) << d.dump();
+    ASSERT_TRUE(d["source_allocated"].is_number_unsigned() &&
+                d["target_allocated"].is_number_unsigned())
+        << d.dump();
+    // The guest keeps writing after the pivot, so the file may only have grown since.
+    EXPECT_GE(d["source_allocated"].get<std::uint64_t>(), 32 * k_mib) << d.dump();
+    EXPECT_GE(d["target_allocated"].get<std::uint64_t>(), 32 * k_mib) << d.dump();
+    EXPECT_LE(d["target_allocated"].get<std::uint64_t>(), allocated_bytes(target)) << d.dump();
+    EXPECT_EQ(events_named(events, "done").size(), 1u);
+
+    VerifyReport v = pause_and_verify(*guest, target.string(), "raw", k_blocks);
+    EXPECT_TRUE(v.intact()) << v.output;
+}
+
+}  // namespace

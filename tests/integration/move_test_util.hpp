@@ -1,0 +1,274 @@
+// Shared by the move_*_test integration tests: a lab guest that stamps its
+// disk while `blockmig move` runs, and the QMP / file-system observations the
+// tests make before and after a move. Everything is observed from outside the
+// product: the lab's own QMP client, the file system, diskstamp.
+#pragma once
+
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <sys/stat.h>
+
+#include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <filesystem>
+#include <fstream>
+#include <memory>
+#include <mutex>
+#include <nlohmann/json.hpp>
+#include <optional>
+#include <set>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "lab.hpp"
+
+namespace move_test {
+
+namespace fs = std::filesystem;
+using blockmig::lab::Ack;
+using blockmig::lab::Clock;
+using blockmig::lab::CommandResult;
+using blockmig::lab::Guest;
+using blockmig::lab::GuestConfig;
+using json = nlohmann::json;
+using namespace std::chrono_literals;
+
+constexpr std::uint64_t k_mib = 1 << 20;
+constexpr std::uint64_t k_block = 4096;  // diskstamp's block size
+
+// Runs the blockmig binary; stdout and stderr interleaved.
+inline CommandResult blockmig_cli(std::vector<std::string> args) {
+    args.insert(args.begin(), BLOCKMIG_BINARY);
+    return blockmig::lab::run(args);
+}
+
+struct SplitResult {
+    int status = -1;
+    std::string out;  // stdout only
+    std::string err;  // stderr only
+};
+
+// Runs the blockmig binary with stdout and stderr kept apart (the JSON
+// contract is about stdout alone). `scratch` holds the stderr file.
+inline SplitResult blockmig_cli_split(std::vector<std::string> args, const fs::path& scratch) {
+    const fs::path err_file = scratch / "blockmig.stderr";
+    std::vector<std::string> argv{
+        "sh", "-c", "f=$1; shift; exec \"$@\" 2>\"$f\"", "sh", err_file.string(), BLOCKMIG_BINARY};
+    argv.insert(argv.end(), args.begin(), args.end());
+    CommandResult r = blockmig::lab::run(argv);
+    std::ifstream in(err_file);
+    std::stringstream err;
+    err << in.rdbuf();
+    return {r.status, r.out, err.str()};
+}
+
+inline std::vector<std::string> lines_of(const std::string& text) {
+    std::vector<std::string> out;
+    std::istringstream in(text);
+    for (std::string line; std::getline(in, line);)
+        if (line.find_first_not_of(" \t\r") != std::string::npos) out.push_back(line);
+    return out;
+}
+
+// Bytes the file system really holds for `path` (st_blocks), not its size.
+inline std::uint64_t allocated_bytes(const fs::path& path) {
+    struct stat st {};
+    if (stat(path.c_str(), &st) != 0) throw std::runtime_error("stat " + path.string());
+    return static_cast<std::uint64_t>(st.st_blocks) * 512;
+}
+
+inline std::set<std::string> entries_of(const fs::path& dir) {
+    std::set<std::string> out;
+    for (const auto& e : fs::directory_iterator(dir)) out.insert(e.path().filename().string());
+    return out;
+}
+
+// ---- QMP observations (through the lab's client, not the product's) --------
+
+inline json qmp_return(Guest& guest, const std::string& command) {
+    std::string reply = guest.qmp(command);
+    json j = json::parse(reply, nullptr, false);
+    if (j.is_discarded() || !j.contains("return"))
+        throw std::runtime_error("QMP " + command + " failed: " + reply);
+    return j["return"];
+}
+
+// The query-block entry of the guest device with qdev id `id`.
+inline json device_block(Guest& guest, const std::string& id) {
+    for (const auto& d : qmp_return(guest, R"({"execute":"query-block"})")) {
+        const std::string qdev = d.value("qdev", "");
+        if (d.value("device", "") == id || qdev.find("/" + id + "/") != std::string::npos ||
+            qdev == id)
+            return d;
+    }
+    throw std::runtime_error("query-block has no device " + id);
+}
+
+// The filename QEMU reports for the node the device reads and writes.
+inline std::string device_file(Guest& guest, const std::string& id) {
+    return device_block(guest, id)["inserted"].value("file", "");
+}
+
+inline json named_nodes(Guest& guest) {
+    return qmp_return(guest, R"({"execute":"query-named-block-nodes","arguments":{"flat":true}})");
+}
+
+inline std::set<std::string> node_names(Guest& guest) {
+    std::set<std::string> out;
+    for (const auto& n : named_nodes(guest)) out.insert(n.value("node-name", ""));
+    return out;
+}
+
+// Drivers of all nodes, e.g. {"file", "qcow2", "nfs"}.
+inline std::multiset<std::string> node_drivers(Guest& guest) {
+    std::multiset<std::string> out;
+    for (const auto& n : named_nodes(guest)) out.insert(n.value("drv", ""));
+    return out;
+}
+
+// True when any node's filename mentions `needle` (e.g. an old source path).
+inline bool any_node_mentions(Guest& guest, const std::string& needle) {
+    for (const auto& n : named_nodes(guest))
+        if (n.value("file", "").find(needle) != std::string::npos) return true;
+    return false;
+}
+
+inline json block_jobs(Guest& guest) {
+    return qmp_return(guest, R"({"execute":"query-block-jobs"})");
+}
+
+// PIDs of processes whose command line starts with `program` and mentions
+// `needle` (to find the blockmig run a test started when it must be stopped).
+inline std::vector<int> processes_running(const std::string& program, const std::string& needle) {
+    std::vector<int> out;
+    for (const auto& e : fs::directory_iterator("/proc")) {
+        const std::string name = e.path().filename().string();
+        if (name.find_first_not_of("0123456789") != std::string::npos) continue;
+        std::ifstream in(e.path() / "cmdline");
+        std::string cmdline((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+        for (char& c : cmdline)
+            if (c == '\0') c = ' ';
+        if (cmdline.rfind(program, 0) == 0 && cmdline.find(needle) != std::string::npos)
+            out.push_back(std::stoi(name));
+    }
+    return out;
+}
+
+// PIDs of qemu-storage-daemon processes whose command line mentions `needle`
+// (the tool's NBD hop for a given volume).
+inline std::vector<int> storage_daemons_mentioning(const std::string& needle) {
+    std::vector<int> out;
+    for (const auto& e : fs::directory_iterator("/proc")) {
+        const std::string name = e.path().filename().string();
+        if (name.find_first_not_of("0123456789") != std::string::npos) continue;
+        std::ifstream in(e.path() / "cmdline");
+        std::string cmdline((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+        for (char& c : cmdline)
+            if (c == '\0') c = ' ';
+        if (cmdline.find("qemu-storage-daemon") != std::string::npos &&
+            cmdline.find(needle) != std::string::npos)
+            out.push_back(std::stoi(name));
+    }
+    return out;
+}
+
+// `blockmig ARGS` on a thread, so a test can act (stop a server) while it
+// runs. `unique` is an argument only this run has (the guest's QMP socket):
+// if the run is still going when the object dies, that process is killed by
+// PID, so a hung move fails the test instead of hanging it.
+class BackgroundCli {
+  public:
+    BackgroundCli(std::vector<std::string> args, std::string unique)
+        : m_unique(std::move(unique)), m_started(Clock::now()) {
+        m_thread = std::thread([this, args = std::move(args)] {
+            CommandResult r = blockmig_cli(args);
+            std::lock_guard lock(m_mutex);
+            m_result = std::move(r);
+            m_finished = Clock::now();
+            m_done = true;
+            m_changed.notify_all();
+        });
+    }
+    ~BackgroundCli() {
+        if (!wait(0ms))
+            for (int pid : processes_running(BLOCKMIG_BINARY, m_unique)) kill(pid, SIGKILL);
+        m_thread.join();
+    }
+    BackgroundCli(const BackgroundCli&) = delete;
+    BackgroundCli& operator=(const BackgroundCli&) = delete;
+
+    // True once the process exited (within `timeout`).
+    bool wait(std::chrono::milliseconds timeout) {
+        std::unique_lock lock(m_mutex);
+        return m_changed.wait_for(lock, timeout, [&] { return m_done; });
+    }
+    // Valid after wait() returned true.
+    const CommandResult& result() const { return m_result; }
+    Clock::time_point started() const { return m_started; }
+    Clock::time_point finished() const { return m_finished; }
+
+  private:
+    std::string m_unique;
+    Clock::time_point m_started, m_finished;
+    std::mutex m_mutex;
+    std::condition_variable m_changed;
+    bool m_done = false;
+    CommandResult m_result;
+    std::thread m_thread;
+};
+
+// ---- the guest ----------------------------------------------------------------
+
+// Position of an ACK as a count of blocks written since the guest started.
+inline std::uint64_t ack_position(const Ack& a, std::uint64_t nblocks) {
+    return (a.gen - 1) * nblocks + a.blk + 1;
+}
+
+// Boots a guest stamping `nblocks` of disk0 and waits until it writes.
+inline std::unique_ptr<Guest> boot_writing_guest(const fs::path& disk, const std::string& format,
+                                                 std::uint64_t nblocks) {
+    auto guest = std::make_unique<Guest>(
+        GuestConfig{.disks = {{"disk0", disk, format}}, .stamp_blocks = nblocks});
+    if (!guest->wait_for_line("GUEST-UP", 120s))
+        throw std::runtime_error("guest did not boot: " + guest->console());
+    if (!guest->wait_for_ack("vda", 1, 120s))
+        throw std::runtime_error("guest did not write: " + guest->console());
+    return guest;
+}
+
+// Pauses the guest, verifies `image` against the last ACK (or `floor` when
+// given), and resumes it unless told not to.
+inline blockmig::lab::VerifyReport pause_and_verify(Guest& guest, const std::string& image,
+                                                    const std::string& format,
+                                                    std::uint64_t nblocks,
+                                                    std::optional<Ack> floor = std::nullopt,
+                                                    bool resume = true) {
+    guest.pause();
+    std::optional<Ack> ack = floor ? floor : guest.last_ack("vda");
+    auto report = blockmig::lab::verify_image(image, format, nblocks, ack);
+    if (resume) guest.resume();
+    return report;
+}
+
+// Waits until the guest acknowledges a write beyond `after`: its disk I/O
+// still completes.
+inline bool guest_keeps_writing(Guest& guest, std::chrono::milliseconds timeout = 60s) {
+    auto now = guest.last_ack("vda");
+    if (!now) return false;
+    auto deadline = Clock::now() + timeout;
+    while (Clock::now() < deadline) {
+        auto later = guest.last_ack("vda");
+        if (later && (later->gen > now->gen || later->blk > now->blk + 64)) return true;
+        std::this_thread::sleep_for(100ms);
+    }
+    return false;
+}
+
+inline std::string ack_text(const std::optional<Ack>& a) {
+    return a ? "gen=" + std::to_string(a->gen) + " blk=" + std::to_string(a->blk) : "none";
+}
+
+}  // namespace move_test
