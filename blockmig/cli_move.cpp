@@ -48,14 +48,18 @@ Result<MoveOptions> to_options(const MoveArgs& args) {
         auto eq = t.find('=');
         if (eq == std::string::npos) {
             if (!o.default_target.empty())
-                return fail(ErrorCode::invalid_argument, "give one --to TARGET, or --to DEV=TARGET per disk");
+                return fail(ErrorCode::invalid_argument,
+                            "give one --to TARGET, or --to DEV=TARGET per disk");
             o.default_target = t;
             continue;
         }
         std::string dev = t.substr(0, eq), target = t.substr(eq + 1);
-        auto it = std::find_if(o.disks.begin(), o.disks.end(), [&](auto& d) { return d.disk == dev; });
-        if (it == o.disks.end()) o.disks.push_back({dev, target});
-        else it->target = target;
+        auto it =
+            std::find_if(o.disks.begin(), o.disks.end(), [&](auto& d) { return d.disk == dev; });
+        if (it == o.disks.end())
+            o.disks.push_back({dev, target});
+        else
+            it->target = target;
     }
     if (!args.format.empty()) {
         auto f = pools::parse_image_format(args.format);
@@ -84,11 +88,15 @@ Result<void> run_move_command(const MoveArgs& args, const GlobalOptions& globals
     if (!options) return fail(options.error());
     qmp::ConnectOptions connect;
     if (globals.verbose)
-        connect.log = [](qmp::LogLevel, std::string_view text) { fmt::print(stderr, "qmp: {}\n", text); };
+        connect.log = [](qmp::LogLevel, std::string_view text) {
+            fmt::print(stderr, "qmp: {}\n", text);
+        };
     auto client = qmp::Client::connect(args.qmp_socket, connect);
-    if (!client) return fail(client.error().with_context(fmt::format("connect to {}", args.qmp_socket)));
+    if (!client)
+        return fail(client.error().with_context(fmt::format("connect to {}", args.qmp_socket)));
 
-    auto progress = globals.output == OutputFormat::json ? make_json_progress() : make_text_progress();
+    auto progress =
+        globals.output == OutputFormat::json ? make_json_progress() : make_text_progress();
     // Ctrl-C before the pivot rolls back instead of leaving half a move.
     struct sigaction sa {};
     sa.sa_handler = on_interrupt;
@@ -111,10 +119,11 @@ Result<void> run_move_command(const MoveArgs& args, const GlobalOptions& globals
                          {"source_allocated", d.source_allocated},
                          {"target_allocated", d.target_allocated}});
         if (globals.output == OutputFormat::text && !args.no_pivot)
-            fmt::print("{}: {} {} -> {} ({} allocated)\n", d.disk, d.pivoted ? "moved" : "copied", d.source, d.target,
-                       human_size(d.target_allocated));
+            fmt::print("{}: {} {} -> {} ({} allocated)\n", d.disk, d.pivoted ? "moved" : "copied",
+                       d.source, d.target, human_size(d.target_allocated));
     }
-    if (globals.output == OutputFormat::json) fmt::print("{}\n", nlohmann::json{{"event", "done"}, {"disks", disks}}.dump());
+    if (globals.output == OutputFormat::json)
+        fmt::print("{}\n", nlohmann::json{{"event", "done"}, {"disks", disks}}.dump());
     return {};
 }
 
@@ -122,27 +131,39 @@ Result<void> run_move_command(const MoveArgs& args, const GlobalOptions& globals
 
 void add_move_command(CLI::App& app, Dispatch& dispatch) {
     auto args = std::make_shared<MoveArgs>();
-    auto* cmd = app.add_subcommand("move", "live-move a running guest's disks to another pool (mirror, then pivot)");
-    cmd->add_option("--qmp", args->qmp_socket, "the guest's QMP socket (path or tcp:HOST:PORT)")->required();
+    auto* cmd = app.add_subcommand(
+        "move", "live-move a running guest's disks to another pool (mirror, then pivot)");
+    cmd->add_option("--qmp", args->qmp_socket, "the guest's QMP socket (path or tcp:HOST:PORT)")
+        ->required();
     auto* disk = cmd->add_option("--disk", args->disks, "device id or node name (repeatable)");
     auto* all = cmd->add_flag("--all-disks", args->all_disks, "move every disk");
     disk->excludes(all);
-    cmd->add_option("--to", args->targets, "target pool or volume, or DEV=TARGET per disk")->required();
-    cmd->add_option("--format", args->format, "target format: qcow2 or raw (default: the source's)");
-    cmd->add_option("--bandwidth", args->bandwidth_mib, "MiB/s for all disks together (default: unlimited)")
+    cmd->add_option("--to", args->targets, "target pool or volume, or DEV=TARGET per disk")
+        ->required();
+    cmd->add_option("--format", args->format,
+                    "target format: qcow2 or raw (default: the source's)");
+    cmd->add_option("--bandwidth", args->bandwidth_mib,
+                    "MiB/s for all disks together (default: unlimited)")
         ->check(CLI::NonNegativeNumber);
     cmd->add_option("--copy-mode", args->copy_mode, "background, write-blocking or auto (default)")
         ->check(CLI::IsMember({"background", "write-blocking", "auto"}));
-    cmd->add_flag("--shallow", args->shallow, "copy only the top image; the target keeps the backing chain");
-    cmd->add_flag("--copy-only", args->copy_only, "make a consistent copy; the guest stays on its source");
-    auto* no_pivot = cmd->add_flag("--no-pivot", args->no_pivot,
-                                   "stop at READY (job keeps mirroring); finish later with `blockmig pivot`");
+    cmd->add_flag("--shallow", args->shallow,
+                  "copy only the top image; the target keeps the backing chain");
+    cmd->add_flag("--copy-only", args->copy_only,
+                  "make a consistent copy; the guest stays on its source");
+    auto* no_pivot =
+        cmd->add_flag("--no-pivot", args->no_pivot,
+                      "stop at READY (job keeps mirroring); finish later with `blockmig pivot`");
     no_pivot->excludes(cmd->get_option("--copy-only"));
-    cmd->add_flag("--verify", args->verify, "pause the guest briefly and prove target == source before finishing");
-    cmd->add_flag("--delete-source", args->delete_source, "delete the old volume after a confirmed pivot");
+    cmd->add_flag("--verify", args->verify,
+                  "pause the guest briefly and prove target == source before finishing");
+    cmd->add_flag("--delete-source", args->delete_source,
+                  "delete the old volume after a confirmed pivot");
     cmd->add_flag("--unsafe", args->unsafe, "allow cache modes other than none on network targets");
-    cmd->add_option("--timeout", args->timeout_s, "give up (and roll back) after SEC seconds")->check(CLI::NonNegativeNumber);
-    cmd->add_option("--stall-timeout", args->stall_timeout_s, "fail when the copy makes no progress for SEC (15)")
+    cmd->add_option("--timeout", args->timeout_s, "give up (and roll back) after SEC seconds")
+        ->check(CLI::NonNegativeNumber);
+    cmd->add_option("--stall-timeout", args->stall_timeout_s,
+                    "fail when the copy makes no progress for SEC (15)")
         ->check(CLI::PositiveNumber);
     add_pools_option(*cmd, args->pools_file);
     cmd->callback([args, &dispatch] {

@@ -25,13 +25,17 @@ Result<void> run_pivot_command(const PivotArgs& args, const GlobalOptions& globa
     options.disks = args.disks;
     options.abort = args.abort;
     auto client = qmp::Client::connect(args.qmp_socket);
-    if (!client) return fail(client.error().with_context(fmt::format("connect to {}", args.qmp_socket)));
-    auto progress = globals.output == OutputFormat::json ? make_json_progress() : make_text_progress();
+    if (!client)
+        return fail(client.error().with_context(fmt::format("connect to {}", args.qmp_socket)));
+    auto progress =
+        globals.output == OutputFormat::json ? make_json_progress() : make_text_progress();
     auto report = run_pivot(**client, options, *progress);
     if (!report) return fail(report.error());
     for (const auto& d : report->disks) {
         if (globals.output == OutputFormat::json)
-            fmt::print("{}\n", nlohmann::json{{"event", "done"}, {"disk", d.disk}, {"target", d.target},
+            fmt::print("{}\n", nlohmann::json{{"event", "done"},
+                                              {"disk", d.disk},
+                                              {"target", d.target},
                                               {"pivoted", d.pivoted}}
                                    .dump());
         else if (d.pivoted)
@@ -44,10 +48,12 @@ Result<void> run_pivot_command(const PivotArgs& args, const GlobalOptions& globa
 
 void add_pivot_command(CLI::App& app, Dispatch& dispatch) {
     auto args = std::make_shared<PivotArgs>();
-    auto* cmd = app.add_subcommand("pivot", "finish (or --abort) moves left READY by `move --no-pivot`");
+    auto* cmd =
+        app.add_subcommand("pivot", "finish (or --abort) moves left READY by `move --no-pivot`");
     cmd->add_option("--qmp", args->qmp_socket, "the guest's QMP socket")->required();
     cmd->add_option("--disk", args->disks, "only these disks (default: all left READY)");
-    cmd->add_flag("--abort", args->abort, "cancel instead: the guest stays on its source, the target is deleted");
+    cmd->add_flag("--abort", args->abort,
+                  "cancel instead: the guest stays on its source, the target is deleted");
     add_pools_option(*cmd, args->pools_file);
     cmd->callback([args, &dispatch] {
         dispatch.action = [args, &dispatch] { return run_pivot_command(*args, dispatch.globals); };

@@ -35,21 +35,30 @@ std::uint64_t qcow2_container_size(std::uint64_t virtual_size) {
 
 std::string_view to_string(DiskMoveState state) {
     switch (state) {
-        case DiskMoveState::planned: return "planned";
-        case DiskMoveState::target_created: return "target_created";
-        case DiskMoveState::attached: return "attached";
-        case DiskMoveState::copying: return "copying";
-        case DiskMoveState::ready: return "ready";
-        case DiskMoveState::pivoted: return "pivoted";
-        case DiskMoveState::done: return "done";
-        case DiskMoveState::copied: return "copied";
-        case DiskMoveState::rolled_back: return "rolled_back";
+        case DiskMoveState::planned:
+            return "planned";
+        case DiskMoveState::target_created:
+            return "target_created";
+        case DiskMoveState::attached:
+            return "attached";
+        case DiskMoveState::copying:
+            return "copying";
+        case DiskMoveState::ready:
+            return "ready";
+        case DiskMoveState::pivoted:
+            return "pivoted";
+        case DiskMoveState::done:
+            return "done";
+        case DiskMoveState::copied:
+            return "copied";
+        case DiskMoveState::rolled_back:
+            return "rolled_back";
     }
     return "unknown";
 }
 
-DiskMove::DiskMove(qmp::Client& client, SourceDisk source, TargetPlan plan, const MoveOptions& options,
-                   ProgressSink& progress)
+DiskMove::DiskMove(qmp::Client& client, SourceDisk source, TargetPlan plan,
+                   const MoveOptions& options, ProgressSink& progress)
     : m_client(client),
       m_source(std::move(source)),
       m_plan(std::move(plan)),
@@ -72,7 +81,8 @@ Result<void> DiskMove::create_target() {
     // The source's allocation, for the sparseness check after the pivot.
     if (!m_source.location.empty()) {
         if (auto ref = pools::resolve_volume(m_source.location, m_options.pools); ref) {
-            if (auto info = ref->pool->stat(ref->name); info) m_source_allocated = info->allocated_bytes;
+            if (auto info = ref->pool->stat(ref->name); info)
+                m_source_allocated = info->allocated_bytes;
         }
     }
     auto created = m_plan.pool->create(m_plan.volume, m_source.virtual_size, m_plan.format);
@@ -88,10 +98,12 @@ Result<void> DiskMove::create_target() {
         if (!volume) return fail(volume.error().with_context("open target volume"));
         auto backing_format = pools::parse_image_format(m_source.backing_format);
         if (!backing_format) return fail(backing_format.error().with_context("backing image"));
-        if (auto r = pools::set_qcow2_backing(**volume, m_source.backing_filename, *backing_format); !r)
+        if (auto r = pools::set_qcow2_backing(**volume, m_source.backing_filename, *backing_format);
+            !r)
             return fail(r.error().with_context("record backing file in target"));
     }
-    if (m_plan.network && m_plan.format == pools::ImageFormat::qcow2 && m_plan.pool->type() == "nfs") {
+    if (m_plan.network && m_plan.format == pools::ImageFormat::qcow2 &&
+        m_plan.pool->type() == "nfs") {
         auto volume = m_plan.pool->open(m_plan.volume, true);
         if (!volume) return fail(volume.error().with_context("open target volume"));
         const std::uint64_t want = qcow2_container_size(m_source.virtual_size);
@@ -119,9 +131,13 @@ Result<void> DiskMove::attach_target() {
     if (m_plan.network) {
         std::filesystem::path dir = m_options.state_dir / m_prefix;
         auto hop = NbdHop::start(dir, m_chain.protocol, m_chain.secrets, 15s);
-        if (!hop) return fail(hop.error().with_context(fmt::format("open {} in a storage daemon", target_url())));
+        if (!hop)
+            return fail(
+                hop.error().with_context(fmt::format("open {} in a storage daemon", target_url())));
         m_hop.emplace(std::move(*hop));
-        m_undo.emplace_back("hop", [this] { if (m_hop) m_hop->kill_now(); });
+        m_undo.emplace_back("hop", [this] {
+            if (m_hop) m_hop->kill_now();
+        });
         m_hop_node = m_prefix + "-hop";
         if (auto r = qmp::blockdev_add(m_client, m_hop->client_node(m_hop_node)); !r)
             return fail(r.error().with_context("blockdev-add NBD hop node"));
@@ -156,7 +172,8 @@ Result<void> DiskMove::start_mirror(qmp::CopyMode mode, std::uint64_t speed) {
     mirror.copy_mode = mode;
     // Keep the job after it ends so its error can be read, then dismiss it.
     mirror.auto_dismiss = false;
-    if (auto r = qmp::blockdev_mirror(m_client, mirror); !r) return fail(r.error().with_context("blockdev-mirror"));
+    if (auto r = qmp::blockdev_mirror(m_client, mirror); !r)
+        return fail(r.error().with_context("blockdev-mirror"));
     if (m_state != DiskMoveState::copying) push_undo_job();
     m_state = DiskMoveState::copying;
     m_offset = 0;
@@ -207,7 +224,8 @@ Result<std::filesystem::path> DiskMove::leave_ready() {
     std::ofstream out(file);
     out << saved.dump(2) << "\n";
     if (!out.good())
-        return fail(ErrorCode::io_error, fmt::format("save job state {}: write failed", file.string()));
+        return fail(ErrorCode::io_error,
+                    fmt::format("save job state {}: write failed", file.string()));
     // The job, its nodes, the volume and the hop now outlive this process.
     m_undo.clear();
     if (m_hop) m_hop->detach();
@@ -216,7 +234,8 @@ Result<std::filesystem::path> DiskMove::leave_ready() {
 }
 
 Result<std::unique_ptr<DiskMove>> DiskMove::adopt(qmp::Client& client, const nlohmann::json& saved,
-                                                  const MoveOptions& options, ProgressSink& progress) {
+                                                  const MoveOptions& options,
+                                                  ProgressSink& progress) {
     SourceDisk source;
     source.id = saved.value("disk", "");
     source.node = saved.value("source_node", "");
@@ -234,7 +253,8 @@ Result<std::unique_ptr<DiskMove>> DiskMove::adopt(qmp::Client& client, const nlo
     plan.format = format ? *format : pools::ImageFormat::raw;
     plan.network = saved.value("hop_pid", -1) > 0;
 
-    auto move = std::make_unique<DiskMove>(client, std::move(source), std::move(plan), options, progress);
+    auto move =
+        std::make_unique<DiskMove>(client, std::move(source), std::move(plan), options, progress);
     DiskMove& m = *move;
     m.m_prefix = saved.value("prefix", "");
     m.m_job_id = saved.value("job_id", "");
@@ -254,7 +274,9 @@ Result<std::unique_ptr<DiskMove>> DiskMove::adopt(qmp::Client& client, const nlo
         auto hop = NbdHop::adopt(saved.value("hop_pid", -1), saved.value("hop_socket", ""));
         if (!hop) return fail(hop.error());
         m.m_hop.emplace(std::move(*hop));
-        m.m_undo.emplace_back("hop", [&m] { if (m.m_hop) m.m_hop->kill_now(); });
+        m.m_undo.emplace_back("hop", [&m] {
+            if (m.m_hop) m.m_hop->kill_now();
+        });
         m.m_undo.emplace_back("node", [&m] { (void)qmp::blockdev_del(m.m_client, m.m_hop_node); });
     } else {
         std::string proto = m.m_chain.protocol_node;
@@ -272,7 +294,8 @@ Result<void> DiskMove::observe(const std::vector<qmp::BlockJobInfo>& jobs) {
         if (job.status == "concluded") {
             std::string why = job.error.value_or("the job ended before it was ready");
             (void)qmp::job_dismiss(m_client, m_job_id);
-            return fail(ErrorCode::io_error, fmt::format("mirror to {} failed: {}", target_url(), why));
+            return fail(ErrorCode::io_error,
+                        fmt::format("mirror to {} failed: {}", target_url(), why));
         }
         if (job.offset > m_offset) m_last_progress = std::chrono::steady_clock::now();
         m_offset = job.offset;
@@ -280,10 +303,13 @@ Result<void> DiskMove::observe(const std::vector<qmp::BlockJobInfo>& jobs) {
         if (job.ready || job.status == "ready") m_state = DiskMoveState::ready;
         return {};
     }
-    return fail(ErrorCode::invalid_state, fmt::format("mirror job {} disappeared from QEMU", m_job_id));
+    return fail(ErrorCode::invalid_state,
+                fmt::format("mirror job {} disappeared from QEMU", m_job_id));
 }
 
-Result<void> DiskMove::set_speed(std::uint64_t speed) { return qmp::block_job_set_speed(m_client, m_job_id, speed); }
+Result<void> DiskMove::set_speed(std::uint64_t speed) {
+    return qmp::block_job_set_speed(m_client, m_job_id, speed);
+}
 
 Result<void> DiskMove::restart_write_blocking(std::uint64_t speed) {
     if (auto r = qmp::block_job_cancel(m_client, m_job_id, true); !r)
@@ -296,7 +322,8 @@ Result<void> DiskMove::restart_write_blocking(std::uint64_t speed) {
     return {};
 }
 
-Result<void> DiskMove::wait_job_gone(std::chrono::milliseconds timeout, std::optional<std::string>* error) {
+Result<void> DiskMove::wait_job_gone(std::chrono::milliseconds timeout,
+                                     std::optional<std::string>* error) {
     auto deadline = std::chrono::steady_clock::now() + timeout;
     for (;;) {
         auto jobs = qmp::query_block_jobs(m_client);
@@ -313,8 +340,10 @@ Result<void> DiskMove::wait_job_gone(std::chrono::milliseconds timeout, std::opt
         }
         if (!present) return {};
         if (std::chrono::steady_clock::now() > deadline)
-            return fail(ErrorCode::timeout, fmt::format("job {} did not end within {} s", m_job_id,
-                                                        std::chrono::duration_cast<std::chrono::seconds>(timeout).count()));
+            return fail(
+                ErrorCode::timeout,
+                fmt::format("job {} did not end within {} s", m_job_id,
+                            std::chrono::duration_cast<std::chrono::seconds>(timeout).count()));
         std::this_thread::sleep_for(50ms);
     }
 }
@@ -327,7 +356,9 @@ Result<void> DiskMove::wait_in_sync(std::chrono::milliseconds timeout) {
         for (const auto& job : *jobs)
             if (job.id == m_job_id && job.ready && job.offset == job.len && !job.busy) return {};
         if (std::chrono::steady_clock::now() > deadline)
-            return fail(ErrorCode::timeout, fmt::format("{}: mirror did not catch up with the paused guest", m_source.id));
+            return fail(
+                ErrorCode::timeout,
+                fmt::format("{}: mirror did not catch up with the paused guest", m_source.id));
         std::this_thread::sleep_for(50ms);
     }
 }
@@ -340,24 +371,29 @@ Result<void> DiskMove::pivot() {
     if (error) {
         // QEMU switches the device only when completion succeeds: the guest
         // is still on its source, so the ordinary rollback applies.
-        return fail(ErrorCode::io_error, fmt::format("pivot to {} failed: {}", target_url(), *error));
+        return fail(ErrorCode::io_error,
+                    fmt::format("pivot to {} failed: {}", target_url(), *error));
     }
     // From here on the target IS the guest's disk: nothing may delete it.
     m_undo.clear();
     m_state = DiskMoveState::pivoted;
-    m_progress.event("pivoted", {{"disk", m_source.id}, {"node", m_top_node}, {"target", target_url()}},
+    m_progress.event("pivoted",
+                     {{"disk", m_source.id}, {"node", m_top_node}, {"target", target_url()}},
                      fmt::format("{}: pivoted to {}", m_source.id, target_url()));
 
     if (auto r = switch_to_direct(); !r) {
-        std::string where = m_hop ? fmt::format(" through blockmig's storage daemon (pid kept running, socket {})",
-                                                m_hop->socket_path().string())
-                                  : "";
+        std::string where =
+            m_hop ? fmt::format(" through blockmig's storage daemon (pid kept running, socket {})",
+                                m_hop->socket_path().string())
+                  : "";
         if (m_hop) m_hop->detach();  // the guest depends on it now: never kill it
-        return fail(ErrorCode::io_error,
-                    fmt::format("{}: the guest now runs on {}{}; re-pointing it at a direct node failed: {}. "
-                                "Its data is safe while that daemon runs; run `blockmig qmp` query-block to "
-                                "inspect, and move the disk again to leave the daemon",
-                                m_source.id, target_url(), where, r.error().message));
+        return fail(
+            ErrorCode::io_error,
+            fmt::format(
+                "{}: the guest now runs on {}{}; re-pointing it at a direct node failed: {}. "
+                "Its data is safe while that daemon runs; run `blockmig qmp` query-block to "
+                "inspect, and move the disk again to leave the daemon",
+                m_source.id, target_url(), where, r.error().message));
     }
     release_source_nodes();
 
@@ -367,10 +403,12 @@ Result<void> DiskMove::pivot() {
     auto now = find_source_disk(*disks, m_source.id);
     if (!now) return fail(now.error().with_context("confirm pivot"));
     if (now->node != m_top_node || now->filename.find("nbd") != std::string::npos)
-        return fail(ErrorCode::invalid_state,
-                    fmt::format("{}: after the pivot the device is on node {} ({}), expected {} on {}", m_source.id,
-                                now->node, now->filename, m_top_node, target_url()));
-    if (auto info = m_plan.pool->stat(m_plan.volume); info) m_target_allocated = info->allocated_bytes;
+        return fail(
+            ErrorCode::invalid_state,
+            fmt::format("{}: after the pivot the device is on node {} ({}), expected {} on {}",
+                        m_source.id, now->node, now->filename, m_top_node, target_url()));
+    if (auto info = m_plan.pool->stat(m_plan.volume); info)
+        m_target_allocated = info->allocated_bytes;
     m_state = DiskMoveState::done;
     return {};
 }
@@ -381,15 +419,18 @@ Result<void> DiskMove::switch_to_direct() {
     // NBD hop to a direct protocol node on the same volume (blockdev-reopen
     // takes the node's full option set; unspecified options would reset).
     for (const auto& secret : m_chain.secrets)
-        if (auto r = qmp::object_add(m_client, secret); !r) return fail(r.error().with_context("object-add secret"));
+        if (auto r = qmp::object_add(m_client, secret); !r)
+            return fail(r.error().with_context("object-add secret"));
     if (auto r = qmp::blockdev_add(m_client, m_chain.protocol); !r)
         return fail(r.error().with_context("blockdev-add direct node"));
-    auto reopen = m_client.execute("blockdev-reopen", {{"options", nlohmann::json::array({m_chain.format})}});
+    auto reopen =
+        m_client.execute("blockdev-reopen", {{"options", nlohmann::json::array({m_chain.format})}});
     if (!reopen) {
         (void)qmp::blockdev_del(m_client, m_chain.protocol_node);
         return fail(reopen.error().with_context("blockdev-reopen onto the direct node"));
     }
-    if (auto r = qmp::blockdev_del(m_client, m_hop_node); !r) return fail(r.error().with_context("remove NBD hop node"));
+    if (auto r = qmp::blockdev_del(m_client, m_hop_node); !r)
+        return fail(r.error().with_context("remove NBD hop node"));
     m_hop->stop();
     m_hop.reset();
     return {};
@@ -405,8 +446,8 @@ void DiskMove::release_source_nodes() {
         auto r = qmp::blockdev_del(m_client, name);
         if (!r && r.error().qmp_class != "GenericError")
             m_progress.event("warning", {{"disk", m_source.id}, {"message", r.error().message}},
-                             fmt::format("{}: warning: could not release old node {}: {}", m_source.id, name,
-                                         r.error().message));
+                             fmt::format("{}: warning: could not release old node {}: {}",
+                                         m_source.id, name, r.error().message));
     }
 }
 
@@ -417,14 +458,17 @@ Result<void> DiskMove::finish_copy_only() {
         return fail(r.error().with_context("block-job-cancel"));
     std::optional<std::string> error;
     if (auto r = wait_job_gone(60s, &error); !r) return r;
-    if (error) return fail(ErrorCode::io_error, fmt::format("final sync to {} failed: {}", target_url(), *error));
+    if (error)
+        return fail(ErrorCode::io_error,
+                    fmt::format("final sync to {} failed: {}", target_url(), *error));
     // Detach the target (closing it flushes qcow2 metadata); keep the volume.
     for (auto it = m_undo.rbegin(); it != m_undo.rend(); ++it)
         if (it->first == "node" || it->first == "hop") it->second();
     m_undo.clear();
     if (m_hop) m_hop->stop();
     m_hop.reset();
-    if (auto info = m_plan.pool->stat(m_plan.volume); info) m_target_allocated = info->allocated_bytes;
+    if (auto info = m_plan.pool->stat(m_plan.volume); info)
+        m_target_allocated = info->allocated_bytes;
     m_state = DiskMoveState::copied;
     return {};
 }
@@ -437,15 +481,16 @@ void DiskMove::rollback() {
 }
 
 DiskMoveReport DiskMove::report() const {
-    return DiskMoveReport{.disk = m_source.id,
-                          .source = m_source.location.empty() ? m_source.filename : m_source.location,
-                          .target = target_url(),
-                          .target_node = m_top_node,
-                          .source_allocated = m_source_allocated,
-                          .target_allocated = m_target_allocated,
-                          .pivoted = m_state == DiskMoveState::done,
-                          .verified = false,
-                          .switched_to_write_blocking = m_switched};
+    return DiskMoveReport{
+        .disk = m_source.id,
+        .source = m_source.location.empty() ? m_source.filename : m_source.location,
+        .target = target_url(),
+        .target_node = m_top_node,
+        .source_allocated = m_source_allocated,
+        .target_allocated = m_target_allocated,
+        .pivoted = m_state == DiskMoveState::done,
+        .verified = false,
+        .switched_to_write_blocking = m_switched};
 }
 
 }  // namespace blockmig

@@ -26,19 +26,29 @@
 
 namespace blockmig {
 
-enum class DiskMoveState { planned, target_created, attached, copying, ready, pivoted, done, copied, rolled_back };
+enum class DiskMoveState {
+    planned,
+    target_created,
+    attached,
+    copying,
+    ready,
+    pivoted,
+    done,
+    copied,
+    rolled_back
+};
 std::string_view to_string(DiskMoveState state);
 
 // Where one disk goes, decided (and checked) before anything is created.
 struct TargetPlan {
     std::unique_ptr<pools::Pool> pool;
-    std::string volume;          // name in the pool; "" lets an iSCSI pool pick a LUN
+    std::string volume;  // name in the pool; "" lets an iSCSI pool pick a LUN
     pools::ImageFormat format = pools::ImageFormat::raw;
-    bool network = false;        // NFS / iSCSI: go through the NBD hop
+    bool network = false;  // NFS / iSCSI: go through the NBD hop
 };
 
 class DiskMove {
-public:
+  public:
     DiskMove(qmp::Client& client, SourceDisk source, TargetPlan plan, const MoveOptions& options,
              ProgressSink& progress);
 
@@ -67,7 +77,8 @@ public:
     Result<std::filesystem::path> leave_ready();
     // Rebuilds a READY move from such a file (for `blockmig pivot`).
     static Result<std::unique_ptr<DiskMove>> adopt(qmp::Client& client, const nlohmann::json& saved,
-                                                   const MoveOptions& options, ProgressSink& progress);
+                                                   const MoveOptions& options,
+                                                   ProgressSink& progress);
 
     Result<void> pivot();             // block-job-complete; then re-point at a direct node
     Result<void> finish_copy_only();  // cancel at READY: target keeps a consistent copy
@@ -82,17 +93,20 @@ public:
     std::string verify_source_spec() const { return m_source.location; }
     pools::ImageFormat target_format() const { return m_plan.format; }
     std::string target_image_for_qemu_img() const;
-    void kill_hop() { if (m_hop) m_hop->kill_now(); }
+    void kill_hop() {
+        if (m_hop) m_hop->kill_now();
+    }
     bool uses_hop() const { return m_hop.has_value(); }
     std::string hop_log() const { return m_hop ? m_hop->log_tail() : std::string{}; }
 
-private:
+  private:
     bool shallow() const { return m_options.shallow && m_source.has_backing; }
     void push_undo_job();
     Result<void> create_target();
     Result<void> attach_target();
     Result<void> start_mirror(qmp::CopyMode mode, std::uint64_t speed);
-    Result<void> wait_job_gone(std::chrono::milliseconds timeout, std::optional<std::string>* error);
+    Result<void> wait_job_gone(std::chrono::milliseconds timeout,
+                               std::optional<std::string>* error);
     Result<void> switch_to_direct();
     void release_source_nodes();
 
@@ -103,7 +117,7 @@ private:
     ProgressSink& m_progress;
     DiskMoveState m_state = DiskMoveState::planned;
 
-    std::string m_prefix;          // node-name prefix of everything blockmig adds
+    std::string m_prefix;  // node-name prefix of everything blockmig adds
     std::string m_job_id;
     pools::BlockdevChain m_chain;  // target nodes as pools/ describes them
     std::string m_top_node;        // the target format node the mirror writes to

@@ -51,10 +51,13 @@ std::string stem_of(std::string_view location, std::string_view fallback) {
 }
 
 // Decides where one disk goes. No side effects: nothing is created here.
-Result<TargetPlan> plan_target(const SourceDisk& source, std::string_view spec, const MoveOptions& options) {
+Result<TargetPlan> plan_target(const SourceDisk& source, std::string_view spec,
+                               const MoveOptions& options) {
     TargetPlan plan;
     auto source_format = pools::parse_image_format(source.driver);
-    if (spec.empty()) return fail(ErrorCode::invalid_argument, fmt::format("{}: no --to target given", source.id));
+    if (spec.empty())
+        return fail(ErrorCode::invalid_argument,
+                    fmt::format("{}: no --to target given", source.id));
     if (is_named_volume(spec) || is_iscsi_lun(spec) || has_image_extension(spec)) {
         auto ref = pools::resolve_volume(spec, options.pools);
         if (!ref) return fail(ref.error());
@@ -68,14 +71,16 @@ Result<TargetPlan> plan_target(const SourceDisk& source, std::string_view spec, 
     plan.network = plan.pool->type() == "nfs" || plan.pool->type() == "iscsi";
     if (options.format) {
         plan.format = *options.format;
-    } else if (source_format && (*source_format == pools::ImageFormat::raw || *source_format == pools::ImageFormat::qcow2)) {
+    } else if (source_format && (*source_format == pools::ImageFormat::raw ||
+                                 *source_format == pools::ImageFormat::qcow2)) {
         plan.format = *source_format;
     } else {
         plan.format = pools::ImageFormat::qcow2;
     }
     if (plan.format != pools::ImageFormat::raw && plan.format != pools::ImageFormat::qcow2)
-        return fail(ErrorCode::unsupported, fmt::format("{}: target format {} is not supported (raw or qcow2)",
-                                                        source.id, pools::to_string(plan.format)));
+        return fail(ErrorCode::unsupported,
+                    fmt::format("{}: target format {} is not supported (raw or qcow2)", source.id,
+                                pools::to_string(plan.format)));
     if (plan.volume.empty() && plan.pool->type() != "iscsi") {
         plan.volume = stem_of(source.location.empty() ? source.id : source.location, source.id) +
                       (plan.format == pools::ImageFormat::qcow2 ? ".qcow2" : ".raw");
@@ -86,38 +91,50 @@ Result<TargetPlan> plan_target(const SourceDisk& source, std::string_view spec, 
 // Pre-flight: refuse with an explanation before anything is created.
 Result<void> preflight(const SourceDisk& source, TargetPlan& plan, const MoveOptions& options,
                        const std::vector<qmp::BlockJobInfo>& jobs) {
-    if (source.driver == "mirror_top" || source.driver == "commit_top" || source.driver.ends_with("_top"))
-        return fail(ErrorCode::invalid_state, fmt::format("{}: disk is already in a block job", source.id));
+    if (source.driver == "mirror_top" || source.driver == "commit_top" ||
+        source.driver.ends_with("_top"))
+        return fail(ErrorCode::invalid_state,
+                    fmt::format("{}: disk is already in a block job", source.id));
     for (const auto& job : jobs)
         if (job.id.find(source.id) != std::string::npos || job.id == source.node)
             return fail(ErrorCode::invalid_state,
-                        fmt::format("{}: disk is already in block job {} ({})", source.id, job.id, job.status));
+                        fmt::format("{}: disk is already in block job {} ({})", source.id, job.id,
+                                    job.status));
     if (source.virtual_size == 0)
-        return fail(ErrorCode::invalid_state, fmt::format("{}: cannot read the disk's size", source.id));
-    if (plan.network && !options.unsafe && source.cache_mode != "none" && source.cache_mode != "directsync")
-        return fail(ErrorCode::invalid_argument,
-                    fmt::format("{}: the disk uses cache mode '{}'; on network storage only cache=none keeps "
-                                "acknowledged writes safe across a host crash (use --unsafe to move anyway)",
-                                source.id, source.cache_mode.empty() ? "unknown" : source.cache_mode));
+        return fail(ErrorCode::invalid_state,
+                    fmt::format("{}: cannot read the disk's size", source.id));
+    if (plan.network && !options.unsafe && source.cache_mode != "none" &&
+        source.cache_mode != "directsync")
+        return fail(
+            ErrorCode::invalid_argument,
+            fmt::format(
+                "{}: the disk uses cache mode '{}'; on network storage only cache=none keeps "
+                "acknowledged writes safe across a host crash (use --unsafe to move anyway)",
+                source.id, source.cache_mode.empty() ? "unknown" : source.cache_mode));
     if (options.shallow && source.has_backing) {
         if (plan.format != pools::ImageFormat::qcow2)
-            return fail(ErrorCode::invalid_argument,
-                        fmt::format("{}: --shallow keeps the backing chain, so the target must be qcow2", source.id));
+            return fail(
+                ErrorCode::invalid_argument,
+                fmt::format("{}: --shallow keeps the backing chain, so the target must be qcow2",
+                            source.id));
         if (source.backing_node.empty())
             return fail(ErrorCode::unsupported,
-                        fmt::format("{}: --shallow: the backing image {} has no node name to share", source.id,
-                                    source.backing_filename));
+                        fmt::format("{}: --shallow: the backing image {} has no node name to share",
+                                    source.id, source.backing_filename));
     }
     if (options.delete_source && source.location.empty())
         return fail(ErrorCode::invalid_argument,
-                    fmt::format("{}: --delete-source: cannot tell which volume '{}' is", source.id, source.filename));
+                    fmt::format("{}: --delete-source: cannot tell which volume '{}' is", source.id,
+                                source.filename));
     if (!plan.volume.empty() && plan.pool->type() != "iscsi") {
         if (plan.pool->stat(plan.volume))
             return fail(ErrorCode::already_exists,
-                        fmt::format("{}: target {} already exists", source.id, plan.pool->url_of(plan.volume)));
+                        fmt::format("{}: target {} already exists", source.id,
+                                    plan.pool->url_of(plan.volume)));
     }
     if (!source.location.empty() && plan.pool->url_of(plan.volume) == source.location)
-        return fail(ErrorCode::invalid_argument, fmt::format("{}: target is the disk's own volume", source.id));
+        return fail(ErrorCode::invalid_argument,
+                    fmt::format("{}: target is the disk's own volume", source.id));
     return {};
 }
 
@@ -131,7 +148,8 @@ Result<void> check_capacity(const std::vector<std::unique_ptr<DiskMove>>& moves)
     }
     for (const auto& [url, entry] : need) {
         auto capacity = entry.first->capacity();
-        if (!capacity) return fail(capacity.error().with_context(fmt::format("capacity of {}", url)));
+        if (!capacity)
+            return fail(capacity.error().with_context(fmt::format("capacity of {}", url)));
         if (capacity->free < entry.second)
             return fail(ErrorCode::no_space,
                         fmt::format("target pool {} has {} MiB free, the move needs {} MiB", url,
@@ -156,7 +174,8 @@ Result<bool> images_equal(const std::string& a, std::string_view a_format, const
         }
         return "json:" + nlohmann::json{{"driver", format}, {"file", file}}.dump();
     };
-    std::vector<std::string> args{"qemu-img", "compare", "-U", "-q", spec(a, a_format), spec(b, b_format)};
+    std::vector<std::string> args{"qemu-img", "compare",         "-U",
+                                  "-q",       spec(a, a_format), spec(b, b_format)};
     std::vector<char*> argv;
     for (auto& s : args) argv.push_back(s.data());
     argv.push_back(nullptr);
@@ -172,11 +191,12 @@ Result<bool> images_equal(const std::string& a, std::string_view a_format, const
     int code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
     if (code == 0) return true;
     if (code == 1) return false;
-    return fail(ErrorCode::io_error, fmt::format("verify: qemu-img compare {} {} failed (exit {})", a, b, code));
+    return fail(ErrorCode::io_error,
+                fmt::format("verify: qemu-img compare {} {} failed (exit {})", a, b, code));
 }
 
 class MoveRun {
-public:
+  public:
     MoveRun(qmp::Client& client, const MoveOptions& options, ProgressSink& progress,
             const std::atomic<bool>& cancel)
         : m_client(client), m_options(options), m_progress(progress), m_cancel(cancel) {}
@@ -190,7 +210,7 @@ public:
         return finish();
     }
 
-private:
+  private:
     Result<void> plan() {
         auto disks = list_source_disks(m_client);
         if (!disks) return fail(disks.error());
@@ -200,26 +220,35 @@ private:
         std::vector<DiskTarget> wanted = m_options.disks;
         if (m_options.all_disks)
             for (const auto& d : *disks)
-                if (std::none_of(wanted.begin(), wanted.end(), [&](auto& w) { return w.disk == d.id; }))
+                if (std::none_of(wanted.begin(), wanted.end(),
+                                 [&](auto& w) { return w.disk == d.id; }))
                     wanted.push_back({d.id, ""});
-        if (wanted.empty()) return fail(ErrorCode::invalid_argument, "no disk selected (use --disk DEV or --all-disks)");
+        if (wanted.empty())
+            return fail(ErrorCode::invalid_argument,
+                        "no disk selected (use --disk DEV or --all-disks)");
 
         for (const auto& w : wanted) {
             auto source = find_source_disk(*disks, w.disk);
             if (!source) return fail(source.error());
-            auto target_plan = plan_target(*source, w.target.empty() ? m_options.default_target : w.target, m_options);
+            auto target_plan = plan_target(
+                *source, w.target.empty() ? m_options.default_target : w.target, m_options);
             if (!target_plan) return fail(target_plan.error().with_context(source->id));
             if (auto r = preflight(*source, *target_plan, m_options, *jobs); !r) return r;
-            m_moves.push_back(std::make_unique<DiskMove>(m_client, *source, std::move(*target_plan), m_options, m_progress));
+            m_moves.push_back(std::make_unique<DiskMove>(m_client, *source, std::move(*target_plan),
+                                                         m_options, m_progress));
         }
         if (auto r = check_capacity(m_moves); !r) return r;
 
         auto features = qmp::Features::detect(m_client);
         if (!features) return fail(features.error().with_context("query-qmp-schema"));
         m_has_copy_mode = features->mirror_copy_mode();
-        bool needs_reopen = std::any_of(m_moves.begin(), m_moves.end(), [](auto& m) { return m->target_url().find("://") != std::string::npos; });
+        bool needs_reopen = std::any_of(m_moves.begin(), m_moves.end(), [](auto& m) {
+            return m->target_url().find("://") != std::string::npos;
+        });
         if (needs_reopen && !m_options.copy_only && !features->blockdev_reopen())
-            return fail(ErrorCode::unsupported, "this QEMU lacks blockdev-reopen, needed to leave the NBD hop after a pivot to network storage");
+            return fail(ErrorCode::unsupported,
+                        "this QEMU lacks blockdev-reopen, needed to leave the NBD hop after a "
+                        "pivot to network storage");
         return {};
     }
 
@@ -246,7 +275,8 @@ private:
                 return fail(r.error().with_context(m->source().id));
             m_progress.event("start", {{"disk", m->source().id}, {"target", m->target_url()}},
                              fmt::format("{}: mirroring {} -> {}", m->source().id,
-                                         m->source().location.empty() ? m->source().filename : m->source().location,
+                                         m->source().location.empty() ? m->source().filename
+                                                                      : m->source().location,
                                          m->target_url()));
         }
         const auto started = SteadyClock::now();
@@ -256,14 +286,16 @@ private:
         for (;;) {
             if (m_cancel.load()) return fail(ErrorCode::cancelled, "interrupted before the pivot");
             if (m_options.timeout.count() > 0 && SteadyClock::now() - started > m_options.timeout)
-                return fail(ErrorCode::timeout, fmt::format("the copy did not finish within --timeout {} s",
-                                                            m_options.timeout.count()));
+                return fail(ErrorCode::timeout,
+                            fmt::format("the copy did not finish within --timeout {} s",
+                                        m_options.timeout.count()));
             auto jobs = qmp::query_block_jobs(m_client);
             if (!jobs) return fail(jobs.error().with_context("query-block-jobs"));
             bool all_ready = true;
             const auto now = SteadyClock::now();
             for (auto& m : m_moves) {
-                if (auto r = m->observe(*jobs); !r) return fail(r.error().with_context(m->source().id));
+                if (auto r = m->observe(*jobs); !r)
+                    return fail(r.error().with_context(m->source().id));
                 auto& meter = meters[m.get()];
                 meter.add(now, m->offset());
                 const std::uint64_t remaining = m->length() - std::min(m->offset(), m->length());
@@ -278,24 +310,30 @@ private:
                 all_ready = false;
                 if (now - m->last_progress() > m_options.stall_timeout) {
                     std::string log = m->hop_log();
-                    return fail(ErrorCode::timeout,
-                                fmt::format("{}: no progress for {} s writing to {}: target unreachable?{}{}",
-                                            m->source().id, m_options.stall_timeout.count(), m->target_url(),
-                                            log.empty() ? "" : " storage daemon said: ", log));
+                    return fail(
+                        ErrorCode::timeout,
+                        fmt::format(
+                            "{}: no progress for {} s writing to {}: target unreachable?{}{}",
+                            m->source().id, m_options.stall_timeout.count(), m->target_url(),
+                            log.empty() ? "" : " storage daemon said: ", log));
                 }
                 // Convergence: remaining bytes must keep shrinking.
                 auto& best = best_remaining[m.get()];
-                if (best.second == SteadyClock::time_point{} || remaining + (1u << 20) < best.first ||
-                    remaining < best.first * 95 / 100) {
+                if (best.second == SteadyClock::time_point{} ||
+                    remaining + (1u << 20) < best.first || remaining < best.first * 95 / 100) {
                     best = {remaining, now};
-                } else if (m_options.copy_mode == CopyModePolicy::auto_switch && !m->switched_to_write_blocking() &&
-                           m_has_copy_mode && now - best.second > m_options.converge_window && m->length() > 0) {
-                    m_progress.event("copy-mode",
-                                     {{"disk", m->source().id}, {"mode", "write-blocking"},
-                                      {"reason", "guest writes faster than the copy"}},
-                                     fmt::format("{}: remaining {} MiB stopped shrinking for {} s; switching to "
-                                                 "write-blocking mode so the copy converges",
-                                                 m->source().id, remaining >> 20, m_options.converge_window.count()));
+                } else if (m_options.copy_mode == CopyModePolicy::auto_switch &&
+                           !m->switched_to_write_blocking() && m_has_copy_mode &&
+                           now - best.second > m_options.converge_window && m->length() > 0) {
+                    m_progress.event(
+                        "copy-mode",
+                        {{"disk", m->source().id},
+                         {"mode", "write-blocking"},
+                         {"reason", "guest writes faster than the copy"}},
+                        fmt::format("{}: remaining {} MiB stopped shrinking for {} s; switching to "
+                                    "write-blocking mode so the copy converges",
+                                    m->source().id, remaining >> 20,
+                                    m_options.converge_window.count()));
                     if (auto r = m->restart_write_blocking(speed_per_job()); !r)
                         return fail(r.error().with_context(m->source().id));
                     best = {};
@@ -354,10 +392,13 @@ private:
                     rollback_all();
                     return fail(saved.error().with_context(m->source().id));
                 }
-                m_progress.event("ready", {{"disk", m->source().id}, {"job", m->job_id()}, {"state", saved->string()}},
-                                 fmt::format("{}: READY; mirror job {} keeps {} in sync. Finish with `blockmig pivot "
-                                             "--qmp SOCKET --disk {}` (or --abort)",
-                                             m->source().id, m->job_id(), m->target_url(), m->source().id));
+                m_progress.event(
+                    "ready",
+                    {{"disk", m->source().id}, {"job", m->job_id()}, {"state", saved->string()}},
+                    fmt::format(
+                        "{}: READY; mirror job {} keeps {} in sync. Finish with `blockmig pivot "
+                        "--qmp SOCKET --disk {}` (or --abort)",
+                        m->source().id, m->job_id(), m->target_url(), m->source().id));
                 report.disks.push_back(m->report());
             }
             return report;
@@ -372,9 +413,10 @@ private:
                 return fail(r.error().with_context(m->source().id));
             }
             if (m_options.copy_only)
-                m_progress.event("copied", {{"disk", m->source().id}, {"target", m->target_url()}},
-                                 fmt::format("{}: consistent copy at {} (guest stays on its source)", m->source().id,
-                                             m->target_url()));
+                m_progress.event(
+                    "copied", {{"disk", m->source().id}, {"target", m->target_url()}},
+                    fmt::format("{}: consistent copy at {} (guest stays on its source)",
+                                m->source().id, m->target_url()));
         }
         if (m_options.verify && m_options.copy_only) {
             auto r = verify_all();
@@ -387,18 +429,21 @@ private:
             d.verified = m_options.verify;
             if (!m_options.copy_only && d.source_allocated && d.target_allocated &&
                 d.target_allocated > d.source_allocated + d.source_allocated / 10 + (16ull << 20))
-                m_progress.event("warning", {{"disk", d.disk}, {"message", "target less sparse than source"}},
-                                 fmt::format("{}: warning: target allocates {} MiB, source {} MiB", d.disk,
-                                             d.target_allocated >> 20, d.source_allocated >> 20));
+                m_progress.event(
+                    "warning", {{"disk", d.disk}, {"message", "target less sparse than source"}},
+                    fmt::format("{}: warning: target allocates {} MiB, source {} MiB", d.disk,
+                                d.target_allocated >> 20, d.source_allocated >> 20));
             if (m_options.delete_source && d.pivoted) {
                 if (auto ref = pools::resolve_volume(m->source().location, m_options.pools); ref) {
                     if (auto r = ref->pool->remove(ref->name); !r)
-                        m_progress.event("warning", {{"disk", d.disk}, {"message", r.error().message}},
-                                         fmt::format("{}: warning: could not delete the old volume: {}", d.disk,
-                                                     r.error().message));
+                        m_progress.event(
+                            "warning", {{"disk", d.disk}, {"message", r.error().message}},
+                            fmt::format("{}: warning: could not delete the old volume: {}", d.disk,
+                                        r.error().message));
                     else
-                        m_progress.event("deleted", {{"disk", d.disk}, {"volume", d.source}},
-                                         fmt::format("{}: deleted old volume {}", d.disk, d.source));
+                        m_progress.event(
+                            "deleted", {{"disk", d.disk}, {"volume", d.source}},
+                            fmt::format("{}: deleted old volume {}", d.disk, d.source));
                 }
             }
             report.disks.push_back(std::move(d));
@@ -408,12 +453,14 @@ private:
 
     Result<void> verify_all() {
         for (auto& m : m_moves) {
-            auto equal = images_equal(m->source().location, m->source().driver, m->target_image_for_qemu_img(),
-                                      pools::to_string(m->target_format()));
+            auto equal =
+                images_equal(m->source().location, m->source().driver,
+                             m->target_image_for_qemu_img(), pools::to_string(m->target_format()));
             if (!equal) return fail(equal.error().with_context(m->source().id));
             if (!*equal)
-                return fail(ErrorCode::io_error, fmt::format("{}: verify: target {} differs from the source",
-                                                             m->source().id, m->target_url()));
+                return fail(ErrorCode::io_error,
+                            fmt::format("{}: verify: target {} differs from the source",
+                                        m->source().id, m->target_url()));
             m_progress.event("verified", {{"disk", m->source().id}, {"equal", true}},
                              fmt::format("{}: verified: target equals source", m->source().id));
         }
@@ -426,8 +473,9 @@ private:
             if (m->state() == DiskMoveState::done || m->state() == DiskMoveState::pivoted ||
                 m->state() == DiskMoveState::copied || m->state() == DiskMoveState::rolled_back)
                 continue;
-            m_progress.event("rollback", {{"disk", m->source().id}},
-                             fmt::format("{}: rolling back: the guest stays on its source", m->source().id));
+            m_progress.event(
+                "rollback", {{"disk", m->source().id}},
+                fmt::format("{}: rolling back: the guest stays on its source", m->source().id));
             m->rollback();
         }
     }
@@ -442,7 +490,8 @@ private:
 
 }  // namespace
 
-Result<MoveReport> run_pivot(qmp::Client& client, const PivotOptions& options, ProgressSink& progress) {
+Result<MoveReport> run_pivot(qmp::Client& client, const PivotOptions& options,
+                             ProgressSink& progress) {
     MoveOptions move_options;
     move_options.pools = options.pools;
     move_options.state_dir = options.state_dir.empty() ? "/run/blockmig" : options.state_dir;
@@ -450,19 +499,22 @@ Result<MoveReport> run_pivot(qmp::Client& client, const PivotOptions& options, P
     if (!jobs) return fail(jobs.error().with_context("query-block-jobs"));
     std::vector<std::pair<std::filesystem::path, nlohmann::json>> found;
     std::error_code ec;
-    for (const auto& entry : std::filesystem::directory_iterator(move_options.state_dir / "jobs", ec)) {
+    for (const auto& entry :
+         std::filesystem::directory_iterator(move_options.state_dir / "jobs", ec)) {
         std::ifstream in(entry.path());
         auto saved = nlohmann::json::parse(in, nullptr, false);
         if (saved.is_discarded() || !saved.is_object()) continue;
         const std::string job_id = saved.value("job_id", "");
-        bool here = std::any_of(jobs->begin(), jobs->end(), [&](auto& j) { return j.id == job_id; });
-        bool wanted = options.disks.empty() ||
-                      std::find(options.disks.begin(), options.disks.end(), saved.value("disk", "")) !=
-                          options.disks.end();
+        bool here =
+            std::any_of(jobs->begin(), jobs->end(), [&](auto& j) { return j.id == job_id; });
+        bool wanted =
+            options.disks.empty() || std::find(options.disks.begin(), options.disks.end(),
+                                               saved.value("disk", "")) != options.disks.end();
         if (here && wanted) found.emplace_back(entry.path(), std::move(saved));
     }
     if (found.empty())
-        return fail(ErrorCode::not_found, "no move left READY by `blockmig move --no-pivot` for this guest");
+        return fail(ErrorCode::not_found,
+                    "no move left READY by `blockmig move --no-pivot` for this guest");
     MoveReport report;
     for (auto& [file, saved] : found) {
         auto move = DiskMove::adopt(client, saved, move_options, progress);
@@ -471,8 +523,9 @@ Result<MoveReport> run_pivot(qmp::Client& client, const PivotOptions& options, P
         if (auto r = m.observe(*jobs); !r) return fail(r.error().with_context(m.source().id));
         if (options.abort) {
             m.rollback();
-            progress.event("aborted", {{"disk", m.source().id}},
-                           fmt::format("{}: move aborted; the guest stays on its source", m.source().id));
+            progress.event(
+                "aborted", {{"disk", m.source().id}},
+                fmt::format("{}: move aborted; the guest stays on its source", m.source().id));
         } else if (auto r = m.pivot(); !r) {
             // Before the switch QEMU kept the source: undo everything. After
             // it, keep the state file: it describes the daemon still in use.

@@ -30,7 +30,8 @@ bool socket_accepts(const std::filesystem::path& path) {
 
 }  // namespace
 
-Result<NbdHop> NbdHop::start(const std::filesystem::path& state_dir, const nlohmann::json& protocol_node,
+Result<NbdHop> NbdHop::start(const std::filesystem::path& state_dir,
+                             const nlohmann::json& protocol_node,
                              const std::vector<nlohmann::json>& secrets,
                              std::chrono::milliseconds timeout) {
     std::error_code ec;
@@ -62,8 +63,8 @@ Result<NbdHop> NbdHop::start(const std::filesystem::path& state_dir, const nlohm
     argv.push_back(nullptr);
     int log_fd = open(hop.m_log.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
     if (log_fd < 0)
-        return fail(ErrorCode::io_error, fmt::format("storage daemon: create {}: {}", hop.m_log.string(),
-                                                     std::strerror(errno)));
+        return fail(ErrorCode::io_error, fmt::format("storage daemon: create {}: {}",
+                                                     hop.m_log.string(), std::strerror(errno)));
     pid_t pid = fork();
     if (pid < 0) {
         close(log_fd);

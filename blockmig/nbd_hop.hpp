@@ -23,12 +23,13 @@
 namespace blockmig {
 
 class NbdHop {
-public:
+  public:
     // Starts qemu-storage-daemon with `protocol_node` (a blockdev-add JSON
     // object, plus any secret objects it needs) exported writable over NBD
     // on a Unix socket in `state_dir`. Fails with the daemon's own error
     // line if it exits or does not listen within `timeout`.
-    static Result<NbdHop> start(const std::filesystem::path& state_dir, const nlohmann::json& protocol_node,
+    static Result<NbdHop> start(const std::filesystem::path& state_dir,
+                                const nlohmann::json& protocol_node,
                                 const std::vector<nlohmann::json>& secrets,
                                 std::chrono::milliseconds timeout);
 
@@ -57,7 +58,7 @@ public:
     // The daemon's stderr (its error messages), for error reports.
     std::string log_tail() const;
 
-private:
+  private:
     NbdHop() = default;
     // Reaps the daemon: waitpid for our child, polling for an adopted one.
     void wait_gone(std::chrono::milliseconds timeout);

@@ -14,7 +14,8 @@ std::string human_bytes(double bytes) {
     const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
     int unit = 0;
     while (bytes >= 1024 && unit < 4) bytes /= 1024, ++unit;
-    return unit == 0 ? fmt::format("{:.0f} B", bytes) : fmt::format("{:.1f} {}", bytes, units[unit]);
+    return unit == 0 ? fmt::format("{:.0f} B", bytes)
+                     : fmt::format("{:.1f} {}", bytes, units[unit]);
 }
 
 std::string human_eta(double seconds) {
@@ -25,15 +26,15 @@ std::string human_eta(double seconds) {
 }
 
 class TextProgress : public ProgressSink {
-public:
+  public:
     TextProgress() : m_tty(isatty(STDERR_FILENO) == 1) {}
     ~TextProgress() override { end_line(); }
 
     void progress(const ProgressSample& s) override {
         const double pct = s.total ? 100.0 * static_cast<double>(s.bytes) / s.total : 0;
         std::string line =
-            fmt::format("{:<8} {:<5} {:5.1f}% {:>10} / {:<10} {:>10}/s  ETA {}", s.item, s.phase, pct,
-                        human_bytes(s.bytes), human_bytes(s.total), human_bytes(s.rate),
+            fmt::format("{:<8} {:<5} {:5.1f}% {:>10} / {:<10} {:>10}/s  ETA {}", s.item, s.phase,
+                        pct, human_bytes(s.bytes), human_bytes(s.total), human_bytes(s.rate),
                         human_eta(s.eta_seconds));
         if (m_tty) {
             // One live line per item, redrawn in place.
@@ -56,7 +57,7 @@ public:
         std::fflush(stderr);
     }
 
-private:
+  private:
     void end_line() {
         if (m_open_line) fmt::print(stderr, "\n");
         m_open_line = false;
@@ -68,15 +69,16 @@ private:
 };
 
 class JsonProgress : public ProgressSink {
-public:
+  public:
     void progress(const ProgressSample& s) override {
         auto now = std::chrono::steady_clock::now();
         auto& last = m_last_print[s.item];
         if (now - last < std::chrono::milliseconds(500) && s.bytes < s.total) return;
         last = now;
-        nlohmann::json j{{"event", "progress"}, {"disk", s.item}, {"phase", s.phase},
+        nlohmann::json j{{"event", "progress"}, {"disk", s.item},   {"phase", s.phase},
                          {"bytes", s.bytes},    {"total", s.total}, {"rate", std::llround(s.rate)}};
-        j["eta"] = s.eta_seconds < 0 ? nlohmann::json(nullptr) : nlohmann::json(std::lround(s.eta_seconds));
+        j["eta"] = s.eta_seconds < 0 ? nlohmann::json(nullptr)
+                                     : nlohmann::json(std::lround(s.eta_seconds));
         fmt::print("{}\n", j.dump());
         std::fflush(stdout);
     }
@@ -88,12 +90,12 @@ public:
         std::fflush(stdout);
     }
 
-private:
+  private:
     std::map<std::string, std::chrono::steady_clock::time_point> m_last_print;
 };
 
 class NullProgress : public ProgressSink {
-public:
+  public:
     void progress(const ProgressSample&) override {}
     void event(const std::string&, const nlohmann::json&, const std::string&) override {}
 };

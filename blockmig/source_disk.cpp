@@ -28,8 +28,9 @@ std::string location_from_filename(std::string_view filename) {
             node = &(*node)["file"];
         if (node->value("driver", "") == "iscsi") {
             std::string lun = (*node)["lun"].is_string() ? (*node)["lun"].get<std::string>()
-                                                          : (*node)["lun"].dump();
-            return fmt::format("iscsi://{}/{}/{}", node->value("portal", ""), node->value("target", ""), lun);
+                                                         : (*node)["lun"].dump();
+            return fmt::format("iscsi://{}/{}/{}", node->value("portal", ""),
+                               node->value("target", ""), lun);
         }
         if (node->value("driver", "") == "file") return node->value("filename", "");
         return {};
@@ -62,14 +63,15 @@ Result<std::vector<SourceDisk>> list_source_disks(qmp::Client& client) {
             d.backing_filename = b.inserted->chain[1].filename;
             d.backing_format = b.inserted->chain[1].format;
             for (const auto& n : *nodes)
-                if (n.file == d.backing_filename && n.driver == d.backing_format) d.backing_node = n.node_name;
+                if (n.file == d.backing_filename && n.driver == d.backing_format)
+                    d.backing_node = n.node_name;
         }
         // Protocol nodes under this format node share its filename and use
         // a protocol driver; remember their names to release them later.
         for (const auto& n : *nodes) {
             if (n.node_name == d.node || n.file != b.inserted->file) continue;
-            if (n.driver == "file" || n.driver == "host_device" || n.driver == "nfs" || n.driver == "iscsi" ||
-                n.driver == "nbd")
+            if (n.driver == "file" || n.driver == "host_device" || n.driver == "nfs" ||
+                n.driver == "iscsi" || n.driver == "nbd")
                 d.protocol_nodes.push_back(n.node_name);
         }
         disks.push_back(std::move(d));
@@ -82,8 +84,8 @@ Result<SourceDisk> find_source_disk(const std::vector<SourceDisk>& disks, std::s
         if (d.id == id || d.node == id) return d;
     std::string known;
     for (const auto& d : disks) known += (known.empty() ? "" : ", ") + d.id;
-    return fail(ErrorCode::not_found,
-                fmt::format("no disk '{}' in this guest (disks: {})", id, known.empty() ? "none" : known));
+    return fail(ErrorCode::not_found, fmt::format("no disk '{}' in this guest (disks: {})", id,
+                                                  known.empty() ? "none" : known));
 }
 
 }  // namespace blockmig

@@ -10,17 +10,17 @@
 namespace blockmig {
 
 struct SourceDisk {
-    std::string id;            // what the user calls it: the qdev id, else the node name
-    std::string node;          // top (format) node the device is attached to
-    std::string driver;        // "qcow2", "raw", ... ("mirror_top" while a job runs)
+    std::string id;      // what the user calls it: the qdev id, else the node name
+    std::string node;    // top (format) node the device is attached to
+    std::string driver;  // "qcow2", "raw", ... ("mirror_top" while a job runs)
     std::uint64_t virtual_size = 0;
-    std::string filename;      // as QEMU shows it: a path, nfs://..., json:{...}
-    std::string location;      // a volume spec pools/ understands, or empty
-    std::string cache_mode;    // "none", "writeback", ...
+    std::string filename;    // as QEMU shows it: a path, nfs://..., json:{...}
+    std::string location;    // a volume spec pools/ understands, or empty
+    std::string cache_mode;  // "none", "writeback", ...
     bool has_backing = false;
     std::string backing_filename;  // first backing image, as QEMU names it
     std::string backing_format;
-    std::string backing_node;      // its node name, if it has one (shallow moves share it)
+    std::string backing_node;  // its node name, if it has one (shallow moves share it)
     std::vector<std::string> protocol_nodes;  // named nodes below `node` (to release after a pivot)
 };
 

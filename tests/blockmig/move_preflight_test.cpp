@@ -17,23 +17,24 @@ using nlohmann::json;
 namespace {
 
 json disk(const std::string& drv, const std::string& file) {
-    return json::array({{{"device", ""},
-                         {"qdev", "/machine/peripheral/disk0/virtio-backend"},
-                         {"locked", false},
-                         {"removable", false},
-                         {"inserted",
-                          {{"node-name", "disk0-fmt"},
-                           {"drv", drv},
-                           {"ro", false},
-                           {"encrypted", false},
-                           {"file", file},
-                           {"backing_file_depth", 0},
-                           {"cache", {{"writeback", true}, {"direct", true}, {"no-flush", false}}},
-                           {"image", {{"filename", file}, {"format", "qcow2"}, {"virtual-size", 64 << 20}}}}}}});
+    return json::array(
+        {{{"device", ""},
+          {"qdev", "/machine/peripheral/disk0/virtio-backend"},
+          {"locked", false},
+          {"removable", false},
+          {"inserted",
+           {{"node-name", "disk0-fmt"},
+            {"drv", drv},
+            {"ro", false},
+            {"encrypted", false},
+            {"file", file},
+            {"backing_file_depth", 0},
+            {"cache", {{"writeback", true}, {"direct", true}, {"no-flush", false}}},
+            {"image", {{"filename", file}, {"format", "qcow2"}, {"virtual-size", 64 << 20}}}}}}});
 }
 
 class MovePreflight : public ::testing::Test {
-protected:
+  protected:
     void SetUp() override {
         script->push_greeting();
         script->expect("qmp_capabilities").reply(json::object());
@@ -77,7 +78,8 @@ TEST_F(MovePreflight, RefusesDiskAlreadyInABlockJob) {
     auto r = move({.disks = {{"disk0", ""}}, .default_target = (dir / "pool").string()});
     ASSERT_FALSE(r);
     EXPECT_EQ(r.error().code, ErrorCode::invalid_state);
-    EXPECT_NE(r.error().message.find("already in a block job"), std::string::npos) << r.error().message;
+    EXPECT_NE(r.error().message.find("already in a block job"), std::string::npos)
+        << r.error().message;
 }
 
 TEST_F(MovePreflight, RefusesWhenTargetVolumeExistsAndLeavesItAlone) {

@@ -14,7 +14,7 @@ namespace {
 constexpr std::uint64_t k_blocks = 2048;  // 8 MiB cycle: several generations in seconds under TCG
 
 class LabGuestTest : public ::testing::Test {
-protected:
+  protected:
     void SetUp() override {
         LAB_REQUIRE();
         disk = dir / "disk.raw";
@@ -70,7 +70,8 @@ TEST_F(LabGuestTest, VerifierFlagsRolledBackBlockAsLost) {
     guest->stop();
     // A well-formed block from the generation before the acknowledged one:
     // exactly what a copy that missed the latest writes would contain.
-    run_ok({diskstamp_binary().string(), "stamp", disk.string(), "0", std::to_string(ack->gen - 1)});
+    run_ok(
+        {diskstamp_binary().string(), "stamp", disk.string(), "0", std::to_string(ack->gen - 1)});
     VerifyReport v = verify_raw(disk, k_blocks, ack);
     EXPECT_FALSE(v.intact());
     EXPECT_EQ(v.bad, 0u) << v.output;
@@ -80,7 +81,8 @@ TEST_F(LabGuestTest, VerifierFlagsRolledBackBlockAsLost) {
 
 TEST_F(LabGuestTest, VerifierFlagsZeroedBlockAsLost) {
     guest->stop();
-    run_ok({"dd", "if=/dev/zero", "of=" + disk.string(), "bs=4096", "seek=7", "count=1", "conv=notrunc"});
+    run_ok({"dd", "if=/dev/zero", "of=" + disk.string(), "bs=4096", "seek=7", "count=1",
+            "conv=notrunc"});
     VerifyReport v = verify_raw(disk, k_blocks, ack);
     EXPECT_EQ(v.lost, 1u) << v.output;
 }

@@ -31,7 +31,8 @@ std::uint64_t capacity_via_libiscsi(const std::string& url_text) {
     }
     scsi_task* task = iscsi_readcapacity16_sync(iscsi, url->lun);
     iscsi_destroy_url(url);
-    if (!task || task->status != SCSI_STATUS_GOOD) throw std::runtime_error("READ CAPACITY(16) failed");
+    if (!task || task->status != SCSI_STATUS_GOOD)
+        throw std::runtime_error("READ CAPACITY(16) failed");
     auto* rc16 = static_cast<scsi_readcapacity16*>(scsi_datain_unmarshall(task));
     std::uint64_t bytes = (rc16->returned_lba + 1) * rc16->block_length;
     scsi_free_scsi_task(task);

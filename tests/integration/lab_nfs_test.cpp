@@ -36,7 +36,8 @@ std::string read_via_libnfs(const std::string& url_text) {
     }
     char buf[4096];
     int n;
-    while ((n = nfs_read(nfs.get(), fh, sizeof buf, buf)) > 0) out.append(buf, static_cast<size_t>(n));
+    while ((n = nfs_read(nfs.get(), fh, sizeof buf, buf)) > 0)
+        out.append(buf, static_cast<size_t>(n));
     nfs_close(nfs.get(), fh);
     nfs_destroy_url(url);
     return out;
@@ -54,7 +55,8 @@ TEST(LabNfs, FileWrittenToExportReadsBackThroughLibnfsV3AndV4) {
 TEST(LabNfs, QemuNfsDriverOpensImageCreatedOnExport) {
     LAB_REQUIRE();
     NfsServer nfs;
-    run_ok({"qemu-img", "create", "-q", "-f", "qcow2", (nfs.export_dir() / "disk.qcow2").string(), "64M"});
+    run_ok({"qemu-img", "create", "-q", "-f", "qcow2", (nfs.export_dir() / "disk.qcow2").string(),
+            "64M"});
     std::string info = run_ok({"qemu-img", "info", "--output=json", nfs.url() + "/disk.qcow2"});
     EXPECT_NE(info.find("\"format\": \"qcow2\""), std::string::npos) << info;
     EXPECT_NE(info.find("\"virtual-size\": 67108864"), std::string::npos) << info;

@@ -19,7 +19,8 @@ std::string blockmig_binary() { return BLOCKMIG_BINARY; }
 TEST(MoveShallow, CopiesOnlyTheTopImageAndKeepsTheBackingChain) {
     LAB_REQUIRE();
     TempDir dir("shallow");
-    const auto base = dir / "base.qcow2", overlay = dir / "overlay.qcow2", target_pool = dir / "pool";
+    const auto base = dir / "base.qcow2", overlay = dir / "overlay.qcow2",
+               target_pool = dir / "pool";
     std::filesystem::create_directories(target_pool);
     run_ok({"qemu-img", "create", "-q", "-f", "qcow2", base.string(), "64M"});
     {
@@ -27,27 +28,33 @@ TEST(MoveShallow, CopiesOnlyTheTopImageAndKeepsTheBackingChain) {
         Guest writer(GuestConfig{.disks = {{"disk0", base, "qcow2"}}, .stamp_blocks = k_blocks});
         ASSERT_TRUE(writer.wait_for_ack("vda", 2, 90s)) << writer.console();
     }
-    run_ok({"qemu-img", "create", "-q", "-f", "qcow2", "-b", base.string(), "-F", "qcow2", overlay.string()});
+    run_ok({"qemu-img", "create", "-q", "-f", "qcow2", "-b", base.string(), "-F", "qcow2",
+            overlay.string()});
 
     // Second life on the overlay, base shared read-only as its own node.
     Guest guest(GuestConfig{
-        .extra_args = {"-blockdev", "driver=file,node-name=base-file,filename=" + base.string() + ",read-only=on",
-                       "-blockdev", "driver=qcow2,node-name=base-fmt,file=base-file,read-only=on",
-                       "-blockdev",
-                       "driver=file,node-name=top-file,filename=" + overlay.string() +
-                           ",cache.direct=on,aio=native",
-                       "-blockdev", "driver=qcow2,node-name=top-fmt,file=top-file,backing=base-fmt,cache.direct=on",
-                       "-device", "virtio-blk-pci,drive=top-fmt,id=disk0"},
+        .extra_args =
+            {"-blockdev",
+             "driver=file,node-name=base-file,filename=" + base.string() + ",read-only=on",
+             "-blockdev", "driver=qcow2,node-name=base-fmt,file=base-file,read-only=on",
+             "-blockdev",
+             "driver=file,node-name=top-file,filename=" + overlay.string() +
+                 ",cache.direct=on,aio=native",
+             "-blockdev",
+             "driver=qcow2,node-name=top-fmt,file=top-file,backing=base-fmt,cache.direct=on",
+             "-device", "virtio-blk-pci,drive=top-fmt,id=disk0"},
         .stamp_blocks = k_blocks});
     ASSERT_TRUE(guest.wait_for_ack("vda", 1, 90s)) << guest.console();
 
-    CommandResult r = run({blockmig_binary(), "move", "--qmp", guest.qmp_socket().string(), "--disk", "disk0",
-                           "--to", target_pool.string(), "--shallow", "--verify"});
+    CommandResult r =
+        run({blockmig_binary(), "move", "--qmp", guest.qmp_socket().string(), "--disk", "disk0",
+             "--to", target_pool.string(), "--shallow", "--verify"});
     ASSERT_EQ(r.status, 0) << r.out;
     EXPECT_NE(r.out.find("verified"), std::string::npos) << r.out;
 
     const auto target = target_pool / "overlay.qcow2";
-    auto info = nlohmann::json::parse(run_ok({"qemu-img", "info", "-U", "--output=json", target.string()}));
+    auto info =
+        nlohmann::json::parse(run_ok({"qemu-img", "info", "-U", "--output=json", target.string()}));
     EXPECT_EQ(info.value("backing-filename", ""), base.string()) << info.dump();
     EXPECT_EQ(info.value("backing-filename-format", ""), "qcow2") << info.dump();
 
@@ -55,7 +62,8 @@ TEST(MoveShallow, CopiesOnlyTheTopImageAndKeepsTheBackingChain) {
     std::string block = guest.qmp(R"({"execute":"query-block"})");
     EXPECT_NE(block.find(target.string()), std::string::npos) << block;
     EXPECT_NE(block.find(base.string()), std::string::npos) << block;
-    EXPECT_EQ(block.find(overlay.string()), std::string::npos) << "the old overlay is still in use: " << block;
+    EXPECT_EQ(block.find(overlay.string()), std::string::npos)
+        << "the old overlay is still in use: " << block;
 
     // Every block the guest acknowledged reads back through target + base.
     std::this_thread::sleep_for(1s);

@@ -338,4 +338,75 @@ TEST(Move, JsonOutputIsOneObjectPerLineWithProgressAndDone) {
     EXPECT_TRUE(v.intact()) << v.output;
 }
 
+TEST(Move, InterruptBeforePivotRollsBackAndDeletesTheTarget) {
+    LAB_REQUIRE();
+    constexpr std::uint64_t k_blocks = 4096;
+    TempDir dir("move-int");
+    const fs::path source = dir / "i.qcow2";
+    run_ok({"qemu-img", "create", "-q", "-f", "qcow2", source.string(), "256M"});
+    run_ok({"qemu-io", "-f", "qcow2", "-c", "write -P 0x5a 32M 128M", source.string()});
+    auto guest = boot_writing_guest(source, "qcow2", k_blocks);
+    const auto nodes_before = node_names(*guest);
+    const std::string file_before = device_file(*guest, "disk0");
+    const fs::path target = dir / "i-target.qcow2";
+    const std::string qmp = guest->qmp_socket().string();
+
+    BackgroundCli move({"move", "--qmp", qmp, "--disk", "disk0", "--to", target.string(),
+                        "--bandwidth", "4", "--timeout", "300"},
+                       qmp);
+    const auto deadline = Clock::now() + 60s;
+    while (Clock::now() < deadline && !move.wait(0ms) &&
+           !(fs::exists(target) && allocated_bytes(target) > 4 * k_mib))
+        std::this_thread::sleep_for(100ms);
+    ASSERT_FALSE(move.wait(0ms)) << "finished before it could be interrupted: "
+                                 << move.result().out;
+    ASSERT_TRUE(fs::exists(target)) << "the copy never started";
+    for (int pid : processes_running(BLOCKMIG_BINARY, qmp)) kill(pid, SIGINT);  // Ctrl-C
+    ASSERT_TRUE(move.wait(30s)) << "blockmig did not stop within 30 s of SIGINT";
+    const CommandResult& r = move.result();
+    EXPECT_NE(r.status, 0) << r.out;
+    EXPECT_NE(r.out.find("blockmig: error: "), std::string::npos) << r.out;
+
+    EXPECT_FALSE(fs::exists(target)) << "the volume blockmig created must be deleted";
+    EXPECT_TRUE(block_jobs(*guest).empty()) << block_jobs(*guest).dump();
+    EXPECT_EQ(node_names(*guest), nodes_before);
+    EXPECT_EQ(device_file(*guest, "disk0"), file_before);
+    EXPECT_TRUE(guest_keeps_writing(*guest)) << guest->console();
+    EXPECT_LT(guest->max_heartbeat_gap(move.started()), 1000ms);
+    VerifyReport v = pause_and_verify(*guest, source.string(), "qcow2", k_blocks);
+    EXPECT_TRUE(v.intact()) << v.output;
+}
+
+TEST(Move, DiskAlreadyInAJobIsRefused) {
+    LAB_REQUIRE();
+    constexpr std::uint64_t k_blocks = 4096;
+    TempDir dir("move-busy");
+    const fs::path source = dir / "busy.qcow2";
+    run_ok({"qemu-img", "create", "-q", "-f", "qcow2", source.string(), "64M"});
+    auto guest = boot_writing_guest(source, "qcow2", k_blocks);
+    // Someone else's job on the disk: a mirror crawling at 64 KiB/s.
+    const fs::path other = dir / "other.qcow2";
+    std::string reply = guest->qmp(
+        R"({"execute":"drive-mirror","arguments":{"job-id":"theirs","device":"disk0-fmt","target":")" +
+        other.string() +
+        R"(","format":"qcow2","sync":"full","mode":"absolute-paths","speed":65536}})");
+    ASSERT_NE(reply.find("\"return\""), std::string::npos) << reply;
+    const auto nodes_before = node_names(*guest);
+    const auto dir_before = entries_of(dir.path());
+
+    auto r = blockmig_cli({"move", "--qmp", guest->qmp_socket().string(), "--disk", "disk0", "--to",
+                           (dir / "mine.qcow2").string(), "--timeout", "60"});
+    EXPECT_EQ(r.status, 1) << r.out;
+    auto lines = lines_of(r.out);
+    ASSERT_EQ(lines.size(), 1u) << r.out;
+    EXPECT_EQ(lines[0].rfind("blockmig: error: ", 0), 0u) << r.out;
+    EXPECT_NE(lines[0].find("job"), std::string::npos) << r.out;
+    EXPECT_EQ(entries_of(dir.path()), dir_before);
+    EXPECT_EQ(node_names(*guest), nodes_before);
+    auto jobs = block_jobs(*guest);
+    ASSERT_EQ(jobs.size(), 1u) << jobs.dump();
+    EXPECT_EQ(jobs[0].value("device", ""), "theirs") << "the other job must be left alone";
+    guest->qmp(R"({"execute":"block-job-cancel","arguments":{"device":"theirs","force":true}})");
+}
+
 }  // namespace

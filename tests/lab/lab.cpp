@@ -32,7 +32,8 @@ std::string env_or(const char* name, const std::string& fallback) {
 // fork + exec with stdout/stderr sent to `out_fd` (or /dev/null when -1) and
 // extra environment entries. The child gets its own session, so a stuck
 // script can be killed with its whole process group.
-int spawn(const std::vector<std::string>& argv, int out_fd, const std::vector<std::string>& env_extra = {}) {
+int spawn(const std::vector<std::string>& argv, int out_fd,
+          const std::vector<std::string>& env_extra = {}) {
     std::vector<std::string> env_strings;
     for (char** e = environ; *e; ++e) env_strings.emplace_back(*e);
     for (const auto& e : env_extra) env_strings.push_back(e);
@@ -157,7 +158,8 @@ NfsServer::NfsServer() : m_export(m_dir / "export") {
     // every NFS-using test on this machine, whichever process runs it.
     m_lock_fd = open("/run/lock/blockmig-lab-nfs.lock", O_CREAT | O_RDWR | O_CLOEXEC, 0644);
     if (m_lock_fd < 0 || flock(m_lock_fd, LOCK_EX) != 0) die("cannot take the NFS lab lock");
-    CommandResult r = run({script("nfs.sh"), "start", (m_dir / "state").string(), m_export.string()});
+    CommandResult r =
+        run({script("nfs.sh"), "start", (m_dir / "state").string(), m_export.string()});
     if (r.status != 0) {
         close(m_lock_fd);
         die("NFS server did not start: " + r.out);
@@ -180,8 +182,8 @@ NfsServer::~NfsServer() {
 
 IscsiTarget::IscsiTarget(std::uint64_t size, int luns) {
     m_port = free_tcp_port();
-    CommandResult r = run({script("iscsi.sh"), "start", (m_dir / "tgt").string(), std::to_string(m_port),
-                           std::to_string(size), std::to_string(luns)});
+    CommandResult r = run({script("iscsi.sh"), "start", (m_dir / "tgt").string(),
+                           std::to_string(m_port), std::to_string(size), std::to_string(luns)});
     if (r.status != 0) die("iSCSI target did not start: " + r.out);
     std::istringstream in(r.out);
     int pid = 0;
@@ -226,12 +228,13 @@ Guest::Guest(GuestConfig config) : m_config(std::move(config)), m_qmp(m_dir / "q
         const std::string file_node = d.id + "-file", fmt_node = d.id + "-fmt";
         // cache=none + aio=native: what a production host uses, and what
         // makes the guest's fdatasync a real durability point on the image.
-        argv.insert(argv.end(),
-                    {"-blockdev", "driver=file,node-name=" + file_node + ",filename=" + d.path.string() +
-                                      ",cache.direct=on,aio=native",
-                     "-blockdev", "driver=" + d.format + ",node-name=" + fmt_node + ",file=" + file_node +
-                                      ",cache.direct=on",
-                     "-device", "virtio-blk-pci,drive=" + fmt_node + ",id=" + d.id});
+        argv.insert(argv.end(), {"-blockdev",
+                                 "driver=file,node-name=" + file_node +
+                                     ",filename=" + d.path.string() + ",cache.direct=on,aio=native",
+                                 "-blockdev",
+                                 "driver=" + d.format + ",node-name=" + fmt_node +
+                                     ",file=" + file_node + ",cache.direct=on",
+                                 "-device", "virtio-blk-pci,drive=" + fmt_node + ",id=" + d.id});
     }
     argv.insert(argv.end(), m_config.extra_args.begin(), m_config.extra_args.end());
     std::string append = "stamp.hb=" + std::to_string(m_config.heartbeat_ms);
@@ -310,7 +313,8 @@ bool Guest::wait_for_line(const std::string& needle, std::chrono::milliseconds t
     });
 }
 
-bool Guest::wait_for_ack(const std::string& dev, std::uint64_t gen, std::chrono::milliseconds timeout) {
+bool Guest::wait_for_ack(const std::string& dev, std::uint64_t gen,
+                         std::chrono::milliseconds timeout) {
     std::unique_lock lock(m_mutex);
     return m_changed.wait_for(lock, timeout, [&] {
         auto it = m_acks.find(dev);
@@ -369,7 +373,8 @@ std::string Guest::qmp(const std::string& command_json) {
     };
     auto send_and_reply = [&](const std::string& cmd) {
         std::string line = cmd + "\n";
-        if (write(s, line.data(), line.size()) != static_cast<ssize_t>(line.size())) die("QMP write failed");
+        if (write(s, line.data(), line.size()) != static_cast<ssize_t>(line.size()))
+            die("QMP write failed");
         for (;;) {
             std::string reply = read_line();
             if (reply.find("\"event\"") == std::string::npos) return reply;
@@ -395,7 +400,8 @@ void Guest::resume() {
 // ---- verification -----------------------------------------------------------
 
 VerifyReport verify_raw(const fs::path& raw, std::uint64_t nblocks, std::optional<Ack> ack) {
-    std::vector<std::string> argv{diskstamp_binary().string(), "verify", raw.string(), std::to_string(nblocks)};
+    std::vector<std::string> argv{diskstamp_binary().string(), "verify", raw.string(),
+                                  std::to_string(nblocks)};
     if (ack) {
         argv.push_back(std::to_string(ack->gen));
         argv.push_back(std::to_string(ack->blk));
@@ -421,8 +427,8 @@ VerifyReport verify_raw(const fs::path& raw, std::uint64_t nblocks, std::optiona
     return v;
 }
 
-VerifyReport verify_image(const std::string& image, const std::string& format, std::uint64_t nblocks,
-                          std::optional<Ack> ack) {
+VerifyReport verify_image(const std::string& image, const std::string& format,
+                          std::uint64_t nblocks, std::optional<Ack> ack) {
     TempDir tmp("verify");
     fs::path raw = tmp / "image.raw";
     // -U: the guest's QEMU may still hold the image lock (it is paused, not gone).

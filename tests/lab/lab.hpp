@@ -36,12 +36,12 @@ bool running_in_ci();
 std::string missing_prerequisite();
 
 // Skips (or, under CI=true, fails) the current test when the lab cannot run.
-#define LAB_REQUIRE()                                                              \
-    do {                                                                           \
-        if (auto why = ::blockmig::lab::missing_prerequisite(); !why.empty()) {    \
+#define LAB_REQUIRE()                                                                         \
+    do {                                                                                      \
+        if (auto why = ::blockmig::lab::missing_prerequisite(); !why.empty()) {               \
             if (::blockmig::lab::running_in_ci()) FAIL() << "lab unavailable in CI: " << why; \
-            GTEST_SKIP() << "lab unavailable: " << why;                            \
-        }                                                                          \
+            GTEST_SKIP() << "lab unavailable: " << why;                                       \
+        }                                                                                     \
     } while (0)
 
 struct CommandResult {
@@ -56,7 +56,7 @@ std::string run_ok(const std::vector<std::string>& argv);
 // A fresh directory under $BLOCKMIG_LAB_TMP (default /var/tmp/blockmig-lab,
 // a disk: O_DIRECT does not work on tmpfs), removed on destruction.
 class TempDir {
-public:
+  public:
     explicit TempDir(const std::string& prefix = "t");
     ~TempDir();
     TempDir(const TempDir&) = delete;
@@ -64,7 +64,7 @@ public:
     const fs::path& path() const { return m_path; }
     fs::path operator/(const std::string& name) const { return m_path / name; }
 
-private:
+  private:
     fs::path m_path;
 };
 
@@ -74,7 +74,7 @@ private:
 // Only one can run per network namespace (rpcbind's port 111), so the
 // constructor waits for a machine-wide lock that is held until destruction.
 class NfsServer {
-public:
+  public:
     NfsServer();
     ~NfsServer();
     NfsServer(const NfsServer&) = delete;
@@ -86,7 +86,7 @@ public:
     // Stops the server now (e.g. to simulate a dead NAS); idempotent.
     void stop();
 
-private:
+  private:
     TempDir m_dir{"nfs"};
     fs::path m_export;
     int m_lock_fd = -1;
@@ -98,21 +98,21 @@ private:
 // tgtd on 127.0.0.1:<free port> with `luns` thin-provisioned LUNs of `size`
 // bytes, each backed by a sparse file.
 class IscsiTarget {
-public:
+  public:
     IscsiTarget(std::uint64_t size, int luns = 1);
     ~IscsiTarget();
     IscsiTarget(const IscsiTarget&) = delete;
     IscsiTarget& operator=(const IscsiTarget&) = delete;
 
-    std::string portal() const;                     // "127.0.0.1:PORT"
-    std::string base_url() const;                   // iscsi://127.0.0.1:PORT/IQN
-    std::string lun_url(int lun) const;             // base_url()/lun
-    fs::path backing_file(int lun) const;           // the sparse file behind a LUN
+    std::string portal() const;            // "127.0.0.1:PORT"
+    std::string base_url() const;          // iscsi://127.0.0.1:PORT/IQN
+    std::string lun_url(int lun) const;    // base_url()/lun
+    fs::path backing_file(int lun) const;  // the sparse file behind a LUN
     const std::string& iqn() const { return m_iqn; }
     int port() const { return m_port; }
     void stop();
 
-private:
+  private:
     TempDir m_dir{"iscsi"};
     int m_port = 0;
     std::string m_iqn;
@@ -124,7 +124,7 @@ private:
 // Two network namespaces <name>-a (10.77.0.1) and <name>-b (10.77.0.2) joined
 // by veth; `rate` (tc syntax, e.g. "100mbit") adds a tbf limit on both ends.
 class HostPair {
-public:
+  public:
     explicit HostPair(const std::string& rate = "");
     ~HostPair();
     HostPair(const HostPair&) = delete;
@@ -135,7 +135,7 @@ public:
     static constexpr const char* k_addr_a = "10.77.0.1";
     static constexpr const char* k_addr_b = "10.77.0.2";
 
-private:
+  private:
     std::string m_name, m_a, m_b;
 };
 
@@ -147,9 +147,9 @@ struct Ack {
 };
 
 struct GuestDisk {
-    std::string id;           // qdev id, e.g. "disk0" (guest sees them as vda, vdb, ... in order)
-    fs::path path;            // image file
-    std::string format;       // "raw" or "qcow2"
+    std::string id;      // qdev id, e.g. "disk0" (guest sees them as vda, vdb, ... in order)
+    fs::path path;       // image file
+    std::string format;  // "raw" or "qcow2"
 };
 
 struct GuestConfig {
@@ -158,13 +158,13 @@ struct GuestConfig {
     std::vector<std::string> extra_args;
     std::uint64_t stamp_blocks = 0;  // 0 = whole disk
     int heartbeat_ms = 100;
-    std::string netns;               // run inside this namespace if set
+    std::string netns;  // run inside this namespace if set
 };
 
 // A running lab guest. A reader thread stamps every console line with its
 // host arrival time (guest clocks stop while the VM is paused).
 class Guest {
-public:
+  public:
     explicit Guest(GuestConfig config);
     ~Guest();
     Guest(const Guest&) = delete;
@@ -191,7 +191,7 @@ public:
     void resume();
     void stop();
 
-private:
+  private:
     void read_console(int fd);
 
     GuestConfig m_config;
@@ -210,7 +210,7 @@ private:
 
 struct VerifyReport {
     std::uint64_t blocks = 0, ok = 0, empty = 0, bad = 0, lost = 0, gen_min = 0, gen_max = 0;
-    int status = -1;        // diskstamp's exit status: 0 intact, 1 BAD/LOST, 2 I/O error
+    int status = -1;  // diskstamp's exit status: 0 intact, 1 BAD/LOST, 2 I/O error
     std::string output;
     bool intact() const { return status == 0 && bad == 0 && lost == 0; }
 };

@@ -40,21 +40,21 @@ struct DiskTarget {
 struct MoveOptions {
     std::vector<DiskTarget> disks;
     bool all_disks = false;
-    std::string default_target;                 // --to POOL|VOLUME
-    std::optional<pools::ImageFormat> format;   // default: the source's format
-    std::uint64_t bandwidth = 0;                // bytes/s for all disks together; 0 = unlimited
+    std::string default_target;                // --to POOL|VOLUME
+    std::optional<pools::ImageFormat> format;  // default: the source's format
+    std::uint64_t bandwidth = 0;               // bytes/s for all disks together; 0 = unlimited
     CopyModePolicy copy_mode = CopyModePolicy::auto_switch;
-    bool shallow = false;                       // copy only the top image; the target shares the backing chain
+    bool shallow = false;  // copy only the top image; the target shares the backing chain
     bool copy_only = false;
-    bool no_pivot = false;                      // leave the jobs READY for `blockmig pivot`
+    bool no_pivot = false;  // leave the jobs READY for `blockmig pivot`
     bool verify = false;
     bool delete_source = false;
-    bool unsafe = false;                        // allow cache modes other than none on network targets
-    std::chrono::seconds timeout{0};            // whole move; 0 = none
-    std::chrono::seconds stall_timeout{15};     // no progress at all for this long = failure
+    bool unsafe = false;                     // allow cache modes other than none on network targets
+    std::chrono::seconds timeout{0};         // whole move; 0 = none
+    std::chrono::seconds stall_timeout{15};  // no progress at all for this long = failure
     // Remaining bytes not shrinking for this long makes auto switch to write-blocking.
     std::chrono::seconds converge_window{6};
-    std::filesystem::path state_dir;            // for hop sockets/logs; default /run/blockmig
+    std::filesystem::path state_dir;  // for hop sockets/logs; default /run/blockmig
     pools::PoolsConfig pools;
 };
 
@@ -75,15 +75,16 @@ struct MoveReport {
 };
 
 struct PivotOptions {
-    std::vector<std::string> disks;  // empty: every move left READY for this guest
-    bool abort = false;              // cancel instead: guest stays on its source, target deleted
-    std::filesystem::path state_dir; // default /run/blockmig
+    std::vector<std::string> disks;   // empty: every move left READY for this guest
+    bool abort = false;               // cancel instead: guest stays on its source, target deleted
+    std::filesystem::path state_dir;  // default /run/blockmig
     pools::PoolsConfig pools;
 };
 
 // Finishes (or aborts) moves that `move --no-pivot` left READY on the guest
 // behind `client`, from the state saved in <state_dir>/jobs/.
-Result<MoveReport> run_pivot(qmp::Client& client, const PivotOptions& options, ProgressSink& progress);
+Result<MoveReport> run_pivot(qmp::Client& client, const PivotOptions& options,
+                             ProgressSink& progress);
 
 // Runs a move on the guest behind `client`. `cancel` (e.g. set by SIGINT)
 // aborts with rollback if it becomes true before the pivot. Blocks until done.

@@ -15,16 +15,16 @@
 namespace blockmig {
 
 struct ProgressSample {
-    std::string item;           // e.g. the disk id
-    std::string phase;          // "copy", "ready", ...
-    std::uint64_t bytes = 0;    // done so far
-    std::uint64_t total = 0;    // current estimate of the whole (grows while a guest writes)
-    double rate = 0;            // bytes per second, smoothed
-    double eta_seconds = -1;    // < 0: unknown
+    std::string item;         // e.g. the disk id
+    std::string phase;        // "copy", "ready", ...
+    std::uint64_t bytes = 0;  // done so far
+    std::uint64_t total = 0;  // current estimate of the whole (grows while a guest writes)
+    double rate = 0;          // bytes per second, smoothed
+    double eta_seconds = -1;  // < 0: unknown
 };
 
 class ProgressSink {
-public:
+  public:
     virtual ~ProgressSink() = default;
     virtual void progress(const ProgressSample& sample) = 0;
     // A one-off event: `name` plus fields, e.g. ("pivoted", {"disk": "disk0", ...}).
@@ -39,12 +39,12 @@ std::unique_ptr<ProgressSink> make_null_progress();  // for tests and --quiet
 
 // Smooths a rate from (time, bytes) samples and derives an ETA.
 class RateMeter {
-public:
+  public:
     void add(std::chrono::steady_clock::time_point when, std::uint64_t bytes);
     double rate() const { return m_rate; }
     double eta(std::uint64_t remaining) const;
 
-private:
+  private:
     std::chrono::steady_clock::time_point m_last_time{};
     std::uint64_t m_last_bytes = 0;
     bool m_have_last = false;
