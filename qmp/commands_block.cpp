@@ -11,11 +11,6 @@ using namespace detail;
 
 namespace {
 
-Result<void> run(Client& client, std::string_view command, const json& args, Timeout timeout) {
-    auto r = client.execute(command, args, timeout);
-    if (!r) return fail(r.error());
-    return {};
-}
 
 std::uint64_t u64(const json& j, std::string_view key) {
     return static_cast<std::uint64_t>(integer(j, key));

@@ -8,7 +8,17 @@
 #include <string>
 #include <string_view>
 
+#include "qmp/client.hpp"
+
 namespace blockmig::qmp::detail {
+
+// Runs a command whose `return` is empty ({}), keeping only success/failure.
+inline Result<void> run(Client& client, std::string_view command, const nlohmann::json& args,
+                        std::optional<Milliseconds> timeout) {
+    auto r = client.execute(command, args, timeout);
+    if (!r) return fail(r.error());
+    return {};
+}
 
 inline const nlohmann::json* member(const nlohmann::json& j, std::string_view key) {
     if (!j.is_object()) return nullptr;

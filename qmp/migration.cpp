@@ -11,11 +11,6 @@ using namespace detail;
 
 namespace {
 
-Result<void> run(Client& client, std::string_view command, const json& args, Timeout timeout) {
-    auto r = client.execute(command, args, timeout);
-    if (!r) return fail(r.error());
-    return {};
-}
 
 }  // namespace
 
