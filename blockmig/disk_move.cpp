@@ -90,7 +90,13 @@ Result<void> DiskMove::create_target() {
     m_plan.volume = created->name;
     auto* pool = m_plan.pool.get();
     std::string name = m_plan.volume;
-    m_undo.emplace_back("volume", [pool, name] { (void)pool->remove(name); });
+    m_undo.emplace_back("volume", [this, pool, name] {
+        if (auto r = pool->remove(name); !r)
+            m_progress.event("warning", {{"disk", m_source.id}, {"message", r.error().message}},
+                             fmt::format("{}: warning: could not delete the new volume {}: {}; "
+                                         "remove it by hand",
+                                         m_source.id, pool->url_of(name), r.error().message));
+    });
     m_state = DiskMoveState::target_created;
 
     if (shallow()) {
@@ -315,7 +321,11 @@ Result<void> DiskMove::restart_write_blocking(std::uint64_t speed) {
     if (auto r = qmp::block_job_cancel(m_client, m_job_id, true); !r)
         return fail(r.error().with_context("cancel background mirror"));
     std::optional<std::string> error;
-    if (auto r = wait_job_gone(30s, &error); !r) return r;
+    if (auto r = wait_job_gone(10s, &error); !r) {
+        kill_hop();  // a mirror that cannot even cancel is stuck on its target
+        return fail(ErrorCode::timeout, fmt::format("{} stopped answering while switching copy mode",
+                                                     target_url()));
+    }
     m_state = DiskMoveState::attached;
     if (auto r = start_mirror(qmp::CopyMode::write_blocking, speed); !r) return r;
     m_switched = true;

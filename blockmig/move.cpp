@@ -91,10 +91,11 @@ Result<TargetPlan> plan_target(const SourceDisk& source, std::string_view spec,
 // Pre-flight: refuse with an explanation before anything is created.
 Result<void> preflight(const SourceDisk& source, TargetPlan& plan, const MoveOptions& options,
                        const std::vector<qmp::BlockJobInfo>& jobs) {
-    if (source.driver == "mirror_top" || source.driver == "commit_top" ||
-        source.driver.ends_with("_top"))
+    if (source.driver.ends_with("_top") || !source.job_filter.empty())
         return fail(ErrorCode::invalid_state,
-                    fmt::format("{}: disk is already in a block job", source.id));
+                    fmt::format("{}: disk is already in a block job ({} filter on it); wait for it "
+                                "or cancel it",
+                                source.id, source.job_filter.empty() ? source.driver : source.job_filter));
     for (const auto& job : jobs)
         if (job.id.find(source.id) != std::string::npos || job.id == source.node)
             return fail(ErrorCode::invalid_state,
@@ -309,6 +310,9 @@ class MoveRun {
                 if (ready) continue;
                 all_ready = false;
                 if (now - m->last_progress() > m_options.stall_timeout) {
+                    // The target stopped answering: end the job now (killing
+                    // the hop fails its requests) rather than wait on it.
+                    m->kill_hop();
                     std::string log = m->hop_log();
                     return fail(
                         ErrorCode::timeout,
@@ -324,7 +328,11 @@ class MoveRun {
                     best = {remaining, now};
                 } else if (m_options.copy_mode == CopyModePolicy::auto_switch &&
                            !m->switched_to_write_blocking() && m_has_copy_mode &&
-                           now - best.second > m_options.converge_window && m->length() > 0) {
+                           now - best.second > m_options.converge_window && m->length() > 0 &&
+                           now - m->last_progress() < 2s) {
+                    // Only a copy that still moves but never catches up is a
+                    // convergence problem; one that does not move at all is a
+                    // stall, handled above.
                     m_progress.event(
                         "copy-mode",
                         {{"disk", m->source().id},

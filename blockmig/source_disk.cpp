@@ -66,13 +66,23 @@ Result<std::vector<SourceDisk>> list_source_disks(qmp::Client& client) {
                 if (n.file == d.backing_filename && n.driver == d.backing_format)
                     d.backing_node = n.node_name;
         }
-        // Protocol nodes under this format node share its filename and use
-        // a protocol driver; remember their names to release them later.
+        // Protocol nodes under this format node name the same volume (their
+        // filename may differ in form: raw over iSCSI shows json:{...} one
+        // level deeper); remember them to release them after a pivot.
+        const std::string here = location_from_filename(b.inserted->file);
         for (const auto& n : *nodes) {
-            if (n.node_name == d.node || n.file != b.inserted->file) continue;
+            if (n.node_name == d.node) continue;
+            const bool same = n.file == b.inserted->file ||
+                              (!here.empty() && location_from_filename(n.file) == here);
+            if (!same) continue;
             if (n.driver == "file" || n.driver == "host_device" || n.driver == "nfs" ||
                 n.driver == "iscsi" || n.driver == "nbd")
                 d.protocol_nodes.push_back(n.node_name);
+            // Block jobs insert a filter node above the disk (query-block
+            // hides it); it reports the filtered node's filename.
+            if (n.driver == "mirror_top" || n.driver == "commit_top" || n.driver == "backup-top" ||
+                n.driver == "copy-before-write")
+                d.job_filter = n.driver;
         }
         disks.push_back(std::move(d));
     }

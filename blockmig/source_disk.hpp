@@ -18,6 +18,7 @@ struct SourceDisk {
     std::string location;    // a volume spec pools/ understands, or empty
     std::string cache_mode;  // "none", "writeback", ...
     bool has_backing = false;
+    std::string job_filter;        // a job's filter node (mirror_top, ...) sits on this disk
     std::string backing_filename;  // first backing image, as QEMU names it
     std::string backing_format;
     std::string backing_node;  // its node name, if it has one (shallow moves share it)

@@ -45,6 +45,13 @@ void check_moved(Guest& guest, Clock::time_point move_start, const std::string& 
     EXPECT_TRUE(storage_daemons_mentioning(hop_needle).empty())
         << "the tool's qemu-storage-daemon still runs after the pivot";
 
+    // Beyond the stamped area: the prefilled pattern, then holes reading zero.
+    for (const char* check : {"read -P 0x5a 16M 32M", "read -P 0 48M 16M"}) {
+        auto r = run({"qemu-io", "-r", "-U", "-f", target_format, "-c", check, target_image});
+        EXPECT_EQ(r.status, 0) << check << ": " << r.out;
+        EXPECT_EQ(r.out.find("verification failed"), std::string::npos) << check << ": " << r.out;
+    }
+
     VerifyReport v = pause_and_verify(guest, target_image, target_format, nblocks);
     EXPECT_TRUE(v.intact()) << target_image << ":\n" << v.output;
     EXPECT_EQ(v.bad, 0u);
@@ -59,6 +66,9 @@ TEST(MoveNfs, ChainLocalQcow2ToNfsToIscsiToLocalRawKeepsEveryBlock) {
     TempDir dir("move-chain");
     const fs::path source = dir / "chain.qcow2";
     run_ok({"qemu-img", "create", "-q", "-f", "qcow2", source.string(), "64M"});
+    // 32 MiB of data after the 16 MiB the guest stamps; --bandwidth 16 then
+    // makes every move last a few seconds while the guest writes.
+    run_ok({"qemu-io", "-f", "qcow2", "-c", "write -P 0x5a 16M 32M", source.string()});
     NfsServer nfs;
     IscsiTarget iscsi(k_size);
     auto guest = boot_writing_guest(source, "qcow2", k_blocks);
@@ -67,8 +77,8 @@ TEST(MoveNfs, ChainLocalQcow2ToNfsToIscsiToLocalRawKeepsEveryBlock) {
     // 1. local qcow2 -> NFS pool (volume named after the source).
     const auto export_before = entries_of(nfs.export_dir());
     auto start = Clock::now();
-    auto r = blockmig_cli(
-        {"move", "--qmp", qmp, "--disk", "disk0", "--to", nfs.url(), "--timeout", "300"});
+    auto r = blockmig_cli({"move", "--qmp", qmp, "--disk", "disk0", "--to", nfs.url(),
+                           "--bandwidth", "16", "--timeout", "300"});
     std::cout << "[ move ] local -> NFS took "
               << std::chrono::duration<double>(Clock::now() - start).count() << " s\n";
     ASSERT_EQ(r.status, 0) << r.out;
@@ -89,7 +99,7 @@ TEST(MoveNfs, ChainLocalQcow2ToNfsToIscsiToLocalRawKeepsEveryBlock) {
     EXPECT_EQ(allocated_bytes(iscsi.backing_file(1)), 0u);
     start = Clock::now();
     r = blockmig_cli({"move", "--qmp", qmp, "--disk", "disk0", "--to", iscsi.base_url(), "--format",
-                      "raw", "--timeout", "300"});
+                      "raw", "--bandwidth", "16", "--timeout", "300"});
     std::cout << "[ move ] NFS -> iSCSI took "
               << std::chrono::duration<double>(Clock::now() - start).count() << " s\n";
     ASSERT_EQ(r.status, 0) << r.out;
@@ -100,7 +110,7 @@ TEST(MoveNfs, ChainLocalQcow2ToNfsToIscsiToLocalRawKeepsEveryBlock) {
     const fs::path final_raw = dir / "final.raw";
     start = Clock::now();
     r = blockmig_cli({"move", "--qmp", qmp, "--disk", "disk0", "--to", final_raw.string(),
-                      "--format", "raw", "--timeout", "300"});
+                      "--format", "raw", "--bandwidth", "16", "--timeout", "300"});
     std::cout << "[ move ] iSCSI -> local took "
               << std::chrono::duration<double>(Clock::now() - start).count() << " s\n";
     ASSERT_EQ(r.status, 0) << r.out;
@@ -156,7 +166,7 @@ TEST(MoveNfs, TargetServerDyingMidCopyRollsBackWithinStallTimeout) {
         if (line.find("blockmig: error: ") != std::string::npos) errors.push_back(line);
     ASSERT_EQ(errors.size(), 1u) << r.out;
     EXPECT_NE(errors[0].find("127.0.0.1"), std::string::npos)
-        << "the error must name the unreachable server: " << errors[0];
+        << "the error must name the unreachable server: " << r.out;
     std::cout << "[ move ] " << errors[0] << "\n";
 
     // Nothing of the move is left in the guest's QEMU or on the host.
