@@ -303,7 +303,10 @@ Result<void> DiskMove::observe(const std::vector<qmp::BlockJobInfo>& jobs) {
             return fail(ErrorCode::io_error,
                         fmt::format("mirror to {} failed: {}", target_url(), why));
         }
-        if (job.offset > m_offset) m_last_progress = std::chrono::steady_clock::now();
+        // A job that is not busy is sleeping on its rate limit (after a
+        // burst of buf-size bytes it may sleep for buf-size / speed): that is
+        // throttling, not a stall. A job stuck on a dead target stays busy.
+        if (job.offset > m_offset || !job.busy) m_last_progress = std::chrono::steady_clock::now();
         m_offset = job.offset;
         m_len = job.len;
         if (job.ready || job.status == "ready") m_state = DiskMoveState::ready;
