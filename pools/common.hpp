@@ -12,6 +12,18 @@
 
 namespace blockmig::pools::detail {
 
+// list_volumes() for pools that can only enumerate names: stats each, in order.
+inline Result<std::vector<VolumeInfo>> stat_each(Pool& pool, const std::vector<std::string>& names) {
+    std::vector<VolumeInfo> out;
+    for (const auto& name : names) {
+        auto info = pool.stat(name);
+        if (!info) return fail(info.error());
+        out.push_back(*info);
+    }
+    return out;
+}
+
+
 // Volume names inside file-backed pools: one path component, no NUL, not
 // "." or "..", at most 255 bytes. invalid_argument (naming `where`) otherwise.
 Result<void> check_file_name(std::string_view where, std::string_view name);

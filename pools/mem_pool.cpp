@@ -119,13 +119,7 @@ class MemPool final : public Pool {
             std::lock_guard lock(m_mutex);
             for (const auto& [name, entry] : m_volumes) names.push_back(name);
         }
-        std::vector<VolumeInfo> out;
-        for (const auto& name : names) {
-            auto info = stat(name);
-            if (!info) return fail(info.error());
-            out.push_back(*info);
-        }
-        return out;
+        return detail::stat_each(*this, names);
     }
 
     Result<VolumeInfo> stat(std::string_view name) override {

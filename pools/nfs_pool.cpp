@@ -270,13 +270,7 @@ class NfsPool final : public Pool {
             nfs_closedir(ctx(), dir);
         }
         std::sort(names.begin(), names.end());
-        std::vector<VolumeInfo> out;
-        for (const auto& name : names) {
-            auto info = stat(name);
-            if (!info) return fail(info.error());
-            out.push_back(*info);
-        }
-        return out;
+        return detail::stat_each(*this, names);
     }
 
     Result<VolumeInfo> stat(std::string_view name) override {
