@@ -435,24 +435,27 @@ class MoveRun {
         for (auto& m : m_moves) {
             DiskMoveReport d = m->report();
             d.verified = m_options.verify;
-            if (!m_options.copy_only && d.source_allocated && d.target_allocated &&
-                d.target_allocated > d.source_allocated + d.source_allocated / 10 + (16ull << 20))
+            // The target must be about as sparse as the source (1.1 × plus
+            // metadata); a fat copy is kept, but the source is not deleted.
+            const bool sparse_ok = !d.source_allocated || !d.target_allocated ||
+                                   d.target_allocated <=
+                                       d.source_allocated + d.source_allocated / 10 + (16ull << 20);
+            if (!m_options.copy_only && !sparse_ok)
                 m_progress.event(
                     "warning", {{"disk", d.disk}, {"message", "target less sparse than source"}},
-                    fmt::format("{}: warning: target allocates {} MiB, source {} MiB", d.disk,
-                                d.target_allocated >> 20, d.source_allocated >> 20));
-            if (m_options.delete_source && d.pivoted) {
-                if (auto ref = pools::resolve_volume(m->source().location, m_options.pools); ref) {
-                    if (auto r = ref->pool->remove(ref->name); !r)
-                        m_progress.event(
-                            "warning", {{"disk", d.disk}, {"message", r.error().message}},
-                            fmt::format("{}: warning: could not delete the old volume: {}", d.disk,
-                                        r.error().message));
-                    else
-                        m_progress.event(
-                            "deleted", {{"disk", d.disk}, {"volume", d.source}},
-                            fmt::format("{}: deleted old volume {}", d.disk, d.source));
-                }
+                    fmt::format("{}: warning: target allocates {} MiB, source {} MiB{}", d.disk,
+                                d.target_allocated >> 20, d.source_allocated >> 20,
+                                m_options.delete_source ? "; the old volume is kept" : ""));
+            if (m_options.delete_source && d.pivoted && sparse_ok) {
+                auto ref = pools::resolve_volume(m->source().location, m_options.pools);
+                auto removed = ref ? ref->pool->remove(ref->name) : Result<void>(fail(ref.error()));
+                if (!removed)
+                    m_progress.event("warning", {{"disk", d.disk}, {"message", removed.error().message}},
+                                     fmt::format("{}: warning: could not delete the old volume: {}",
+                                                 d.disk, removed.error().message));
+                else
+                    m_progress.event("deleted", {{"disk", d.disk}, {"volume", d.source}},
+                                     fmt::format("{}: deleted old volume {}", d.disk, d.source));
             }
             report.disks.push_back(std::move(d));
         }
