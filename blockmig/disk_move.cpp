@@ -326,8 +326,8 @@ Result<void> DiskMove::restart_write_blocking(std::uint64_t speed) {
     std::optional<std::string> error;
     if (auto r = wait_job_gone(10s, &error); !r) {
         kill_hop();  // a mirror that cannot even cancel is stuck on its target
-        return fail(ErrorCode::timeout, fmt::format("{} stopped answering while switching copy mode",
-                                                     target_url()));
+        return fail(ErrorCode::timeout,
+                    fmt::format("{} stopped answering while switching copy mode", target_url()));
     }
     m_state = DiskMoveState::attached;
     if (auto r = start_mirror(qmp::CopyMode::write_blocking, speed); !r) return r;

@@ -92,10 +92,11 @@ Result<TargetPlan> plan_target(const SourceDisk& source, std::string_view spec,
 Result<void> preflight(const SourceDisk& source, TargetPlan& plan, const MoveOptions& options,
                        const std::vector<qmp::BlockJobInfo>& jobs) {
     if (source.driver.ends_with("_top") || !source.job_filter.empty())
-        return fail(ErrorCode::invalid_state,
-                    fmt::format("{}: disk is already in a block job ({} filter on it); wait for it "
-                                "or cancel it",
-                                source.id, source.job_filter.empty() ? source.driver : source.job_filter));
+        return fail(
+            ErrorCode::invalid_state,
+            fmt::format("{}: disk is already in a block job ({} filter on it); wait for it "
+                        "or cancel it",
+                        source.id, source.job_filter.empty() ? source.driver : source.job_filter));
     for (const auto& job : jobs)
         if (job.id.find(source.id) != std::string::npos || job.id == source.node)
             return fail(ErrorCode::invalid_state,
@@ -437,9 +438,9 @@ class MoveRun {
             d.verified = m_options.verify;
             // The target must be about as sparse as the source (1.1 × plus
             // metadata); a fat copy is kept, but the source is not deleted.
-            const bool sparse_ok = !d.source_allocated || !d.target_allocated ||
-                                   d.target_allocated <=
-                                       d.source_allocated + d.source_allocated / 10 + (16ull << 20);
+            const bool sparse_ok =
+                !d.source_allocated || !d.target_allocated ||
+                d.target_allocated <= d.source_allocated + d.source_allocated / 10 + (16ull << 20);
             if (!m_options.copy_only && !sparse_ok)
                 m_progress.event(
                     "warning", {{"disk", d.disk}, {"message", "target less sparse than source"}},
@@ -450,7 +451,8 @@ class MoveRun {
                 auto ref = pools::resolve_volume(m->source().location, m_options.pools);
                 auto removed = ref ? ref->pool->remove(ref->name) : Result<void>(fail(ref.error()));
                 if (!removed)
-                    m_progress.event("warning", {{"disk", d.disk}, {"message", removed.error().message}},
+                    m_progress.event("warning",
+                                     {{"disk", d.disk}, {"message", removed.error().message}},
                                      fmt::format("{}: warning: could not delete the old volume: {}",
                                                  d.disk, removed.error().message));
                 else

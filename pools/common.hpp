@@ -13,7 +13,8 @@
 namespace blockmig::pools::detail {
 
 // list_volumes() for pools that can only enumerate names: stats each, in order.
-inline Result<std::vector<VolumeInfo>> stat_each(Pool& pool, const std::vector<std::string>& names) {
+inline Result<std::vector<VolumeInfo>> stat_each(Pool& pool,
+                                                 const std::vector<std::string>& names) {
     std::vector<VolumeInfo> out;
     for (const auto& name : names) {
         auto info = pool.stat(name);
@@ -22,7 +23,6 @@ inline Result<std::vector<VolumeInfo>> stat_each(Pool& pool, const std::vector<s
     }
     return out;
 }
-
 
 // Volume names inside file-backed pools: one path component, no NUL, not
 // "." or "..", at most 255 bytes. invalid_argument (naming `where`) otherwise.

@@ -18,16 +18,18 @@ TEST(MoveMulti, AllDisksMoveTogetherUnderOneBandwidthBudget) {
     const fs::path a = dir / "a.qcow2", b = dir / "b.raw";
     blockmig::lab::run_ok({"qemu-img", "create", "-q", "-f", "qcow2", a.string(), "64M"});
     blockmig::lab::run_ok({"qemu-img", "create", "-q", "-f", "raw", b.string(), "64M"});
-    Guest guest(GuestConfig{.disks = {{"disk0", a, "qcow2"}, {"disk1", b, "raw"}}, .stamp_blocks = k_blocks});
+    Guest guest(GuestConfig{.disks = {{"disk0", a, "qcow2"}, {"disk1", b, "raw"}},
+                            .stamp_blocks = k_blocks});
     ASSERT_TRUE(guest.wait_for_ack("vda", 2, 120s)) << guest.console();
     ASSERT_TRUE(guest.wait_for_ack("vdb", 2, 120s)) << guest.console();
 
     // 2 × 16 MiB written at 8 MiB/s in total: the copy takes seconds while
     // both disks keep being written.
     const auto started = Clock::now();
-    SplitResult r = blockmig_cli_split({"move", "--qmp", guest.qmp_socket().string(), "--all-disks", "--to",
-                                        pool.string(), "--bandwidth", "8", "--output", "json"},
-                                       dir.path());
+    SplitResult r =
+        blockmig_cli_split({"move", "--qmp", guest.qmp_socket().string(), "--all-disks", "--to",
+                            pool.string(), "--bandwidth", "8", "--output", "json"},
+                           dir.path());
     const auto took = Clock::now() - started;
     ASSERT_EQ(r.status, 0) << r.out << r.err;
     EXPECT_GT(took, 2s) << "the shared 8 MiB/s budget was not applied";
@@ -42,8 +44,8 @@ TEST(MoveMulti, AllDisksMoveTogetherUnderOneBandwidthBudget) {
     EXPECT_LT(guest.max_heartbeat_gap(started), 1000ms);
 
     guest.pause();
-    for (auto [dev, image, format] : {std::tuple{"vda", pool / "a.qcow2", "qcow2"},
-                                      std::tuple{"vdb", pool / "b.raw", "raw"}}) {
+    for (auto [dev, image, format] :
+         {std::tuple{"vda", pool / "a.qcow2", "qcow2"}, std::tuple{"vdb", pool / "b.raw", "raw"}}) {
         auto v = blockmig::lab::verify_image(image.string(), format, k_blocks, guest.last_ack(dev));
         EXPECT_TRUE(v.intact()) << dev << ": " << v.output;
         EXPECT_EQ(v.ok, k_blocks) << dev << ": " << v.output;
@@ -60,8 +62,8 @@ TEST(MoveMulti, DeleteSourceRemovesOldVolumeAfterPivotOnly) {
     blockmig::lab::run_ok({"qemu-img", "create", "-q", "-f", "qcow2", source.string(), "64M"});
     auto guest = boot_writing_guest(source, "qcow2", k_blocks);
 
-    CommandResult r = blockmig_cli({"move", "--qmp", guest->qmp_socket().string(), "--disk", "disk0", "--to",
-                                    pool.string(), "--delete-source"});
+    CommandResult r = blockmig_cli({"move", "--qmp", guest->qmp_socket().string(), "--disk",
+                                    "disk0", "--to", pool.string(), "--delete-source"});
     ASSERT_EQ(r.status, 0) << r.out;
     EXPECT_FALSE(fs::exists(source)) << "old volume still there: " << r.out;
     EXPECT_FALSE(any_node_mentions(*guest, source.string())) << named_nodes(*guest).dump();
@@ -71,8 +73,9 @@ TEST(MoveMulti, DeleteSourceRemovesOldVolumeAfterPivotOnly) {
 
     // A refused move never deletes anything: the target now exists.
     guest->resume();
-    CommandResult again = blockmig_cli({"move", "--qmp", guest->qmp_socket().string(), "--disk", "disk0", "--to",
-                                        (pool / "vm.qcow2").string(), "--delete-source"});
+    CommandResult again =
+        blockmig_cli({"move", "--qmp", guest->qmp_socket().string(), "--disk", "disk0", "--to",
+                      (pool / "vm.qcow2").string(), "--delete-source"});
     EXPECT_NE(again.status, 0) << again.out;
     EXPECT_TRUE(fs::exists(pool / "vm.qcow2"));
 }

@@ -23,7 +23,8 @@ TEST(MovePivot, NoPivotThenAbortThenPivotFinishesOnADirectNode) {
     const auto nodes_before = node_names(*guest);
 
     // 1. Left READY: the job keeps mirroring after blockmig exited.
-    auto r = blockmig_cli({"move", "--qmp", qmp, "--disk", "disk0", "--to", nfs.url(), "--no-pivot"});
+    auto r =
+        blockmig_cli({"move", "--qmp", qmp, "--disk", "disk0", "--to", nfs.url(), "--no-pivot"});
     ASSERT_EQ(r.status, 0) << r.out;
     json jobs = block_jobs(*guest);
     ASSERT_EQ(jobs.size(), 1u) << jobs.dump();
