@@ -7,6 +7,8 @@
 #   - moves the running guest's disk live: local -> NFS -> iSCSI;
 #   - pauses the guest and verifies every block against its last acknowledged
 #     write, then stops everything it started.
+# (--bandwidth 16 keeps each copy a few seconds long, so the progress bar is
+# visible while the guest keeps writing.)
 # Needs root. Lab state lives in $BLOCKMIG_DEMO_DIR (default /var/tmp/blockmig-demo).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -53,9 +55,9 @@ echo "            $(grep -c '^ACK' "$demo/guest/console.log") write batches ackn
 
 
 say "moving the disk live: local -> NFS (qcow2)"
-"$blockmig" move --qmp "$qmp" --disk disk0 --to nfs://127.0.0.1/export
+"$blockmig" move --qmp "$qmp" --disk disk0 --to nfs://127.0.0.1/export --bandwidth 16
 say "moving the disk live: NFS -> iSCSI (raw, a thin LUN)"
-"$blockmig" move --qmp "$qmp" --disk disk0 --to "iscsi://127.0.0.1:3260/$iqn" --format raw
+"$blockmig" move --qmp "$qmp" --disk disk0 --to "iscsi://127.0.0.1:3260/$iqn" --format raw --bandwidth 16
 echo
 "$blockmig" qmp "$qmp" query-block | grep -E '"(node-name|filename|qdev)"' | head -n 4
 
