@@ -69,8 +69,6 @@ DiskMove::DiskMove(qmp::Client& client, SourceDisk source, TargetPlan plan,
 
 std::string DiskMove::target_url() const { return m_plan.pool->url_of(m_plan.volume); }
 
-std::string DiskMove::target_image_for_qemu_img() const { return target_url(); }
-
 Result<void> DiskMove::start(qmp::CopyMode mode, std::uint64_t speed) {
     if (auto r = create_target(); !r) return r;
     if (auto r = attach_target(); !r) return r;

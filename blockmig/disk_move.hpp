@@ -90,9 +90,7 @@ class DiskMove {
     bool switched_to_write_blocking() const { return m_switched; }
     std::chrono::steady_clock::time_point last_progress() const { return m_last_progress; }
     DiskMoveReport report() const;
-    std::string verify_source_spec() const { return m_source.location; }
     pools::ImageFormat target_format() const { return m_plan.format; }
-    std::string target_image_for_qemu_img() const;
     void kill_hop() {
         if (m_hop) m_hop->kill_now();
     }

@@ -466,9 +466,8 @@ class MoveRun {
 
     Result<void> verify_all() {
         for (auto& m : m_moves) {
-            auto equal =
-                images_equal(m->source().location, m->source().driver,
-                             m->target_image_for_qemu_img(), pools::to_string(m->target_format()));
+            auto equal = images_equal(m->source().location, m->source().driver, m->target_url(),
+                                      pools::to_string(m->target_format()));
             if (!equal) return fail(equal.error().with_context(m->source().id));
             if (!*equal)
                 return fail(ErrorCode::io_error,

@@ -140,9 +140,9 @@ inline json block_jobs(Guest& guest) {
     return qmp_return(guest, R"({"execute":"query-block-jobs"})");
 }
 
-// PIDs of processes whose command line starts with `program` and mentions
-// `needle` (to find the blockmig run a test started when it must be stopped).
-inline std::vector<int> processes_running(const std::string& program, const std::string& needle) {
+// PIDs of processes whose command line (NULs as spaces) satisfies `match`.
+template <typename Match>
+std::vector<int> processes_where(Match match) {
     std::vector<int> out;
     for (const auto& e : fs::directory_iterator("/proc")) {
         const std::string name = e.path().filename().string();
@@ -151,28 +151,26 @@ inline std::vector<int> processes_running(const std::string& program, const std:
         std::string cmdline((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
         for (char& c : cmdline)
             if (c == '\0') c = ' ';
-        if (cmdline.rfind(program, 0) == 0 && cmdline.find(needle) != std::string::npos)
-            out.push_back(std::stoi(name));
+        if (match(cmdline)) out.push_back(std::stoi(name));
     }
     return out;
+}
+
+// PIDs of processes whose command line starts with `program` and mentions
+// `needle` (to find the blockmig run a test started when it must be stopped).
+inline std::vector<int> processes_running(const std::string& program, const std::string& needle) {
+    return processes_where([&](const std::string& cmdline) {
+        return cmdline.rfind(program, 0) == 0 && cmdline.find(needle) != std::string::npos;
+    });
 }
 
 // PIDs of qemu-storage-daemon processes whose command line mentions `needle`
 // (the tool's NBD hop for a given volume).
 inline std::vector<int> storage_daemons_mentioning(const std::string& needle) {
-    std::vector<int> out;
-    for (const auto& e : fs::directory_iterator("/proc")) {
-        const std::string name = e.path().filename().string();
-        if (name.find_first_not_of("0123456789") != std::string::npos) continue;
-        std::ifstream in(e.path() / "cmdline");
-        std::string cmdline((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-        for (char& c : cmdline)
-            if (c == '\0') c = ' ';
-        if (cmdline.find("qemu-storage-daemon") != std::string::npos &&
-            cmdline.find(needle) != std::string::npos)
-            out.push_back(std::stoi(name));
-    }
-    return out;
+    return processes_where([&](const std::string& cmdline) {
+        return cmdline.find("qemu-storage-daemon") != std::string::npos &&
+               cmdline.find(needle) != std::string::npos;
+    });
 }
 
 // `blockmig ARGS` on a thread, so a test can act (stop a server) while it
