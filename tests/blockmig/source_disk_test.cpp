@@ -1,5 +1,5 @@
 // QEMU's names for images become volume specs pools/ understands.
-#include "source_disk.hpp"
+#include "move/source_disk.hpp"
 
 #include <gtest/gtest.h>
 

@@ -1,8 +1,8 @@
 // `blockmig pool list` and `blockmig pool info POOL`; registers `blockmig vol` too.
 #include <memory>
 
-#include "cli_commands.hpp"
-#include "cli_pool_shared.hpp"
+#include "commands.hpp"
+#include "pool_shared.hpp"
 #include "pools/address.hpp"
 
 namespace blockmig::cli {

@@ -4,7 +4,7 @@
 
 #include <exception>
 
-#include "cli_commands.hpp"
+#include "commands.hpp"
 
 namespace blockmig::cli {
 

@@ -7,7 +7,7 @@
 #include <optional>
 #include <string>
 
-#include "cli_commands.hpp"
+#include "commands.hpp"
 #include "pools/address.hpp"
 
 namespace blockmig::cli {

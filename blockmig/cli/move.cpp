@@ -5,8 +5,8 @@
 #include <atomic>
 
 #include "blockmig/move.hpp"
-#include "cli_commands.hpp"
-#include "cli_pool_shared.hpp"
+#include "commands.hpp"
+#include "pool_shared.hpp"
 #include "qmp/client.hpp"
 
 namespace blockmig::cli {

@@ -7,7 +7,7 @@
 #include <memory>
 #include <optional>
 
-#include "cli_commands.hpp"
+#include "commands.hpp"
 #include "qmp/client.hpp"
 
 namespace blockmig::cli {

@@ -1,7 +1,7 @@
 // `blockmig vol list|info|create|delete`: volumes in pools.
 #include <memory>
 
-#include "cli_pool_shared.hpp"
+#include "pool_shared.hpp"
 #include "pools/address.hpp"
 #include "pools/pool.hpp"
 
