@@ -2,6 +2,7 @@
 // intact disk and catches a corrupted block and a rolled-back block.
 #include <gtest/gtest.h>
 
+#include <cstdlib>
 #include <fstream>
 
 #include "lab.hpp"
@@ -40,6 +41,15 @@ class LabGuestTest : public ::testing::Test {
 TEST_F(LabGuestTest, WritesAndHeartbeatsWhileRunning) {
     EXPECT_LT(guest->max_heartbeat_gap(started), 1000ms) << "heartbeat stalled while the guest ran";
     EXPECT_GE(ack->gen, 2u);
+}
+
+// BLOCKMIG_QEMU=10 must really run QEMU 10 (the guest and the tools), not the system's 7.2.
+TEST_F(LabGuestTest, RunsTheChosenQemuFlavour) {
+    const char* flavour = std::getenv("BLOCKMIG_QEMU");
+    const std::string want = flavour && std::string(flavour).starts_with("10") ? "10" : "7";
+    std::string reply = guest->qmp(R"({"execute":"query-version"})");
+    EXPECT_NE(reply.find("\"major\": " + want + "}"), std::string::npos) << reply;
+    EXPECT_NE(run_ok({"qemu-img", "--version"}).find("version " + want + "."), std::string::npos);
 }
 
 TEST_F(LabGuestTest, VerifierPassesIntactDisk) {

@@ -23,6 +23,12 @@ if [ -s "$out/vmlinuz" ] && [ -s "$out/initrd.img" ] && [ -x "$out/diskstamp" ];
   echo "$out"; exit 0
 fi
 mkdir -p "$cache"
+# Tests may start in parallel on a cold cache: one builds, the others wait.
+exec 8>"$cache/guest.lock"
+flock 8
+if [ -s "$out/vmlinuz" ] && [ -s "$out/initrd.img" ] && [ -x "$out/diskstamp" ]; then
+  echo "$out"; exit 0
+fi
 work=$(mktemp -d "$cache/build.XXXXXX")
 trap 'rm -rf "$work"' EXIT
 

@@ -12,6 +12,7 @@
 #include <atomic>
 #include <cstdlib>
 #include <cstring>
+#include <mutex>
 #include <regex>
 #include <sstream>
 #include <stdexcept>
@@ -111,6 +112,26 @@ std::string missing_prerequisite() {
             return std::string(tool) + " is not installed (run .ci/install-deps.sh)";
     }
     return {};
+}
+
+std::string use_qemu_flavour() {
+    static std::once_flag once;
+    static std::string problem;
+    std::call_once(once, [] {
+        // Output mixes fetch-qemu10.sh's progress (stderr) with NAME=VALUE lines.
+        CommandResult r = run({script("qemu.sh"), "env"});
+        if (r.status != 0) {
+            problem = "BLOCKMIG_QEMU=" + env_or("BLOCKMIG_QEMU", "") + ": " + r.out;
+            return;
+        }
+        static const std::regex setting(R"(^([A-Z_]+)=(.*)$)");
+        std::istringstream lines(r.out);
+        std::smatch m;
+        for (std::string line; std::getline(lines, line);)
+            if (std::regex_match(line, m, setting))
+                setenv(m[1].str().c_str(), m[2].str().c_str(), 1);
+    });
+    return problem;
 }
 
 CommandResult run(const std::vector<std::string>& argv) {
@@ -223,6 +244,9 @@ HostPair::~HostPair() { run({script("hosts.sh"), "down", m_name}); }
 // ---- guest -----------------------------------------------------------------
 
 Guest::Guest(GuestConfig config) : m_config(std::move(config)), m_qmp(m_dir / "qmp.sock") {
+    // The slow part of a cold first run (building the guest, fetching a QEMU
+    // flavour, probing KVM) happens here, so the deadline below is QEMU's own.
+    run_ok({script("guest.sh"), "prepare"});
     std::vector<std::string> argv{script("guest.sh"), "run", m_qmp.string()};
     for (const auto& d : m_config.disks) {
         const std::string file_node = d.id + "-file", fmt_node = d.id + "-fmt";
@@ -248,7 +272,7 @@ Guest::Guest(GuestConfig config) : m_config(std::move(config)), m_qmp(m_dir / "q
     close(fds[1]);
     m_reader = std::thread([this, fd = fds[0]] { read_console(fd); });
 
-    auto deadline = Clock::now() + std::chrono::seconds(60);  // first run builds the guest
+    auto deadline = Clock::now() + std::chrono::seconds(60);  // a loaded machine; QEMU needs ~1 s
     while (!fs::exists(m_qmp)) {
         if (!running() || Clock::now() > deadline) {
             std::string out = console();

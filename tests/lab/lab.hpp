@@ -34,10 +34,18 @@ fs::path script_dir();
 bool running_in_ci();
 // Why the lab cannot run here (not root, missing tool), or empty if it can.
 std::string missing_prerequisite();
+// Selects the QEMU flavour named by BLOCKMIG_QEMU (see qemu.sh) for this
+// process and every child it starts (guest, qemu-img, qemu-io,
+// qemu-storage-daemon, blockmig): PATH and BLOCKMIG_QEMU_DIR are set once.
+// Returns why it failed (e.g. QEMU 10 could not be fetched), or empty.
+std::string use_qemu_flavour();
 
 // Skips (or, under CI=true, fails) the current test when the lab cannot run.
+// A QEMU flavour that was asked for but cannot be had always fails.
 #define LAB_REQUIRE()                                                                         \
     do {                                                                                      \
+        if (auto why = ::blockmig::lab::use_qemu_flavour(); !why.empty())                     \
+            FAIL() << "QEMU flavour unavailable: " << why;                                    \
         if (auto why = ::blockmig::lab::missing_prerequisite(); !why.empty()) {               \
             if (::blockmig::lab::running_in_ci()) FAIL() << "lab unavailable in CI: " << why; \
             GTEST_SKIP() << "lab unavailable: " << why;                                       \
