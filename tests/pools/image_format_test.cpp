@@ -45,17 +45,20 @@ TEST(Qcow2Writer, HeaderAndRefcountsDescribeTheLayout) {
     ASSERT_TRUE(write_empty_qcow2(*volume, size));
     std::vector<std::byte> img(volume->size());
     ASSERT_TRUE(read_full(*volume, img, 0));
-    EXPECT_EQ(be(img, 4, 4), 3u);              // version
-    EXPECT_EQ(be(img, 20, 4), 16u);            // cluster_bits
-    EXPECT_EQ(be(img, 36, 4), 6u);             // l1_size
-    EXPECT_EQ(be(img, 40, 8), 3u * 65536);     // l1_table_offset
-    EXPECT_EQ(be(img, 48, 8), 65536u);         // refcount_table_offset
-    EXPECT_EQ(be(img, 96, 4), 4u);             // refcount_order
-    EXPECT_EQ(be(img, 100, 4), 104u);          // header_length
-    EXPECT_EQ(be(img, 65536, 8), 2u * 65536);  // refcount table -> block
-    for (std::size_t c = 0; c < 4; ++c) EXPECT_EQ(be(img, 2 * 65536 + c * 2, 2), 1u) << c;
-    EXPECT_EQ(be(img, 2 * 65536 + 8, 2), 0u);
-    for (std::size_t i = 3 * 65536; i < img.size(); ++i) ASSERT_EQ(img[i], std::byte{0}) << i;
+    // Streaming layout: header, L1, refcount table, refcount block.
+    EXPECT_EQ(be(img, 4, 4), 3u);                  // version
+    EXPECT_EQ(be(img, 20, 4), 16u);                // cluster_bits
+    EXPECT_EQ(be(img, 36, 4), 6u);                 // l1_size
+    EXPECT_EQ(be(img, 40, 8), 65536u);             // l1_table_offset
+    EXPECT_EQ(be(img, 48, 8), 2u * 65536);         // refcount_table_offset
+    EXPECT_EQ(be(img, 56, 4), 1u);                 // refcount_table_clusters
+    EXPECT_EQ(be(img, 96, 4), 4u);                 // refcount_order
+    EXPECT_EQ(be(img, 100, 4), 104u);              // header_length
+    EXPECT_EQ(be(img, 2 * 65536, 8), 3u * 65536);  // refcount table -> block
+    for (std::size_t c = 0; c < 4; ++c) EXPECT_EQ(be(img, 3 * 65536 + c * 2, 2), 1u) << c;
+    EXPECT_EQ(be(img, 3 * 65536 + 8, 2), 0u);
+    for (std::size_t i = 65536; i < 2 * 65536; ++i)
+        ASSERT_EQ(img[i], std::byte{0}) << i;  // empty L1
 }
 
 TEST(Qcow2Writer, RejectsBadSizes) {
@@ -118,7 +121,8 @@ TEST(Qcow2Backing, RecordsBackingFileAndFormatInHeader) {
     ASSERT_TRUE(pool->create("overlay.qcow2", 16ull << 20, blockmig::pools::ImageFormat::qcow2));
     auto volume = pool->open("overlay.qcow2", true);
     ASSERT_TRUE(volume);
-    ASSERT_TRUE(blockmig::pools::set_qcow2_backing(**volume, "/srv/base.qcow2", blockmig::pools::ImageFormat::qcow2));
+    ASSERT_TRUE(blockmig::pools::set_qcow2_backing(**volume, "/srv/base.qcow2",
+                                                   blockmig::pools::ImageFormat::qcow2));
     std::vector<std::byte> header(4096);
     ASSERT_TRUE(blockmig::pools::read_full(**volume, header, 0));
     auto be = [&](std::size_t off, int n) {
@@ -128,10 +132,12 @@ TEST(Qcow2Backing, RecordsBackingFileAndFormatInHeader) {
     };
     const std::uint64_t name_offset = be(8, 8);
     ASSERT_EQ(be(16, 4), std::string("/srv/base.qcow2").size());
-    EXPECT_EQ(std::string(reinterpret_cast<const char*>(&header[name_offset]), 15), "/srv/base.qcow2");
+    EXPECT_EQ(std::string(reinterpret_cast<const char*>(&header[name_offset]), 15),
+              "/srv/base.qcow2");
     EXPECT_EQ(be(104, 4), 0xe2792acau);  // backing format extension
     EXPECT_EQ(be(108, 4), 5u);
     EXPECT_EQ(std::string(reinterpret_cast<const char*>(&header[112]), 5), "qcow2");
     // A second call must refuse: the image is no longer a fresh one.
-    EXPECT_FALSE(blockmig::pools::set_qcow2_backing(**volume, "/x", blockmig::pools::ImageFormat::raw));
+    EXPECT_FALSE(
+        blockmig::pools::set_qcow2_backing(**volume, "/x", blockmig::pools::ImageFormat::raw));
 }
