@@ -24,11 +24,16 @@ struct GlobalOptions {
 struct Dispatch {
     std::function<Result<void>()> action;
     GlobalOptions globals;
+    // What `blockmig` exits with when the action succeeds (compare: 1 = the images differ).
+    int exit_code = 0;
 };
 
 void add_qmp_command(CLI::App& app, Dispatch& dispatch);
 void add_pool_commands(CLI::App& app, Dispatch& dispatch);
 void add_move_command(CLI::App& app, Dispatch& dispatch);
 void add_pivot_command(CLI::App& app, Dispatch& dispatch);
+void add_convert_command(CLI::App& app, Dispatch& dispatch);
+void add_info_command(CLI::App& app, Dispatch& dispatch);
+void add_compare_command(CLI::App& app, Dispatch& dispatch);
 
 }  // namespace blockmig::cli

@@ -1,9 +1,8 @@
-#include "blockmig/cli.hpp"
-
 #include <fmt/core.h>
 
 #include <exception>
 
+#include "blockmig/cli.hpp"
 #include "commands.hpp"
 
 namespace blockmig::cli {
@@ -38,6 +37,9 @@ int run(int argc, char** argv) {
         add_pool_commands(app, dispatch);
         add_move_command(app, dispatch);
         add_pivot_command(app, dispatch);
+        add_convert_command(app, dispatch);
+        add_info_command(app, dispatch);
+        add_compare_command(app, dispatch);
 
         try {
             app.parse(argc, argv);
@@ -47,7 +49,7 @@ int run(int argc, char** argv) {
         if (!dispatch.action) return 0;
         Result<void> result = dispatch.action();
         if (!result) return print_error(result.error());
-        return 0;
+        return dispatch.exit_code;
     } catch (const std::exception& e) {
         return print_error(Error{ErrorCode::io_error, e.what(), {}});
     } catch (...) {
