@@ -17,7 +17,7 @@ namespace {
 
 std::atomic<bool> g_interrupted{false};
 
-extern "C" void on_interrupt(int) { g_interrupted.store(true); }
+extern "C" void on_convert_interrupt(int) { g_interrupted.store(true); }
 
 struct ConvertArgs {
     std::string source, target;
@@ -127,7 +127,7 @@ Result<void> run_convert_command(ConvertOptions options, const ConvertArgs& args
                                     : make_null_progress();
     // Ctrl-C removes the half-written target instead of leaving it behind.
     struct sigaction sa {};
-    sa.sa_handler = on_interrupt;
+    sa.sa_handler = on_convert_interrupt;
     sigaction(SIGINT, &sa, nullptr);
     sigaction(SIGTERM, &sa, nullptr);
     auto report = run_convert(options, *progress, g_interrupted);

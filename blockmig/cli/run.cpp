@@ -44,7 +44,8 @@ int run(int argc, char** argv) {
         try {
             app.parse(argc, argv);
         } catch (const CLI::ParseError& e) {
-            return app.exit(e);
+            // --help / --version exit 0; every usage error exits 2 (as most tools do).
+            return app.exit(e) == 0 ? 0 : 2;
         }
         if (!dispatch.action) return 0;
         Result<void> result = dispatch.action();

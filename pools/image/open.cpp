@@ -99,8 +99,7 @@ Result<std::unique_ptr<ImageReader>> open_in_chain(Pool& pool, const std::string
         case ImageFormat::raw:
             return open_raw(pool, name);
         case ImageFormat::vmdk:
-            return fail(ErrorCode::unsupported,
-                        pool.url_of(name) + ": VMDK images are not supported yet");
+            return open_vmdk(pool, name);
         case ImageFormat::unknown:
             break;
     }
