@@ -29,6 +29,20 @@ struct ConvertArgs {
     std::optional<std::string> pools_file;
 };
 
+// Without -p a text run still says what it did to a LUN, but shows no bar.
+class EventsOnly : public ProgressSink {
+  public:
+    explicit EventsOnly(std::unique_ptr<ProgressSink> inner) : m_inner(std::move(inner)) {}
+    void progress(const ProgressSample&) override {}
+    void event(const std::string& name, const nlohmann::json& fields,
+               const std::string& message) override {
+        m_inner->event(name, fields, message);
+    }
+
+  private:
+    std::unique_ptr<ProgressSink> m_inner;
+};
+
 [[noreturn]] void usage(const std::string& message) { throw CLI::ValidationError("-o", message); }
 
 int parse_int(const std::string& key, const std::string& value) {
@@ -122,9 +136,13 @@ Result<void> run_convert_command(ConvertOptions options, const ConvertArgs& args
     if (!config) return fail(config.error());
     options.pools = std::move(*config);
     const bool json = globals.output == OutputFormat::json;
-    auto progress = json            ? make_json_progress()
-                    : args.progress ? make_text_progress()
-                                    : make_null_progress();
+    std::unique_ptr<ProgressSink> progress;
+    if (json)
+        progress = make_json_progress();
+    else if (args.progress)
+        progress = make_text_progress();
+    else
+        progress = std::make_unique<EventsOnly>(make_text_progress());
     // Ctrl-C removes the half-written target instead of leaving it behind.
     struct sigaction sa {};
     sa.sa_handler = on_convert_interrupt;
