@@ -4,6 +4,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <optional>
 #include <span>
 
 #include "pools/pool.hpp"
@@ -37,9 +38,11 @@ inline std::uint64_t align_up(std::uint64_t value, std::uint64_t alignment) {
 // block size when needed (compressed qcow2 clusters sit at byte offsets, and
 // LUNs take only whole blocks). Bytes past the end of the volume read as
 // zeroes; `*available` (if given) receives how many bytes really existed.
-// Thread-safe as Volume::pread is.
+// `size` is the volume's size when the caller knows it (saves an fstat per
+// read on files). Thread-safe as Volume::pread is.
 Result<void> read_at(Volume& volume, std::span<std::byte> buf, std::uint64_t offset,
-                     std::size_t* available = nullptr);
+                     std::size_t* available = nullptr,
+                     std::optional<std::uint64_t> size = std::nullopt);
 
 // True if every byte of `data` is zero (fast path for 8-byte words).
 bool is_zero(std::span<const std::byte> data);

@@ -11,8 +11,8 @@ namespace {
 
 // Reads [offset, offset+buf.size()) where both are block-aligned; zero-fills
 // past the end of the volume and reports how much existed.
-Result<std::size_t> read_aligned(Volume& volume, std::span<std::byte> buf, std::uint64_t offset) {
-    const std::uint64_t size = volume.size();
+Result<std::size_t> read_aligned(Volume& volume, std::span<std::byte> buf, std::uint64_t offset,
+                                 std::uint64_t size) {
     std::size_t have =
         offset >= size
             ? 0
@@ -31,10 +31,11 @@ Result<std::size_t> read_aligned(Volume& volume, std::span<std::byte> buf, std::
 }  // namespace
 
 Result<void> read_at(Volume& volume, std::span<std::byte> buf, std::uint64_t offset,
-                     std::size_t* available) {
+                     std::size_t* available, std::optional<std::uint64_t> known_size) {
+    const std::uint64_t size = known_size ? *known_size : volume.size();
     const std::uint64_t block = volume.block_size();
     if (block <= 1 || (offset % block == 0 && buf.size() % block == 0)) {
-        auto n = read_aligned(volume, buf, offset);
+        auto n = read_aligned(volume, buf, offset, size);
         if (!n) return fail(n.error());
         if (available) *available = *n;
         return {};
@@ -42,7 +43,7 @@ Result<void> read_at(Volume& volume, std::span<std::byte> buf, std::uint64_t off
     const std::uint64_t start = offset / block * block;
     const std::uint64_t end = align_up(offset + buf.size(), block);
     std::vector<std::byte> tmp(end - start);
-    auto n = read_aligned(volume, tmp, start);
+    auto n = read_aligned(volume, tmp, start, size);
     if (!n) return fail(n.error());
     std::memcpy(buf.data(), tmp.data() + (offset - start), buf.size());
     if (available) {

@@ -208,7 +208,7 @@ Result<void> Qcow2Reader::load_l1() {
             corrupt(fmt::format("L1 table (offset {}, {} entries) past end of file ({} bytes)",
                                 m_h.l1_offset, m_h.l1_size, m_file_size)));
     std::vector<std::byte> raw(m_h.l1_size * 8ull);
-    if (auto r = read_at(*m_file, raw, m_h.l1_offset); !r)
+    if (auto r = read_at(*m_file, raw, m_h.l1_offset, nullptr, m_file_size); !r)
         return fail(r.error().with_context(m_name + ": read L1 table"));
     m_l1.resize(m_h.l1_size);
     for (std::size_t i = 0; i < m_l1.size(); ++i) {
@@ -229,7 +229,7 @@ Result<L2Cache::Table> Qcow2Reader::l2_table(std::uint64_t l1_index) {
     const std::uint64_t offset = m_l1[l1_index] & k_offset_mask;
     if (auto t = m_cache->get(offset)) return t;
     std::vector<std::byte> raw(cluster_size());
-    if (auto r = read_at(*m_file, raw, offset); !r)
+    if (auto r = read_at(*m_file, raw, offset, nullptr, m_file_size); !r)
         return fail(r.error().with_context(fmt::format("{}: read L2 table at {}", m_name, offset)));
     auto table = std::make_shared<std::vector<std::uint64_t>>(cluster_size() / 8);
     for (std::size_t i = 0; i < table->size(); ++i) (*table)[i] = get_be(&raw[i * 8], 8);
@@ -325,12 +325,12 @@ Result<void> Qcow2Reader::count_allocation() {
 Result<void> Qcow2Reader::open(Pool& pool, ChainState& chain) {
     std::vector<std::byte> head(
         static_cast<std::size_t>(std::min<std::uint64_t>(m_file_size, 4096)));
-    if (auto r = read_at(*m_file, head, 0); !r)
+    if (auto r = read_at(*m_file, head, 0, nullptr, m_file_size); !r)
         return fail(r.error().with_context(m_name + ": read header"));
     if (auto r = parse_header(head); !r) return fail(r.error());
     // The extensions and the backing file name live in the first cluster.
     head.resize(static_cast<std::size_t>(std::min<std::uint64_t>(m_file_size, cluster_size())));
-    if (auto r = read_at(*m_file, head, 0); !r)
+    if (auto r = read_at(*m_file, head, 0, nullptr, m_file_size); !r)
         return fail(r.error().with_context(m_name + ": read header"));
     auto backing_format = parse_extensions(head);
     if (!backing_format) return fail(backing_format.error());
@@ -396,7 +396,7 @@ Result<void> Qcow2Reader::read_compressed(std::uint64_t descriptor, std::uint64_
             "compressed cluster {} points past end of file (offset {}, file is {} bytes)", vcluster,
             host, m_file_size)));
     std::vector<std::byte> in(length);
-    if (auto r = read_at(*m_file, in, host); !r)
+    if (auto r = read_at(*m_file, in, host, nullptr, m_file_size); !r)
         return fail(r.error().with_context(
             fmt::format("{}: read compressed cluster {}", m_name, vcluster)));
     std::vector<std::byte> cluster(cluster_size());
@@ -417,7 +417,7 @@ Result<void> Qcow2Reader::read(std::span<std::byte> buf, std::uint64_t offset) {
     std::uint64_t pend_host = 0, pend_len = 0, pend_pos = 0;
     auto flush = [&]() -> Result<void> {
         if (pend_len == 0) return {};
-        auto r = read_at(*m_file, buf.subspan(pend_pos, pend_len), pend_host);
+        auto r = read_at(*m_file, buf.subspan(pend_pos, pend_len), pend_host, nullptr, m_file_size);
         pend_len = 0;
         if (!r)
             return fail(r.error().with_context(

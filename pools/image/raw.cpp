@@ -38,7 +38,7 @@ class RawReader final : public ImageReader {
     Result<void> read(std::span<std::byte> buf, std::uint64_t offset) override {
         if (offset > m_info.virtual_size || buf.size() > m_info.virtual_size - offset)
             return fail(ErrorCode::invalid_argument, fmt::format("{}: read past the end", m_name));
-        if (auto r = detail::read_at(*m_volume, buf, offset); !r)
+        if (auto r = detail::read_at(*m_volume, buf, offset, nullptr, m_info.virtual_size); !r)
             return fail(r.error().with_context(m_name));
         return {};
     }
