@@ -11,7 +11,6 @@ using namespace detail;
 
 namespace {
 
-
 Result<void> check_id(std::string_view command, const std::string& job_id) {
     if (job_id.empty())
         return fail(ErrorCode::invalid_argument, fmt::format("{}: empty job id", command));
@@ -167,6 +166,7 @@ Result<std::vector<BlockJobInfo>> query_block_jobs(Client& client, Timeout timeo
         b.auto_dismiss = opt_bool(j, "auto-dismiss").value_or(true);
         b.io_status = str(j, "io-status");
         b.error = opt_str(j, "error");
+        b.actively_synced = opt_bool(j, "actively-synced");
         if (b.id.empty()) return fail(ErrorCode::protocol, "query-block-jobs: job without device");
         out.push_back(std::move(b));
     }

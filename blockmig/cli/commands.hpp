@@ -19,6 +19,7 @@ enum class OutputFormat { text, json };
 struct GlobalOptions {
     OutputFormat output = OutputFormat::text;
     bool verbose = false;
+    std::string qemu_dir;  // --qemu-dir / $BLOCKMIG_QEMU_DIR; empty = PATH
 };
 
 struct Dispatch {

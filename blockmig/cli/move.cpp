@@ -1,10 +1,11 @@
 // `blockmig move`: storage-only live move of a running guest's disks.
+#include "blockmig/move.hpp"
+
 #include <fmt/core.h>
 #include <signal.h>
 
 #include <atomic>
 
-#include "blockmig/move.hpp"
 #include "commands.hpp"
 #include "pool_shared.hpp"
 #include "qmp/client.hpp"
@@ -83,9 +84,33 @@ Result<MoveOptions> to_options(const MoveArgs& args) {
     return o;
 }
 
+// "copied 1.2 GiB in 1m04s (19.2 MiB/s); guest paused 0.3 s": what a person
+// (or a log) wants to know once the move is over.
+std::string summary_line(const MoveReport& report) {
+    std::uint64_t copied = 0, forwarded = 0;
+    for (const auto& d : report.disks)
+        copied += d.bytes_copied, forwarded += d.guest_bytes_forwarded;
+    const double seconds = report.duration.count() / 1000.0;
+    const auto whole = static_cast<long>(seconds);
+    std::string took = whole >= 60 ? fmt::format("{}m{:02}s", whole / 60, whole % 60)
+                                   : fmt::format("{:.1f} s", seconds);
+    std::string line = fmt::format(
+        "summary: {} disk{}, copied {} in {} ({}/s)", report.disks.size(),
+        report.disks.size() == 1 ? "" : "s", human_size(copied), took,
+        human_size(seconds > 0 ? static_cast<std::uint64_t>(copied / seconds) : copied));
+    if (forwarded)
+        line += fmt::format(", plus {} of guest writes mirrored as they happened",
+                            human_size(forwarded));
+    line += report.guest_paused.count() > 0
+                ? fmt::format("; guest paused {:.1f} s", report.guest_paused.count() / 1000.0)
+                : "; guest never paused";
+    return line;
+}
+
 Result<void> run_move_command(const MoveArgs& args, const GlobalOptions& globals) {
     auto options = to_options(args);
     if (!options) return fail(options.error());
+    options->qemu_dir = globals.qemu_dir;
     qmp::ConnectOptions connect;
     if (globals.verbose)
         connect.log = [](qmp::LogLevel, std::string_view text) {
@@ -116,6 +141,9 @@ Result<void> run_move_command(const MoveArgs& args, const GlobalOptions& globals
                          {"pivoted", d.pivoted},
                          {"verified", d.verified},
                          {"write_blocking", d.switched_to_write_blocking},
+                         {"switched_in_place", d.switched_in_place},
+                         {"bytes_copied", d.bytes_copied},
+                         {"guest_bytes_forwarded", d.guest_bytes_forwarded},
                          {"source_allocated", d.source_allocated},
                          {"target_allocated", d.target_allocated}});
         if (globals.output == OutputFormat::text && !args.no_pivot)
@@ -123,7 +151,13 @@ Result<void> run_move_command(const MoveArgs& args, const GlobalOptions& globals
                        d.source, d.target, human_size(d.target_allocated));
     }
     if (globals.output == OutputFormat::json)
-        fmt::print("{}\n", nlohmann::json{{"event", "done"}, {"disks", disks}}.dump());
+        fmt::print("{}\n", nlohmann::json{{"event", "done"},
+                                          {"disks", disks},
+                                          {"seconds", report->duration.count() / 1000.0},
+                                          {"guest_paused_ms", report->guest_paused.count()}}
+                               .dump());
+    else
+        fmt::print("{}\n", summary_line(*report));
     return {};
 }
 

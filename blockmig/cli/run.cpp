@@ -1,6 +1,8 @@
 #include <fmt/core.h>
 
+#include <cstdlib>
 #include <exception>
+#include <optional>
 
 #include "blockmig/cli.hpp"
 #include "commands.hpp"
@@ -32,6 +34,13 @@ int run(int argc, char** argv) {
             ->transform(CLI::CheckedTransformer(formats, CLI::ignore_case))
             ->option_text("text|json");
         app.add_flag("-v,--verbose", dispatch.globals.verbose, "log protocol details to stderr");
+        app.add_option("--qemu-dir", dispatch.globals.qemu_dir,
+                       "where qemu-storage-daemon and qemu-img are (default: PATH)")
+            ->envname("BLOCKMIG_QEMU_DIR")
+            ->option_text("DIR");
+        std::optional<std::string> pools_file;
+        app.add_option("--pools", pools_file, "pools file, for any command (as $BLOCKMIG_POOLS)")
+            ->option_text("FILE");
 
         add_qmp_command(app, dispatch);
         add_pool_commands(app, dispatch);
@@ -44,9 +53,16 @@ int run(int argc, char** argv) {
         try {
             app.parse(argc, argv);
         } catch (const CLI::ParseError& e) {
-            // --help / --version exit 0; every usage error exits 2 (as most tools do).
-            return app.exit(e) == 0 ? 0 : 2;
+            // --help and --version arrive here too (exit code 0); anything
+            // else is a usage error: exit 2, whatever CLI11's own code is.
+            if (e.get_exit_code() == 0) return app.exit(e);
+            fmt::print(stderr, "blockmig: error: {} (see --help)\n", e.what());
+            return 2;
         }
+        // `blockmig --pools FILE vol list`: every command loads its pools
+        // file through load_pools_config(), which reads $BLOCKMIG_POOLS when
+        // the command's own --pools is not given; the global option sets it.
+        if (pools_file) setenv("BLOCKMIG_POOLS", pools_file->c_str(), 1);
         if (!dispatch.action) return 0;
         Result<void> result = dispatch.action();
         if (!result) return print_error(result.error());

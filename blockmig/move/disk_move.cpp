@@ -3,6 +3,7 @@
 #include <fmt/core.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <fstream>
 #include <thread>
 
@@ -134,7 +135,7 @@ Result<void> DiskMove::attach_target() {
     nlohmann::json format_node = m_chain.format;
     if (m_plan.network) {
         std::filesystem::path dir = m_options.state_dir / m_prefix;
-        auto hop = NbdHop::start(dir, m_chain.protocol, m_chain.secrets, 15s);
+        auto hop = NbdHop::start(dir, m_chain.protocol, m_chain.secrets, 15s, m_options.qemu_dir);
         if (!hop)
             return fail(
                 hop.error().with_context(fmt::format("open {} in a storage daemon", target_url())));
@@ -307,6 +308,9 @@ Result<void> DiskMove::observe(const std::vector<qmp::BlockJobInfo>& jobs) {
         if (job.offset > m_offset || !job.busy) m_last_progress = std::chrono::steady_clock::now();
         m_offset = job.offset;
         m_len = job.len;
+        // A QEMU that cannot report it cannot switch in place either
+        // (both arrived in 8.2): then READY is all there is to wait for.
+        m_actively_synced = job.actively_synced.value_or(true);
         if (job.ready || job.status == "ready") m_state = DiskMoveState::ready;
         return {};
     }
@@ -328,9 +332,46 @@ Result<void> DiskMove::restart_write_blocking(std::uint64_t speed) {
                     fmt::format("{} stopped answering while switching copy mode", target_url()));
     }
     m_state = DiskMoveState::attached;
+    m_copied_by_earlier_jobs += m_offset;
+    m_guest_written_at_switch = guest_written();
     if (auto r = start_mirror(qmp::CopyMode::write_blocking, speed); !r) return r;
     m_switched = true;
     return {};
+}
+
+Result<void> DiskMove::change_to_write_blocking() {
+    // qapi/block-core.json, BlockJobChangeOptionsMirror: only
+    // background -> write-blocking is allowed; the job keeps its bitmap and
+    // progress, so what was copied stays copied.
+    if (auto r =
+            qmp::block_job_change(m_client, m_job_id, "mirror", {{"copy-mode", "write-blocking"}});
+        !r)
+        return fail(r.error().with_context("block-job-change copy-mode=write-blocking"));
+    m_guest_written_at_switch = guest_written();
+    m_switched = true;
+    m_switched_in_place = true;
+    m_actively_synced = false;
+    return {};
+}
+
+std::optional<std::uint64_t> DiskMove::guest_written() const {
+    auto stats = qmp::query_blockstats(m_client);
+    if (!stats) return std::nullopt;
+    auto named = [&](const std::optional<std::string>& name) {
+        return name && !name->empty() &&
+               std::find(m_source.names.begin(), m_source.names.end(), *name) !=
+                   m_source.names.end();
+    };
+    for (const auto& s : *stats)
+        if (named(s.device) || named(s.qdev)) return s.wr_bytes;
+    return std::nullopt;
+}
+
+void DiskMove::count_forwarded_writes() {
+    if (!m_guest_written_at_switch) return;
+    if (auto now = guest_written(); now && *now >= *m_guest_written_at_switch)
+        m_guest_bytes_forwarded = *now - *m_guest_written_at_switch;
+    m_guest_written_at_switch.reset();
 }
 
 Result<void> DiskMove::wait_job_gone(std::chrono::milliseconds timeout,
@@ -375,6 +416,7 @@ Result<void> DiskMove::wait_in_sync(std::chrono::milliseconds timeout) {
 }
 
 Result<void> DiskMove::pivot() {
+    count_forwarded_writes();
     if (auto r = qmp::block_job_complete(m_client, m_job_id); !r)
         return fail(r.error().with_context("block-job-complete"));
     std::optional<std::string> error;
@@ -463,6 +505,7 @@ void DiskMove::release_source_nodes() {
 }
 
 Result<void> DiskMove::finish_copy_only() {
+    count_forwarded_writes();
     // A soft cancel of a READY mirror does a final sync and detaches the
     // target without switching the device: a consistent copy.
     if (auto r = qmp::block_job_cancel(m_client, m_job_id, false); !r)
@@ -501,7 +544,11 @@ DiskMoveReport DiskMove::report() const {
         .target_allocated = m_target_allocated,
         .pivoted = m_state == DiskMoveState::done,
         .verified = false,
-        .switched_to_write_blocking = m_switched};
+        .switched_to_write_blocking = m_switched,
+        .switched_in_place = m_switched_in_place,
+        .bytes_copied = m_copied_by_earlier_jobs + m_offset -
+                        std::min(m_guest_bytes_forwarded, m_copied_by_earlier_jobs + m_offset),
+        .guest_bytes_forwarded = m_guest_bytes_forwarded};
 }
 
 }  // namespace blockmig

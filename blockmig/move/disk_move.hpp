@@ -68,6 +68,10 @@ class DiskMove {
     // Restarts the mirror in write-blocking mode (QEMU 7.2 has no
     // block-job-change): cancel, then mirror again onto the same target.
     Result<void> restart_write_blocking(std::uint64_t speed);
+    // Switches the running mirror to write-blocking in place (QEMU >= 8.2,
+    // block-job-change): nothing is copied twice. The move is then ready
+    // only once QEMU reports the job actively synced.
+    Result<void> change_to_write_blocking();
     // Waits until the job is ready with nothing left to copy (guest paused).
     Result<void> wait_in_sync(std::chrono::milliseconds timeout);
 
@@ -88,6 +92,11 @@ class DiskMove {
     std::uint64_t offset() const { return m_offset; }
     std::uint64_t length() const { return m_len; }
     bool switched_to_write_blocking() const { return m_switched; }
+    bool switched_in_place() const { return m_switched_in_place; }
+    // READY, and after an in-place switch also actively synced.
+    bool ready_to_finish() const {
+        return m_state == DiskMoveState::ready && (!m_switched_in_place || m_actively_synced);
+    }
     std::chrono::steady_clock::time_point last_progress() const { return m_last_progress; }
     DiskMoveReport report() const;
     pools::ImageFormat target_format() const { return m_plan.format; }
@@ -107,6 +116,8 @@ class DiskMove {
                                std::optional<std::string>* error);
     Result<void> switch_to_direct();
     void release_source_nodes();
+    std::optional<std::uint64_t> guest_written() const;
+    void count_forwarded_writes();
 
     qmp::Client& m_client;
     SourceDisk m_source;
@@ -126,6 +137,13 @@ class DiskMove {
     std::uint64_t m_offset = 0, m_len = 0;
     std::chrono::steady_clock::time_point m_last_progress = std::chrono::steady_clock::now();
     bool m_switched = false;
+    bool m_switched_in_place = false;
+    bool m_actively_synced = false;
+    std::uint64_t m_copied_by_earlier_jobs = 0;  // offsets of mirrors cancelled by a restart
+    // Guest writes a write-blocking mirror forwards count in its offset too;
+    // the guest's write counter at the switch separates them from the copy.
+    std::optional<std::uint64_t> m_guest_written_at_switch;
+    std::uint64_t m_guest_bytes_forwarded = 0;
     std::uint64_t m_target_allocated = 0;
     std::uint64_t m_source_allocated = 0;
 };

@@ -164,7 +164,7 @@ Result<void> check_capacity(const std::vector<std::unique_ptr<DiskMove>>& moves)
 // equal?" across formats; -U because the guest's QEMU holds the images
 // (paused and flushed at this point).
 Result<bool> images_equal(const std::string& a, std::string_view a_format, const std::string& b,
-                          std::string_view b_format) {
+                          std::string_view b_format, const std::filesystem::path& qemu_dir) {
     // A mirror target does not share "consistent read", so even -U cannot
     // open a local target while the job exists: open local files with
     // locking=off (the guest is paused and flushed; nothing writes).
@@ -176,8 +176,12 @@ Result<bool> images_equal(const std::string& a, std::string_view a_format, const
         }
         return "json:" + nlohmann::json{{"driver", format}, {"file", file}}.dump();
     };
-    std::vector<std::string> args{"qemu-img", "compare",         "-U",
-                                  "-q",       spec(a, a_format), spec(b, b_format)};
+    std::vector<std::string> args{qemu_program(qemu_dir, "qemu-img"),
+                                  "compare",
+                                  "-U",
+                                  "-q",
+                                  spec(a, a_format),
+                                  spec(b, b_format)};
     std::vector<char*> argv;
     for (auto& s : args) argv.push_back(s.data());
     argv.push_back(nullptr);
@@ -244,6 +248,7 @@ class MoveRun {
         auto features = qmp::Features::detect(m_client);
         if (!features) return fail(features.error().with_context("query-qmp-schema"));
         m_has_copy_mode = features->mirror_copy_mode();
+        m_has_job_change = features->mirror_change_copy_mode();
         bool needs_reopen = std::any_of(m_moves.begin(), m_moves.end(), [](auto& m) {
             return m->target_url().find("://") != std::string::npos;
         });
@@ -272,6 +277,7 @@ class MoveRun {
             return fail(ErrorCode::unsupported, "this QEMU's blockdev-mirror has no copy-mode");
         const std::uint64_t initial_speed =
             m_options.bandwidth ? m_options.bandwidth / m_moves.size() : 0;
+        m_started = SteadyClock::now();
         for (auto& m : m_moves) {
             if (auto r = m->start(initial_mode(), initial_speed); !r)
                 return fail(r.error().with_context(m->source().id));
@@ -281,7 +287,7 @@ class MoveRun {
                                                                       : m->source().location,
                                          m->target_url()));
         }
-        const auto started = SteadyClock::now();
+        const auto started = m_started;
         std::map<DiskMove*, RateMeter> meters;
         std::map<DiskMove*, std::pair<std::uint64_t, SteadyClock::time_point>> best_remaining;
         std::uint64_t last_speed = initial_speed;
@@ -301,9 +307,14 @@ class MoveRun {
                 auto& meter = meters[m.get()];
                 meter.add(now, m->offset());
                 const std::uint64_t remaining = m->length() - std::min(m->offset(), m->length());
-                const bool ready = m->state() == DiskMoveState::ready;
+                // After an in-place switch READY is not enough: wait until
+                // QEMU says every guest write reaches both sides.
+                const bool ready = m->ready_to_finish();
+                const bool syncing = !ready && m->state() == DiskMoveState::ready;
                 m_progress.progress({.item = m->source().id,
-                                     .phase = ready ? "ready" : "copy",
+                                     .phase = ready     ? "ready"
+                                              : syncing ? "sync"
+                                                        : "copy",
                                      .bytes = m->offset(),
                                      .total = m->length(),
                                      .rate = meter.rate(),
@@ -334,17 +345,22 @@ class MoveRun {
                     // Only a copy that still moves but never catches up is a
                     // convergence problem; one that does not move at all is a
                     // stall, handled above.
+                    // QEMU >= 8.2 switches the running job (block-job-change);
+                    // older ones need a new mirror that copies everything again.
                     m_progress.event(
                         "copy-mode",
                         {{"disk", m->source().id},
                          {"mode", "write-blocking"},
+                         {"how", m_has_job_change ? "in-place" : "restart"},
                          {"reason", "guest writes faster than the copy"}},
                         fmt::format("{}: remaining {} MiB stopped shrinking for {} s; switching to "
-                                    "write-blocking mode so the copy converges",
+                                    "write-blocking mode so the copy converges ({})",
                                     m->source().id, remaining >> 20,
-                                    m_options.converge_window.count()));
-                    if (auto r = m->restart_write_blocking(speed_per_job()); !r)
-                        return fail(r.error().with_context(m->source().id));
+                                    m_options.converge_window.count(),
+                                    m_has_job_change ? "in place" : "restarting the mirror"));
+                    auto r = m_has_job_change ? m->change_to_write_blocking()
+                                              : m->restart_write_blocking(speed_per_job());
+                    if (!r) return fail(r.error().with_context(m->source().id));
                     best = {};
                 }
             }
@@ -362,8 +378,13 @@ class MoveRun {
     // All disks READY: optionally verify (guest paused), then pivot or finish the copy.
     Result<MoveReport> finish() {
         bool paused = false;
+        SteadyClock::time_point paused_at;
         auto resume = [&] {
-            if (paused) (void)qmp::cont(m_client);
+            if (paused) {
+                (void)qmp::cont(m_client);
+                m_guest_paused += std::chrono::duration_cast<std::chrono::milliseconds>(
+                    SteadyClock::now() - paused_at);
+            }
             paused = false;
         };
         if (m_options.verify) {
@@ -373,6 +394,7 @@ class MoveRun {
                     return fail(r.error().with_context("verify: pause guest"));
                 }
                 paused = true;
+                paused_at = SteadyClock::now();
             }
             for (auto& m : m_moves) {
                 if (auto r = m->wait_in_sync(60s); !r) {
@@ -410,7 +432,7 @@ class MoveRun {
                         m->source().id, m->job_id(), m->target_url(), m->source().id));
                 report.disks.push_back(m->report());
             }
-            return report;
+            return timed(std::move(report));
         }
         for (auto& m : m_moves) {
             auto r = m_options.copy_only ? m->finish_copy_only() : m->pivot();
@@ -461,13 +483,20 @@ class MoveRun {
             }
             report.disks.push_back(std::move(d));
         }
+        return timed(std::move(report));
+    }
+
+    MoveReport timed(MoveReport report) const {
+        report.duration =
+            std::chrono::duration_cast<std::chrono::milliseconds>(SteadyClock::now() - m_started);
+        report.guest_paused = m_guest_paused;
         return report;
     }
 
     Result<void> verify_all() {
         for (auto& m : m_moves) {
             auto equal = images_equal(m->source().location, m->source().driver, m->target_url(),
-                                      pools::to_string(m->target_format()));
+                                      pools::to_string(m->target_format()), m_options.qemu_dir);
             if (!equal) return fail(equal.error().with_context(m->source().id));
             if (!*equal)
                 return fail(ErrorCode::io_error,
@@ -498,6 +527,9 @@ class MoveRun {
     const std::atomic<bool>& m_cancel;
     std::vector<std::unique_ptr<DiskMove>> m_moves;
     bool m_has_copy_mode = false;
+    bool m_has_job_change = false;  // block-job-change can switch copy-mode in place
+    SteadyClock::time_point m_started = SteadyClock::now();
+    std::chrono::milliseconds m_guest_paused{0};
 };
 
 }  // namespace

@@ -33,7 +33,8 @@ bool socket_accepts(const std::filesystem::path& path) {
 Result<NbdHop> NbdHop::start(const std::filesystem::path& state_dir,
                              const nlohmann::json& protocol_node,
                              const std::vector<nlohmann::json>& secrets,
-                             std::chrono::milliseconds timeout) {
+                             std::chrono::milliseconds timeout,
+                             const std::filesystem::path& qemu_dir) {
     std::error_code ec;
     std::filesystem::create_directories(state_dir, ec);
     NbdHop hop;
@@ -45,7 +46,7 @@ Result<NbdHop> NbdHop::start(const std::filesystem::path& state_dir,
     if (node.empty() || hop.m_socket.string().size() >= sizeof(sockaddr_un::sun_path))
         return fail(ErrorCode::invalid_argument, "storage daemon: bad node or socket path");
 
-    std::vector<std::string> args{"qemu-storage-daemon"};
+    std::vector<std::string> args{qemu_program(qemu_dir, "qemu-storage-daemon")};
     for (const auto& s : secrets) {
         // object-add arguments {qom-type, id, ...} become --object JSON
         args.push_back("--object");
@@ -65,6 +66,8 @@ Result<NbdHop> NbdHop::start(const std::filesystem::path& state_dir,
     if (log_fd < 0)
         return fail(ErrorCode::io_error, fmt::format("storage daemon: create {}: {}",
                                                      hop.m_log.string(), std::strerror(errno)));
+    // The daemon's log is what the user sees when it fails: say which program.
+    const std::string cannot_run = fmt::format("cannot run {} (see --qemu-dir)\n", args[0]);
     pid_t pid = fork();
     if (pid < 0) {
         close(log_fd);
@@ -79,6 +82,8 @@ Result<NbdHop> NbdHop::start(const std::filesystem::path& state_dir,
         dup2(log_fd, 1);
         dup2(log_fd, 2);
         execvp(argv[0], argv.data());
+        // Only async-signal-safe calls after fork: the message is ready-made.
+        (void)!write(2, cannot_run.data(), cannot_run.size());
         _exit(127);
     }
     close(log_fd);

@@ -22,16 +22,24 @@
 
 namespace blockmig {
 
+// The QEMU tool to run: `dir`/`tool` when a QEMU directory was chosen
+// (`--qemu-dir`, BLOCKMIG_QEMU_DIR), else `tool` looked up in PATH.
+inline std::string qemu_program(const std::filesystem::path& dir, const std::string& tool) {
+    return dir.empty() ? tool : (dir / tool).string();
+}
+
 class NbdHop {
   public:
     // Starts qemu-storage-daemon with `protocol_node` (a blockdev-add JSON
     // object, plus any secret objects it needs) exported writable over NBD
     // on a Unix socket in `state_dir`. Fails with the daemon's own error
-    // line if it exits or does not listen within `timeout`.
+    // line if it exits or does not listen within `timeout`. The daemon is
+    // qemu_program(qemu_dir, "qemu-storage-daemon").
     static Result<NbdHop> start(const std::filesystem::path& state_dir,
                                 const nlohmann::json& protocol_node,
                                 const std::vector<nlohmann::json>& secrets,
-                                std::chrono::milliseconds timeout);
+                                std::chrono::milliseconds timeout,
+                                const std::filesystem::path& qemu_dir = {});
 
     // Takes over a daemon an earlier blockmig run left serving a READY
     // mirror (`move --no-pivot`). Fails unless `pid` is still that daemon.

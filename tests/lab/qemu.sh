@@ -7,7 +7,8 @@
 #   qemu.sh env       prints the NAME=VALUE settings that select the flavour, one per
 #                     line (none for the system QEMU): PATH with wrappers first (every
 #                     lab part, test and blockmig's own qemu-img then runs that QEMU)
-#                     and BLOCKMIG_QEMU_DIR (where blockmig finds qemu-storage-daemon)
+#                     and BLOCKMIG_QEMU_DIR (where blockmig finds qemu-storage-daemon
+#                     and qemu-img: its --qemu-dir)
 #   qemu.sh version   prints the chosen QEMU's version line
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -19,7 +20,10 @@ settings() {
     prefix=$("$here/fetch-qemu10.sh")
     # Already first in PATH (a lab script called by another): do not repeat it.
     [[ $PATH == "$prefix/lab-bin:"* ]] || echo "PATH=$prefix/lab-bin:$PATH"
-    echo "BLOCKMIG_QEMU_DIR=$prefix/usr/bin"
+    # The wrappers, not usr/bin: the unpacked binaries find their block
+    # modules (nfs, iscsi: the storage daemon's hop needs them) only through
+    # the QEMU_MODULE_DIR the wrappers set.
+    echo "BLOCKMIG_QEMU_DIR=$prefix/lab-bin"
     ;;
   *) echo "qemu: BLOCKMIG_QEMU=$BLOCKMIG_QEMU: use 10 (QEMU 10.0) or leave it unset (system QEMU)" >&2
      exit 1 ;;

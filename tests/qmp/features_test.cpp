@@ -66,3 +66,20 @@ TEST(QmpFeatures, RejectsNonArraySchema) {
     ASSERT_FALSE(f);
     EXPECT_EQ(f.error().code, ErrorCode::protocol);
 }
+
+// QEMU >= 8.2: block-job-change takes a union whose mirror variant has copy-mode.
+TEST(QmpFeatures, BlockJobChangeCanSwitchMirrorCopyMode) {
+    json schema = json::parse(R"([
+      {"name": "block-job-change", "meta-type": "command", "arg-type": "50", "ret-type": "0"},
+      {"name": "50", "meta-type": "object", "tag": "type",
+       "members": [{"name": "id", "type": "str"}, {"name": "type", "type": "51"}],
+       "variants": [{"case": "mirror", "type": "52"}]},
+      {"name": "51", "meta-type": "enum", "values": ["commit", "stream", "mirror"]},
+      {"name": "52", "meta-type": "object", "members": [{"name": "copy-mode", "type": "53"}]},
+      {"name": "53", "meta-type": "enum", "values": ["background", "write-blocking"]}])");
+    auto f = Features::from_schema(schema);
+    ASSERT_TRUE(f);
+    EXPECT_TRUE(f->block_job_change());
+    EXPECT_TRUE(f->mirror_change_copy_mode());
+    EXPECT_FALSE(Features::from_schema(sample_schema())->mirror_change_copy_mode());
+}

@@ -55,6 +55,8 @@ struct MoveOptions {
     // Remaining bytes not shrinking for this long makes auto switch to write-blocking.
     std::chrono::seconds converge_window{6};
     std::filesystem::path state_dir;  // for hop sockets/logs; default /run/blockmig
+    // Where qemu-storage-daemon and qemu-img are (`--qemu-dir`); empty = PATH.
+    std::filesystem::path qemu_dir;
     pools::PoolsConfig pools;
 };
 
@@ -68,10 +70,18 @@ struct DiskMoveReport {
     bool pivoted = false;
     bool verified = false;
     bool switched_to_write_blocking = false;
+    bool switched_in_place = false;  // by block-job-change, not by a restarted mirror
+    // Bytes the mirror job(s) copied from source to target; a restarted
+    // mirror counts its lost first pass too. Guest writes a write-blocking
+    // mirror forwarded as they happened are counted apart.
+    std::uint64_t bytes_copied = 0;
+    std::uint64_t guest_bytes_forwarded = 0;
 };
 
 struct MoveReport {
     std::vector<DiskMoveReport> disks;
+    std::chrono::milliseconds duration{0};      // from the first mirror's start to the end
+    std::chrono::milliseconds guest_paused{0};  // the guest was paused (--verify) this long
 };
 
 struct PivotOptions {

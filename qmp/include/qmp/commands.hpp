@@ -208,6 +208,10 @@ struct BlockJobInfo {
     bool auto_finalize = true, auto_dismiss = true;
     std::string io_status;
     std::optional<std::string> error;
+    // Mirror jobs, QEMU >= 8.2 (BlockJobInfoMirror): true once a
+    // write-blocking mirror is in sync and every guest write reaches both
+    // sides before it completes. nullopt when QEMU does not report it.
+    std::optional<bool> actively_synced;
 };
 Result<std::vector<BlockJobInfo>> query_block_jobs(Client& client, Timeout timeout = {});
 

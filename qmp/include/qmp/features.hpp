@@ -39,6 +39,10 @@ class Features {
     bool mirror_write_blocking() const;
     bool block_export_add() const { return has_command("block-export-add"); }
     bool block_job_change() const { return has_command("block-job-change"); }
+    // block-job-change can switch a running mirror's copy-mode (QEMU >= 8.2).
+    bool mirror_change_copy_mode() const {
+        return command_has_argument("block-job-change", "copy-mode");
+    }
     bool blockdev_reopen() const { return has_command("blockdev-reopen"); }
     bool migrate_pause_before_switchover() const;
     bool calc_dirty_rate() const { return has_command("calc-dirty-rate"); }
