@@ -188,9 +188,8 @@ Result<std::unique_ptr<Extent>> open_extent(Pool& pool, const std::string& where
                                "disks (copy the device itself instead)",
                                e.type, e.file),
                    ErrorCode::unsupported);
-    if (e.type == "SESPARSE")
-        return bad(where, field, "seSparse extents are not supported yet", ErrorCode::unsupported);
-    if (e.type != "FLAT" && e.type != "VMFS" && e.type != "SPARSE" && e.type != "VMFSSPARSE")
+    if (e.type != "FLAT" && e.type != "VMFS" && e.type != "SPARSE" && e.type != "VMFSSPARSE" &&
+        e.type != "SESPARSE")
         return bad(where, field, fmt::format("unknown extent type '{}'", e.type));
     if (auto r = check_sibling(where, field, e.file); !r) return fail(r.error());
     auto volume = open_file(pool, where, field, e.file);
@@ -208,47 +207,7 @@ struct Opened {
     std::vector<VmdkImage::Placed> extents;
 };
 
-// A monolithic sparse or stream file: itself is the one extent; its
-// embedded descriptor (if any) supplies createType, CID and parent.
-Result<Opened> open_monolithic(std::unique_ptr<Volume> volume, const std::string& name,
-                               std::span<const std::byte> head) {
-    Opened o;
-    const bool cowd = get32(head.data()) == k_cowd_magic;
-    if (!cowd) {
-        auto h = parse_sparse_header(head, name);
-        if (!h) return fail(h.error());
-        if (h->descriptor_size != 0) {
-            const std::uint64_t at = h->descriptor_offset * k_sector;
-            const std::uint64_t bytes = h->descriptor_size * k_sector;
-            if (h->descriptor_offset == 0 || at + bytes > volume->size())
-                return bad(name, "header field descriptorOffset",
-                           "embedded descriptor lies outside the file (truncated?)");
-            std::string text(bytes, '\0');
-            if (auto r = read_full(*volume, std::as_writable_bytes(std::span(text)), at); !r)
-                return fail(r.error().with_context("vmdk: " + name + ": descriptor"));
-            auto d = parse_descriptor(text, name);
-            if (!d) return fail(d.error());
-            o.descriptor = std::move(*d);
-        } else {
-            o.descriptor.create_type =
-                (h->flags & k_flag_compressed) ? "streamOptimized" : "monolithicSparse";
-        }
-    } else {
-        o.descriptor.create_type = "vmfsSparse";
-    }
-    auto extent = make_sparse_extent(std::move(volume), name, 0);
-    if (!extent) return fail(extent.error());
-    o.extents.push_back({0, std::move(*extent)});
-    return o;
-}
-
-Result<Opened> open_descriptor_file(Pool& pool, Volume& volume, const std::string& name) {
-    if (volume.size() > k_max_descriptor_bytes)
-        return bad(name, "descriptor",
-                   fmt::format("{} bytes is too large for a descriptor", volume.size()));
-    std::string text(volume.size(), '\0');
-    if (auto r = read_full(volume, std::as_writable_bytes(std::span(text)), 0); !r)
-        return fail(r.error().with_context("vmdk: " + name));
+Result<Opened> open_descriptor_text(Pool& pool, const std::string& text, const std::string& name) {
     auto d = parse_descriptor(text, name);
     if (!d) return fail(d.error());
     Opened o;
@@ -276,6 +235,66 @@ Result<Opened> open_descriptor_file(Pool& pool, Volume& volume, const std::strin
     return o;
 }
 
+Result<std::string> read_text(Volume& volume, const std::string& name, std::uint64_t at,
+                              std::uint64_t bytes) {
+    if (bytes > k_max_descriptor_bytes)
+        return bad(name, "descriptor",
+                   fmt::format("{} bytes is too large for a descriptor", bytes));
+    if (at + bytes > volume.size())
+        return bad(name, "header field descriptorOffset",
+                   "embedded descriptor lies outside the file (truncated?)");
+    std::string text(bytes, '\0');
+    if (auto r = read_full(volume, std::as_writable_bytes(std::span(text)), at); !r)
+        return fail(r.error().with_context("vmdk: " + name + ": descriptor"));
+    return text;
+}
+
+// A binary VMDK file: a hosted sparse or stream file (its embedded
+// descriptor, if any, supplies createType, CID and parent), a COWD
+// (vmfsSparse) or seSparse extent opened directly. The file itself is the one
+// extent; QEMU does the same. A KDMV header of capacity 0 only carries a
+// descriptor that lists the extents.
+Result<Opened> open_binary(Pool& pool, std::unique_ptr<Volume> volume, const std::string& name,
+                           std::span<const std::byte> head) {
+    Opened o;
+    const std::uint32_t magic = get32(head.data());
+    if (magic == k_sparse_magic) {
+        if (get64(&head[12]) == 0 && get64(&head[36]) != 0) {
+            auto text =
+                read_text(*volume, name, get64(&head[28]) * k_sector, get64(&head[36]) * k_sector);
+            if (!text) return fail(text.error());
+            return open_descriptor_text(pool, *text, name);
+        }
+        auto h = parse_sparse_header(head, name);
+        if (!h) return fail(h.error());
+        if (h->descriptor_size != 0) {
+            if (h->descriptor_offset == 0)
+                return bad(name, "header field descriptorOffset", "0 with a descriptor size");
+            auto text = read_text(*volume, name, h->descriptor_offset * k_sector,
+                                  h->descriptor_size * k_sector);
+            if (!text) return fail(text.error());
+            auto d = parse_descriptor(*text, name);
+            if (!d) return fail(d.error());
+            o.descriptor = std::move(*d);
+        } else {
+            o.descriptor.create_type =
+                (h->flags & k_flag_compressed) ? "streamOptimized" : "monolithicSparse";
+        }
+    } else {
+        o.descriptor.create_type = magic == k_cowd_magic ? "vmfsSparse" : "seSparse";
+    }
+    auto extent = make_sparse_extent(std::move(volume), name, 0);
+    if (!extent) return fail(extent.error());
+    o.extents.push_back({0, std::move(*extent)});
+    return o;
+}
+
+Result<Opened> open_descriptor_file(Pool& pool, Volume& volume, const std::string& name) {
+    auto text = read_text(volume, name, 0, volume.size());
+    if (!text) return fail(text.error());
+    return open_descriptor_text(pool, *text, name);
+}
+
 Result<std::unique_ptr<VmdkImage>> open_image(Pool& pool, const std::string& name,
                                               std::set<std::string>& seen) {
     if (seen.size() >= k_max_chain)
@@ -290,12 +309,14 @@ Result<std::unique_ptr<VmdkImage>> open_image(Pool& pool, const std::string& nam
         return fail(r.error().with_context("vmdk: " + name));
     if (!looks_like_vmdk(head))
         return bad(name, "magic", "not a VMDK (no KDMV/COWD magic, no descriptor)");
-    if (head.size() >= 8 && get64(head.data()) == k_sesparse_magic)
-        return bad(name, "magic", "seSparse extents are not supported yet", ErrorCode::unsupported);
-    Result<Opened> opened = (head.size() >= 4 && (get32(head.data()) == k_sparse_magic ||
-                                                  get32(head.data()) == k_cowd_magic))
-                                ? open_monolithic(std::move(*volume), name, head)
-                                : open_descriptor_file(pool, **volume, name);
+    if (head.size() >= 4 && head.size() < k_sector &&
+        (get32(head.data()) == k_sparse_magic || get32(head.data()) == k_cowd_magic))
+        return bad(name, "header", "file shorter than one sector (truncated?)");
+    const bool binary = head.size() == k_sector && (get32(head.data()) == k_sparse_magic ||
+                                                    get32(head.data()) == k_cowd_magic ||
+                                                    get64(head.data()) == k_sesparse_magic);
+    Result<Opened> opened = binary ? open_binary(pool, std::move(*volume), name, head)
+                                   : open_descriptor_file(pool, **volume, name);
     if (!opened) return fail(opened.error());
     const Descriptor& d = opened->descriptor;
 

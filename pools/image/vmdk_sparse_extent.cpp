@@ -12,6 +12,7 @@
 #include <atomic>
 #include <cstring>
 #include <mutex>
+#include <optional>
 #include <unordered_map>
 
 #include "vmdk_extent.hpp"
@@ -38,8 +39,14 @@ struct Layout {
     bool compressed = false;
     bool markers = false;
     bool zeroed_gte = false;
+    // seSparse: 64-bit entries with a type nibble; tables and grains are
+    // numbered from these bases (sectors).
+    bool sesparse = false;
+    std::uint64_t grains_base = 0;
+    std::uint64_t gt_base = 0;
     std::uint64_t grains() const { return (capacity + grain - 1) / grain; }
-    std::uint64_t gt_bytes() const { return std::uint64_t{gtes_per_gt} * 4; }
+    std::uint64_t entry_bytes() const { return sesparse ? 8 : 4; }
+    std::uint64_t gt_bytes() const { return std::uint64_t{gtes_per_gt} * entry_bytes(); }
 };
 
 struct DecompressorFree {
@@ -60,7 +67,7 @@ thread_local GrainMemo t_memo;
 class SparseExtent final : public Extent {
   public:
     SparseExtent(std::unique_ptr<Volume> volume, std::string name, Layout layout,
-                 std::vector<std::uint32_t> gd, std::uint64_t size)
+                 std::vector<std::uint64_t> gd, std::uint64_t size)
         : m_volume(std::move(volume)),
           m_name(std::move(name)),
           m_layout(layout),
@@ -78,7 +85,7 @@ class SparseExtent final : public Extent {
         std::vector<std::pair<std::uint64_t, std::uint64_t>> tables;  // (sector, gt index)
         for (std::uint64_t i = 0; i < m_gd.size(); ++i) {
             if (m_gd[i] == 0) continue;
-            const std::uint64_t at = std::uint64_t{m_gd[i]} * k_sector;
+            const std::uint64_t at = m_gd[i] * k_sector;
             if (at + m_layout.gt_bytes() > m_file_size)
                 return corrupt(fmt::format("grain directory entry {}", i),
                                fmt::format("grain table at sector {} lies past the end of the file "
@@ -106,7 +113,7 @@ class SparseExtent final : public Extent {
                 auto gt = decode_gt(p);
                 if (auto r = check_gt(tables[t].second, gt); !r) return r;
                 remember(tables[t].second,
-                         std::make_shared<const std::vector<std::uint32_t>>(std::move(gt)));
+                         std::make_shared<const std::vector<std::uint64_t>>(std::move(gt)));
             }
             first = last;
         }
@@ -140,14 +147,23 @@ class SparseExtent final : public Extent {
                       const ReadBelow& below) override {
         const std::uint64_t gb = grain_bytes();
         std::size_t done = 0;
-        // Contiguous uncompressed grains are read with one pread.
+        // Runs of neighbouring grains are served at once: contiguous
+        // uncompressed grains with one pread, zero and unallocated runs with
+        // one memset or one read below.
+        enum class Run { none, file, zero, below };
+        Run run = Run::none;
         std::size_t run_buf = 0;
         std::uint64_t run_file = 0, run_len = 0;
         auto flush_run = [&]() -> Result<void> {
-            if (run_len == 0) return {};
-            auto r = read_full(*m_volume, buf.subspan(run_buf, run_len), run_file);
-            run_len = 0;
-            if (!r) return fail(r.error().with_context("vmdk: " + m_name + ": grain"));
+            auto piece = buf.subspan(run_buf, run_len);
+            const Run kind = run;
+            run = Run::none;
+            if (kind == Run::zero) std::memset(piece.data(), 0, piece.size());
+            if (kind == Run::below) return below(piece, offset + run_buf);
+            if (kind == Run::file) {
+                if (auto r = read_full(*m_volume, piece, run_file); !r)
+                    return fail(r.error().with_context("vmdk: " + m_name + ": grain"));
+            }
             return {};
         };
         while (done < buf.size()) {
@@ -158,39 +174,39 @@ class SparseExtent final : public Extent {
                 static_cast<std::size_t>(std::min<std::uint64_t>(gb - in, buf.size() - done));
             auto entry = lookup(g);
             if (!entry) return fail(entry.error());
-            auto piece = buf.subspan(done, n);
-            if (entry->kind == SegKind::data && !m_layout.compressed) {
-                const std::uint64_t file = std::uint64_t{entry->sector} * k_sector + in;
-                if (run_len != 0 && run_file + run_len == file) {
-                    run_len += n;
-                } else {
-                    if (auto r = flush_run(); !r) return r;
-                    run_buf = done, run_file = file, run_len = n;
-                }
+            Run kind = entry->kind == SegKind::zero          ? Run::zero
+                       : entry->kind == SegKind::unallocated ? Run::below
+                       : m_layout.compressed                 ? Run::none
+                                                             : Run::file;
+            const std::uint64_t file = entry->sector * k_sector + in;
+            const bool extends = kind != Run::none && kind == run &&
+                                 (kind != Run::file || run_file + run_len == file);
+            if (extends) {
+                run_len += n;
             } else {
-                if (auto r = flush_run(); !r) return r;
-                if (entry->kind == SegKind::zero) {
-                    std::memset(piece.data(), 0, n);
-                } else if (entry->kind == SegKind::unallocated) {
-                    if (auto r = below(piece, pos); !r) return r;
-                } else {
+                if (run != Run::none)
+                    if (auto r = flush_run(); !r) return r;
+                if (kind == Run::none) {
                     auto grain = inflate(g, entry->sector);
                     if (!grain) return fail(grain.error());
-                    std::memcpy(piece.data(), (*grain)->data() + in, n);
+                    std::memcpy(buf.data() + done, (*grain)->data() + in, n);
+                } else {
+                    run = kind, run_buf = done, run_file = file, run_len = n;
                 }
             }
             done += n;
         }
-        return flush_run();
+        if (run != Run::none) return flush_run();
+        return {};
     }
 
   private:
     struct Entry {
         SegKind kind = SegKind::unallocated;
-        std::uint32_t sector = 0;
+        std::uint64_t sector = 0;
         bool whole_table = false;  // the grain table itself is absent
     };
-    using Table = std::shared_ptr<const std::vector<std::uint32_t>>;
+    using Table = std::shared_ptr<const std::vector<std::uint64_t>>;
 
     std::uint64_t grain_bytes() const { return m_layout.grain * k_sector; }
 
@@ -198,28 +214,59 @@ class SparseExtent final : public Extent {
         return fail(ErrorCode::protocol, fmt::format("vmdk: {}: {}: {}", m_name, field, what));
     }
 
-    std::vector<std::uint32_t> decode_gt(const std::byte* p) const {
-        std::vector<std::uint32_t> gt(m_layout.gtes_per_gt);
-        for (std::uint32_t j = 0; j < m_layout.gtes_per_gt; ++j) gt[j] = get32(p + 4 * j);
+    std::vector<std::uint64_t> decode_gt(const std::byte* p) const {
+        std::vector<std::uint64_t> gt(m_layout.gtes_per_gt);
+        for (std::uint32_t j = 0; j < m_layout.gtes_per_gt; ++j)
+            gt[j] = m_layout.sesparse ? get64(p + 8 * j) : get32(p + 4 * j);
         return gt;
     }
 
-    Result<void> check_gt(std::uint64_t index, const std::vector<std::uint32_t>& gt) {
+    // What a grain table entry means. seSparse (as QEMU's reader decodes
+    // it): top nibble 0 unallocated, 1 unmapped and 2 zero (both read as
+    // zeroes), 3 allocated with the cluster number split in two fields.
+    std::optional<Entry> classify(std::uint64_t e) const {
+        if (!m_layout.sesparse) {
+            if (e == 0) return Entry{SegKind::unallocated, 0, false};
+            if (e == 1 && m_layout.zeroed_gte) return Entry{SegKind::zero, 0, false};
+            return Entry{SegKind::data, e, false};
+        }
+        switch (e >> 60) {
+            case 0:
+                if (e != 0) return std::nullopt;
+                return Entry{SegKind::unallocated, 0, false};
+            case 1:
+            case 2:
+                return Entry{SegKind::zero, 0, false};
+            case 3: {
+                const std::uint64_t cluster =
+                    ((e & 0x0fff000000000000ULL) >> 48) | ((e & 0x0000ffffffffffffULL) << 12);
+                if (cluster > (std::uint64_t{1} << 40)) return std::nullopt;
+                return Entry{SegKind::data, m_layout.grains_base + cluster * m_layout.grain, false};
+            }
+            default:
+                return std::nullopt;
+        }
+    }
+
+    Result<void> check_gt(std::uint64_t index, const std::vector<std::uint64_t>& gt) {
         const std::uint64_t file_sectors = m_file_size / k_sector;
         for (std::uint32_t j = 0; j < gt.size(); ++j) {
             const std::uint64_t g = index * m_layout.gtes_per_gt + j;
-            const std::uint32_t e = gt[j];
-            if (e == 0 || g >= m_layout.grains()) continue;
-            if (e == 1 && m_layout.zeroed_gte) continue;
+            if (g >= m_layout.grains()) continue;
+            auto entry = classify(gt[j]);
+            if (!entry)
+                return corrupt(fmt::format("grain table {} entry {}", index, j),
+                               fmt::format("invalid entry {:#x}", gt[j]));
+            if (entry->kind != SegKind::data) continue;
             const std::uint64_t need =
                 m_layout.compressed
                     ? 1
                     : std::min(m_layout.grain, m_layout.capacity - g * m_layout.grain);
-            if (std::uint64_t{e} + need > file_sectors)
+            if (entry->sector + need > file_sectors)
                 return corrupt(fmt::format("grain table {} entry {}", index, j),
                                fmt::format("grain at sector {} lies past the end of the file ({} "
                                            "bytes; truncated?)",
-                                           e, m_file_size));
+                                           entry->sector, m_file_size));
             m_allocated +=
                 std::min(m_layout.grain, m_layout.capacity - g * m_layout.grain) * k_sector;
         }
@@ -238,10 +285,10 @@ class SparseExtent final : public Extent {
             if (auto it = m_cache.find(index); it != m_cache.end()) return it->second;
         }
         std::vector<std::byte> raw(m_layout.gt_bytes());
-        if (auto r = read_full(*m_volume, raw, std::uint64_t{m_gd[index]} * k_sector); !r)
+        if (auto r = read_full(*m_volume, raw, m_gd[index] * k_sector); !r)
             return fail(
                 r.error().with_context(fmt::format("vmdk: {}: grain table {}", m_name, index)));
-        auto t = std::make_shared<const std::vector<std::uint32_t>>(decode_gt(raw.data()));
+        auto t = std::make_shared<const std::vector<std::uint64_t>>(decode_gt(raw.data()));
         remember(index, t);
         return t;
     }
@@ -252,14 +299,16 @@ class SparseExtent final : public Extent {
         if (index >= m_gd.size() || m_gd[index] == 0) return Entry{SegKind::unallocated, 0, true};
         auto t = table(index);
         if (!t) return fail(t.error());
-        const std::uint32_t e = (**t)[g % m_layout.gtes_per_gt];
-        if (e == 0) return Entry{SegKind::unallocated, 0, false};
-        if (e == 1 && m_layout.zeroed_gte) return Entry{SegKind::zero, 0, false};
-        return Entry{SegKind::data, e, false};
+        const std::uint64_t e = (**t)[g % m_layout.gtes_per_gt];
+        auto entry = classify(e);
+        if (!entry)
+            return corrupt(fmt::format("grain {}", g),
+                           fmt::format("invalid grain table entry {:#x}", e));
+        return *entry;
     }
 
     // Inflates grain `g` stored at `sector` into the thread's memo.
-    Result<const std::vector<std::byte>*> inflate(std::uint64_t g, std::uint32_t sector) {
+    Result<const std::vector<std::byte>*> inflate(std::uint64_t g, std::uint64_t sector) {
         GrainMemo& memo = t_memo;
         if (memo.extent_id == m_id && memo.grain == g) return &memo.data;
         memo.extent_id = 0;
@@ -319,7 +368,7 @@ class SparseExtent final : public Extent {
     std::unique_ptr<Volume> m_volume;
     std::string m_name;
     Layout m_layout;
-    std::vector<std::uint32_t> m_gd;
+    std::vector<std::uint64_t> m_gd;  // grain table sectors, 0 = none
     std::uint64_t m_size;
     std::uint64_t m_file_size;
     std::uint64_t m_id;
@@ -359,9 +408,10 @@ Result<SparseHeader> read_footer(Volume& volume, const std::string& name) {
     return h;
 }
 
-Result<std::vector<std::uint32_t>> read_gd(Volume& volume, const std::string& name,
+// The grain directory, resolved to grain table sectors (0 = no table).
+Result<std::vector<std::uint64_t>> read_gd(Volume& volume, const std::string& name,
                                            const Layout& layout) {
-    const std::uint64_t bytes = layout.gd_entries * 4;
+    const std::uint64_t bytes = layout.gd_entries * layout.entry_bytes();
     const std::uint64_t at = layout.gd_offset * k_sector;
     if (layout.gd_offset == 0 || at / k_sector != layout.gd_offset || at + bytes > volume.size())
         return corrupt_at(name, "gdOffset",
@@ -371,8 +421,20 @@ Result<std::vector<std::uint32_t>> read_gd(Volume& volume, const std::string& na
     std::vector<std::byte> raw(bytes);
     if (auto r = read_full(volume, raw, at); !r)
         return fail(r.error().with_context("vmdk: " + name + ": grain directory"));
-    std::vector<std::uint32_t> gd(layout.gd_entries);
-    for (std::uint64_t i = 0; i < gd.size(); ++i) gd[i] = get32(raw.data() + 4 * i);
+    std::vector<std::uint64_t> gd(layout.gd_entries);
+    for (std::uint64_t i = 0; i < gd.size(); ++i) {
+        if (!layout.sesparse) {
+            gd[i] = get32(raw.data() + 4 * i);
+            continue;
+        }
+        // seSparse: 0x1000000000000000 | table number, or 0.
+        const std::uint64_t e = get64(raw.data() + 8 * i);
+        if (e == 0) continue;
+        if ((e & 0xffffffff00000000ULL) != 0x1000000000000000ULL)
+            return corrupt_at(name, fmt::format("grain directory entry {}", i),
+                              fmt::format("invalid entry {:#x}", e));
+        gd[i] = layout.gt_base + (e & 0xffffffffULL) * (layout.gt_bytes() / k_sector);
+    }
     return gd;
 }
 
@@ -412,6 +474,59 @@ Result<Layout> cowd_layout(const std::string& name, std::span<const std::byte> h
     return l;
 }
 
+// seSparse (ESXi 6.5+ snapshots; layout as QEMU's read-only driver knows
+// it): a 512-byte constant header of 64-bit fields, a volatile header that
+// says whether a journal must be replayed, 4 KiB grains, 4096-entry tables.
+Result<Layout> sesparse_layout(Volume& volume, const std::string& name,
+                               std::span<const std::byte> h) {
+    auto field = [&](int i) { return get64(h.data() + 8 * i); };
+    if (field(1) != 0x0000000200000001ULL)
+        return fail(ErrorCode::unsupported, fmt::format("vmdk: {}: seSparse header field version: "
+                                                        "{:#x} is not 2.1",
+                                                        name, field(1)));
+    if (field(3) != 8 || field(4) != 64 || field(5) != 0)
+        return fail(ErrorCode::unsupported,
+                    fmt::format("vmdk: {}: seSparse header: grain size {}, table size {}, flags "
+                                "{:#x} (only 8, 64, 0 exist)",
+                                name, field(3), field(4), field(5)));
+    Layout l;
+    l.sesparse = true;
+    l.capacity = field(2);
+    l.grain = 8;
+    l.gtes_per_gt = 4096;
+    l.gd_offset = field(16);
+    l.gt_base = field(18);
+    l.grains_base = field(24);
+    if (l.capacity == 0 || l.capacity > k_max_capacity_sectors)
+        return corrupt_at(name, "seSparse header field capacity",
+                          fmt::format("{} sectors is absurd", l.capacity));
+    const std::uint64_t needed = (l.grains() + l.gtes_per_gt - 1) / l.gtes_per_gt;
+    const std::uint64_t gd_entries = field(17) * k_sector / 8;
+    if (gd_entries < needed || field(17) > (std::uint64_t{1} << 20))
+        return corrupt_at(name, "seSparse header field grainDirSize",
+                          fmt::format("{} sectors do not cover the capacity", field(17)));
+    l.gd_entries = needed;
+    if (l.gt_base == 0 || l.grains_base == 0 || l.gt_base > k_max_capacity_sectors ||
+        l.grains_base > k_max_capacity_sectors)
+        return corrupt_at(name, "seSparse header", "grain table or grain area offset is absurd");
+    // The volatile header: a dirty image needs its journal replayed first.
+    std::vector<std::byte> vol(k_sector);
+    const std::uint64_t at = field(10) * k_sector;
+    if (field(10) == 0 || at / k_sector != field(10) || at + k_sector > volume.size())
+        return corrupt_at(name, "seSparse header field volatileHeaderOffset", "outside the file");
+    if (auto r = read_full(volume, vol, at); !r)
+        return fail(r.error().with_context("vmdk: " + name + ": volatile header"));
+    if (get64(vol.data()) != 0x00000000cafecafeULL)
+        return corrupt_at(name, "seSparse volatile header magic", "not 0xcafecafe");
+    if (get64(vol.data() + 24) != 0)
+        return fail(ErrorCode::unsupported,
+                    fmt::format("vmdk: {}: seSparse volatile header field replayJournal: the disk "
+                                "was not closed cleanly; open it in ESXi once to replay its "
+                                "journal",
+                                name));
+    return l;
+}
+
 }  // namespace
 
 Result<std::unique_ptr<Extent>> make_sparse_extent(std::unique_ptr<Volume> volume,
@@ -422,8 +537,10 @@ Result<std::unique_ptr<Extent>> make_sparse_extent(std::unique_ptr<Volume> volum
     if (auto r = read_full(*volume, head, 0); !r)
         return fail(r.error().with_context("vmdk: " + name));
     const std::uint32_t magic = get32(head.data());
-    Result<Layout> layout =
-        magic == k_cowd_magic ? cowd_layout(name, head) : kdmv_layout(*volume, name, head);
+    Result<Layout> layout = get64(head.data()) == k_sesparse_magic
+                                ? sesparse_layout(*volume, name, head)
+                            : magic == k_cowd_magic ? cowd_layout(name, head)
+                                                    : kdmv_layout(*volume, name, head);
     if (!layout) return fail(layout.error());
     auto gd = read_gd(*volume, name, *layout);
     if (!gd) return fail(gd.error());

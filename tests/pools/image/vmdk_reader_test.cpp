@@ -4,6 +4,7 @@
 
 #include <atomic>
 #include <cstring>
+#include <map>
 #include <thread>
 
 #include "pools/image/vmdk.hpp"
@@ -274,6 +275,109 @@ TEST_F(VmdkReaderTest, ConcurrentReadsAgree) {
         });
     for (auto& th : threads) th.join();
     EXPECT_EQ(bad, 0);
+}
+
+}  // namespace
+
+namespace {
+
+// seSparse, laid out as QEMU's reader expects it: const header (sector 0),
+// volatile header (1), grain directory (2), grain tables from 3, grains after.
+std::vector<std::byte> build_sesparse(std::uint64_t capacity,
+                                      const std::map<std::uint64_t, std::uint64_t>& gtes,
+                                      const std::vector<std::vector<std::byte>>& clusters) {
+    const std::uint64_t tables = 2;
+    std::vector<std::byte> f((3 + tables * 64) * 512);
+    auto put = [&](std::uint64_t at, std::uint64_t v) { v::put64(&f[at], v); };
+    put(0, 0xcafebabe);
+    put(8, 0x200000001);
+    put(16, capacity);
+    put(24, 8);
+    put(32, 64);
+    put(80, 1);  // volatile header
+    put(88, 1);
+    put(128, 2);  // grain directory
+    put(136, 1);
+    put(144, 3);  // grain tables
+    put(152, tables * 64);
+    put(192, 3 + tables * 64);  // grains
+    put(512, 0xcafecafe);
+    // GD: table 0 -> GT #0, table 2 -> GT #1; table 1 absent.
+    put(2 * 512 + 0, 0x1000000000000000ULL | 0);
+    put(2 * 512 + 16, 0x1000000000000000ULL | 1);
+    for (const auto& [g, e] : gtes) {
+        const std::uint64_t table = g / 4096 == 0 ? 0 : 1;
+        put(3 * 512 + table * 64 * 512 + (g % 4096) * 8, e);
+    }
+    for (const auto& c : clusters) f.insert(f.end(), c.begin(), c.end());
+    return f;
+}
+
+std::uint64_t sesparse_allocated(std::uint64_t cluster) {
+    return 0x3000000000000000ULL | ((cluster & 0xfff) << 48) | (cluster >> 12);
+}
+
+TEST_F(VmdkReaderTest, ReadsSeSparseGrainsZeroesAndAbsentTables) {
+    const std::uint64_t capacity = 40 * 2048;  // 40 MiB: three 16 MiB tables
+    const auto c0 = filled(4096, 5), c1 = filled(4096, 6);
+    std::map<std::uint64_t, std::uint64_t> gtes = {{5, sesparse_allocated(0)},
+                                                   {6, 0x2000000000000000ULL},
+                                                   {2 * 4096 + 7, sesparse_allocated(1)}};
+    put_file(*pool, "se.vmdk", build_sesparse(capacity, gtes, {c0, c1}));
+    // A delta over a base full of 0x77: zero grains hide it, unallocated ones show it.
+    put_file(*pool, "base-flat.vmdk", std::vector<std::byte>(capacity * 512, std::byte{0x77}));
+    put_file(*pool, "base.vmdk",
+             bytes_of(descriptor("vmfs", "RW 81920 VMFS \"base-flat.vmdk\"\n")));
+    put_file(*pool, "top.vmdk",
+             bytes_of("# Disk DescriptorFile\nCID=2\nparentCID=12345678\ncreateType=\"seSparse\"\n"
+                      "parentFileNameHint=\"base.vmdk\"\nRW 81920 SESPARSE \"se.vmdk\"\n"));
+    auto r = open_vmdk(*pool, "top.vmdk");
+    ASSERT_TRUE(r) << r.error().message;
+    EXPECT_EQ((*r)->info().subformat, "seSparse");
+    EXPECT_EQ((*r)->info().allocated_bytes, 2u * 4096);
+    auto all = read_all(**r);
+    EXPECT_EQ(0, std::memcmp(all.data() + 5 * 4096, c0.data(), 4096));
+    EXPECT_EQ(0, std::memcmp(all.data() + (2 * 4096 + 7) * 4096, c1.data(), 4096));
+    EXPECT_EQ(all[6 * 4096], std::byte{0});
+    EXPECT_EQ(all[6 * 4096 + 4095], std::byte{0});
+    EXPECT_EQ(all[0], std::byte{0x77});
+    EXPECT_EQ(all[20 << 20], std::byte{0x77});  // table 1 absent
+}
+
+TEST_F(VmdkReaderTest, SeSparseWithAJournalToReplayIsRefused) {
+    auto f = build_sesparse(2048, {}, {});
+    v::put64(&f[512 + 24], 1);  // replayJournal
+    put_file(*pool, "se.vmdk", f);
+    auto r = open_vmdk(*pool, "se.vmdk");
+    ASSERT_FALSE(r);
+    EXPECT_NE(r.error().message.find("replayJournal"), std::string::npos) << r.error().message;
+}
+
+TEST_F(VmdkReaderTest, ReadsVmfsSparseCowdDelta) {
+    // COWD: header, GD at sector 4, one 4096-entry GT (32 sectors) at 8, grains after.
+    const std::uint32_t capacity = 4096;  // 2 MiB, grains of 1 sector... use 8-sector grains
+    std::vector<std::byte> f(40 * 512);
+    v::put32(&f[0], v::k_cowd_magic);
+    v::put32(&f[4], 1);
+    v::put32(&f[8], 3);
+    v::put32(&f[12], capacity);
+    v::put32(&f[16], 8);
+    v::put32(&f[20], 4);
+    v::put32(&f[24], 1);
+    v::put32(&f[4 * 512], 8);
+    const auto grain = filled(4096, 3);
+    v::put32(&f[8 * 512 + 4 * 3], 40);  // grain 3 at sector 40
+    f.insert(f.end(), grain.begin(), grain.end());
+    put_file(*pool, "d-delta.vmdk", f);
+    put_file(*pool, "d.vmdk",
+             bytes_of(descriptor("vmfsSparse", "RW 4096 VMFSSPARSE \"d-delta.vmdk\"\n")));
+    auto r = open_vmdk(*pool, "d.vmdk");
+    ASSERT_TRUE(r) << r.error().message;
+    auto all = read_all(**r);
+    ASSERT_EQ(all.size(), 4096u * 512);
+    EXPECT_EQ(0, std::memcmp(all.data() + 3 * 4096, grain.data(), 4096));
+    EXPECT_EQ(all[0], std::byte{0});
+    EXPECT_EQ((*r)->info().allocated_bytes, 4096u);
 }
 
 }  // namespace

@@ -4,11 +4,12 @@
 // Reading: every file-backed createType (monolithicSparse/Flat,
 // twoGbMaxExtentSparse/Flat and the spec spelling 2GbMaxExtent*,
 // streamOptimized, custom, vmfs, vmfsThin, vmfsPreallocated,
-// vmfsEagerZeroedThick, vmfsSparse) and delta chains through
-// parentFileNameHint with the parentCID/CID check. Extents and parents are
+// vmfsEagerZeroedThick, vmfsSparse "COWD", seSparse) and delta chains
+// through parentFileNameHint with the parentCID/CID check. RW and RDONLY
+// extents read alike; ZERO extents read as zeroes. Extents and parents are
 // opened from the same pool; names with a directory part are refused.
-// Device-backed types (fullDevice, partitionedDevice, vmfsRDM, vmfsRDMP),
-// NOACCESS extents and seSparse extents fail with an error that says why.
+// Device-backed types (fullDevice, partitionedDevice, vmfsRDM, vmfsRDMP) and
+// NOACCESS extents fail with an error that says why (unsupported).
 //
 // Errors name the file and the field: protocol for corrupt or truncated
 // input (a grain table past the end of its file, a CID mismatch, a loop in
@@ -45,7 +46,8 @@ struct VmdkWriteOptions {
 };
 
 // Writes a VMDK of `virtual_size` bytes (a multiple of 512) onto `volume`
-// (a file; the descriptor is embedded). streamOptimized is written strictly
+// (an empty file, size 0: the stream's footer must end the file; the
+// descriptor is embedded). streamOptimized is written strictly
 // sequentially (header, descriptor, grain markers, grain tables, grain
 // directory, footer at EOF-1024, end-of-stream marker), its grains deflated
 // on `threads` cores; monolithicSparse preallocates its grain tables.
