@@ -2,6 +2,7 @@
 # Installs what blockmig needs, builds it twice and runs the whole test suite:
 #   1. g++ with -Werror: unit tests, then integration tests against a real
 #      QEMU guest, nfs-ganesha, tgtd and network namespaces (label integration);
+#      the move tests once more on QEMU 10.0; examples/demo.sh on an empty cache;
 #   2. clang 16 with AddressSanitizer + UndefinedBehaviorSanitizer and
 #      libFuzzer: unit tests and a short run of every fuzz target (label fuzz).
 # Needs root (namespaces, NFS, iSCSI). Exits non-zero if anything fails.
@@ -15,6 +16,15 @@ jobs=$(nproc)
 cmake -S . -B build -DBLOCKMIG_WERROR=ON
 cmake --build build -j"$jobs"
 ctest --test-dir build --output-on-failure -j2 --timeout 900
+
+# The move tests again on QEMU 10.0 (Debian 13's version, unpacked from
+# bookworm-backports into the lab cache by tests/lab/fetch-qemu10.sh): the
+# same code must work on both, and 10.0 switches copy-mode in place.
+BLOCKMIG_QEMU=10 ctest --test-dir build --output-on-failure -j2 --timeout 900 -R '^Move'
+
+# The README's first command as a newcomer runs it: an empty lab cache, so the
+# guest is built from scratch. It must PASS and show real progress and a summary.
+tests/cold-demo.sh
 
 CC=clang-16 CXX=clang++-16 cmake -S . -B build-fuzz -DBLOCKMIG_FUZZ=ON -DBLOCKMIG_SANITIZE=ON
 cmake --build build-fuzz -j"$jobs"

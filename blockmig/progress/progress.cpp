@@ -1,7 +1,6 @@
 #include "blockmig/progress.hpp"
 
 #include <fmt/core.h>
-#include <unistd.h>
 
 #include <cmath>
 #include <map>
@@ -9,64 +8,6 @@
 namespace blockmig {
 
 namespace {
-
-std::string human_bytes(double bytes) {
-    const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
-    int unit = 0;
-    while (bytes >= 1024 && unit < 4) bytes /= 1024, ++unit;
-    return unit == 0 ? fmt::format("{:.0f} B", bytes)
-                     : fmt::format("{:.1f} {}", bytes, units[unit]);
-}
-
-std::string human_eta(double seconds) {
-    if (seconds < 0 || !std::isfinite(seconds)) return "--:--";
-    auto s = static_cast<long>(seconds + 0.5);
-    return s >= 3600 ? fmt::format("{}:{:02}:{:02}", s / 3600, s / 60 % 60, s % 60)
-                     : fmt::format("{:02}:{:02}", s / 60, s % 60);
-}
-
-class TextProgress : public ProgressSink {
-  public:
-    TextProgress() : m_tty(isatty(STDERR_FILENO) == 1) {}
-    ~TextProgress() override { end_line(); }
-
-    void progress(const ProgressSample& s) override {
-        const double pct = s.total ? 100.0 * static_cast<double>(s.bytes) / s.total : 0;
-        std::string line =
-            fmt::format("{:<8} {:<5} {:5.1f}% {:>10} / {:<10} {:>10}/s  ETA {}", s.item, s.phase,
-                        pct, human_bytes(s.bytes), human_bytes(s.total), human_bytes(s.rate),
-                        human_eta(s.eta_seconds));
-        if (m_tty) {
-            // One live line per item, redrawn in place.
-            fmt::print(stderr, "\r{:<78}", line);
-            m_open_line = true;
-        } else {
-            // Not a terminal (a log file, CI): one line every few seconds per item.
-            auto now = std::chrono::steady_clock::now();
-            auto& last = m_last_print[s.item];
-            if (now - last < std::chrono::seconds(2)) return;
-            last = now;
-            fmt::print(stderr, "{}\n", line);
-        }
-        std::fflush(stderr);
-    }
-
-    void event(const std::string&, const nlohmann::json&, const std::string& message) override {
-        end_line();
-        fmt::print(stderr, "{}\n", message);
-        std::fflush(stderr);
-    }
-
-  private:
-    void end_line() {
-        if (m_open_line) fmt::print(stderr, "\n");
-        m_open_line = false;
-    }
-
-    bool m_tty;
-    bool m_open_line = false;
-    std::map<std::string, std::chrono::steady_clock::time_point> m_last_print;
-};
 
 class JsonProgress : public ProgressSink {
   public:
@@ -102,7 +43,6 @@ class NullProgress : public ProgressSink {
 
 }  // namespace
 
-std::unique_ptr<ProgressSink> make_text_progress() { return std::make_unique<TextProgress>(); }
 std::unique_ptr<ProgressSink> make_json_progress() { return std::make_unique<JsonProgress>(); }
 std::unique_ptr<ProgressSink> make_null_progress() { return std::make_unique<NullProgress>(); }
 

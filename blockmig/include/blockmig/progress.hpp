@@ -1,9 +1,11 @@
 // Progress and status reporting for long operations.
 //
 // Jobs report through a ProgressSink; the CLI picks the implementation:
-// a live bar on a terminal (bytes, rate, ETA), plain periodic lines when
-// stderr is not a terminal, or JSON lines on stdout (`--output json`) for
-// machines. Sinks are called from one thread only.
+// one bar redrawn in place on a terminal (bytes, rate, ETA); a plain line
+// every few seconds per item, at every phase change and at completion when
+// stderr is not a terminal (logs, CI); or JSON lines on stdout
+// (`--output json`) for machines. Text sinks never print numbers for a
+// sample without a length (total 0). Sinks are called from one thread only.
 #pragma once
 
 #include <chrono>
@@ -11,6 +13,8 @@
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <string>
+
+#include "qmp/clock.hpp"
 
 namespace blockmig {
 
@@ -34,6 +38,9 @@ class ProgressSink {
 };
 
 std::unique_ptr<ProgressSink> make_text_progress();  // stderr; a bar on a TTY
+// Same on `fd` (a bar iff it is a terminal), timed by `clock` (tests pass a
+// FakeClock). `clock` must outlive the sink; `fd` stays the caller's.
+std::unique_ptr<ProgressSink> make_text_progress(int fd, const Clock& clock);
 std::unique_ptr<ProgressSink> make_json_progress();  // stdout, one object per line
 std::unique_ptr<ProgressSink> make_null_progress();  // for tests and --quiet
 
