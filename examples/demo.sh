@@ -49,7 +49,9 @@ BLOCKMIG_GUEST_APPEND="stamp.blocks=8192" "$lab/guest.sh" start "$demo/guest" \
   -blockdev "driver=qcow2,node-name=vm1,file=vm1-file,cache.direct=on" \
   -device virtio-blk-pci,drive=vm1,id=disk0 >/dev/null
 qmp=$demo/guest/qmp.sock
-for _ in $(seq 1 300); do grep -q '^ACK' "$demo/guest/console.log" && break; sleep 0.2; done
+# Let the guest fill its 32 MiB stamp area once (generation 2 has begun), so
+# the first copy has data to move and its progress lines have something to show.
+for _ in $(seq 1 600); do grep -q '^ACK dev=vda gen=2' "$demo/guest/console.log" && break; sleep 0.2; done
 echo "guest:      running ($(grep -m1 GUEST-UP "$demo/guest/console.log")), QMP $qmp"
 echo "            $(grep -c '^ACK' "$demo/guest/console.log") write batches acknowledged so far"
 

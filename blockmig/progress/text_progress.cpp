@@ -43,7 +43,9 @@ bool complete(const ProgressSample& s) { return s.total > 0 && s.bytes >= s.tota
 // "45.2%  1.2 GiB / 2.6 GiB  120.0 MiB/s  ETA 00:12"
 std::string numbers(const ProgressSample& s) {
     const double pct = 100.0 * static_cast<double>(std::min(s.bytes, s.total)) / s.total;
-    std::string tail = complete(s) ? "" : fmt::format("  ETA {}", human_eta(s.eta_seconds));
+    // READY (in sync, guest writes mirrored) has nothing left to estimate.
+    const bool open_ended = complete(s) || s.phase == "ready";
+    std::string tail = open_ended ? "" : fmt::format("  ETA {}", human_eta(s.eta_seconds));
     return fmt::format("{:5.1f}%  {} / {}  {}/s{}", pct, human_bytes(s.bytes), human_bytes(s.total),
                        human_bytes(s.rate), tail);
 }
