@@ -14,7 +14,8 @@
 #   streamOptimized  -> qcow2    >= 1.6
 #   raw -> streamOptimized       >= 4
 #   qcow2 -> raw                 >= 1.0
-# Every output is checked with `qemu-img compare` against the source.
+# Every output is checked with `qemu-img compare` against the source. Each
+# time is the best of REPEAT (default 3) runs.
 # Not run by ctest: it wants a quiet machine.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -44,26 +45,34 @@ qemu-img convert -O vmdk -o subformat=streamOptimized "$work/src.raw" "$work/src
 qemu-img convert -O qcow2 "$work/src.raw" "$work/src.qcow2"
 sync
 
-# run NAME CMD...: wall seconds and peak RSS (KiB) into $secs / $rss.
+repeat=${REPEAT:-3}
+# run NAME OUTPUT CMD...: the best wall seconds of $repeat runs (the machine
+# may be shared: the minimum is the least disturbed) and the largest peak RSS
+# (KiB) into $secs / $rss; OUTPUT is removed before each run.
 run() {
-  local name=$1; shift
-  /usr/bin/time -v -o "$work/time.txt" "$@" >/dev/null 2>"$work/err.txt" || {
-    echo "convert_bench: $name failed:" >&2; cat "$work/err.txt" "$work/time.txt" >&2; exit 1; }
-  secs=$(awk -F': ' '/Elapsed \(wall clock\)/ {n = split($2, t, ":"); s = 0; for (i = 1; i <= n; i++) s = s * 60 + t[i]; print s}' "$work/time.txt")
-  rss=$(awk -F': ' '/Maximum resident set size/ {print $2}' "$work/time.txt")
+  local name=$1 out=$2; shift 2
+  secs=""; rss=0
+  for _ in $(seq "$repeat"); do
+    rm -f "$out"
+    /usr/bin/time -v -o "$work/time.txt" "$@" >/dev/null 2>"$work/err.txt" || {
+      echo "convert_bench: $name failed:" >&2; cat "$work/err.txt" "$work/time.txt" >&2; exit 1; }
+    local s r
+    s=$(awk -F': ' '/Elapsed \(wall clock\)/ {n = split($2, t, ":"); v = 0; for (i = 1; i <= n; i++) v = v * 60 + t[i]; print v}' "$work/time.txt")
+    r=$(awk -F': ' '/Maximum resident set size/ {print $2}' "$work/time.txt")
+    if [ -z "$secs" ] || [ "$(echo "$s < $secs" | bc -l)" = 1 ]; then secs=$s; fi
+    [ "$r" -gt "$rss" ] && rss=$r
+  done
 }
 
 printf "%-26s %9s %9s %9s %7s %10s %10s %6s\n" case "blockmig" "qemu-img" "qemu -W" ratio "bm RSS" "qemu RSS" target
 bench_case() {
   local label=$1 src=$2 target=$3 ext=$4 min=$5; shift 5
   local bm_args=("$@")
-  rm -f "$work/out.$ext"
-  run blockmig "$bin" convert "${bm_args[@]}" "$src" "$work/out.$ext"; local bm=$secs bm_rss=$rss
-  qemu-img compare -q "$src" "$work/out.$ext" || { echo "convert_bench: $label: blockmig output differs" >&2; exit 1; }
-  rm -f "$work/out.$ext"
-  run qemu-img qemu-img convert $target "$src" "$work/out.$ext"; local q=$secs q_rss=$rss
-  rm -f "$work/out.$ext"
-  run qemu-img-W qemu-img convert -m 16 -W $target "$src" "$work/out.$ext"; local qw=$secs
+  local out="$work/out.$ext"
+  run blockmig "$out" "$bin" convert "${bm_args[@]}" "$src" "$out"; local bm=$secs bm_rss=$rss
+  qemu-img compare -q "$src" "$out" || { echo "convert_bench: $label: blockmig output differs" >&2; exit 1; }
+  run qemu-img "$out" qemu-img convert $target "$src" "$out"; local q=$secs q_rss=$rss
+  run qemu-img-W "$out" qemu-img convert -m 16 -W $target "$src" "$out"; local qw=$secs
   [ "$rss" -gt "$q_rss" ] && q_rss=$rss
   rm -f "$work/out.$ext"
   local ref ratio
