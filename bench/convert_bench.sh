@@ -60,7 +60,7 @@ run() {
     s=$(awk -F': ' '/Elapsed \(wall clock\)/ {n = split($2, t, ":"); v = 0; for (i = 1; i <= n; i++) v = v * 60 + t[i]; print v}' "$work/time.txt")
     r=$(awk -F': ' '/Maximum resident set size/ {print $2}' "$work/time.txt")
     if [ -z "$secs" ] || [ "$(echo "$s < $secs" | bc -l)" = 1 ]; then secs=$s; fi
-    [ "$r" -gt "$rss" ] && rss=$r
+    if [ "$r" -gt "$rss" ]; then rss=$r; fi
   done
 }
 
@@ -73,7 +73,7 @@ bench_case() {
   qemu-img compare -q "$src" "$out" || { echo "convert_bench: $label: blockmig output differs" >&2; exit 1; }
   run qemu-img "$out" qemu-img convert $target "$src" "$out"; local q=$secs q_rss=$rss
   run qemu-img-W "$out" qemu-img convert -m 16 -W $target "$src" "$out"; local qw=$secs
-  [ "$rss" -gt "$q_rss" ] && q_rss=$rss
+  if [ "$rss" -gt "$q_rss" ]; then q_rss=$rss; fi
   rm -f "$work/out.$ext"
   local ref ratio
   ref=$(echo "if ($q < $qw) $q else $qw" | bc -l)
