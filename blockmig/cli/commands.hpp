@@ -36,5 +36,14 @@ void add_pivot_command(CLI::App& app, Dispatch& dispatch);
 void add_convert_command(CLI::App& app, Dispatch& dispatch);
 void add_info_command(CLI::App& app, Dispatch& dispatch);
 void add_compare_command(CLI::App& app, Dispatch& dispatch);
+void add_jobs_command(CLI::App& app, Dispatch& dispatch);
+void add_recover_command(CLI::App& app, Dispatch& dispatch);
+
+// Adds `--state-dir DIR` (where job journals live; default
+// $BLOCKMIG_STATE_DIR, else /var/lib/blockmig/jobs).
+inline void add_state_dir_option(CLI::App& command, std::string& dir) {
+    command.add_option("--state-dir", dir,
+                       "job journals (default $BLOCKMIG_STATE_DIR, else /var/lib/blockmig/jobs)");
+}
 
 }  // namespace blockmig::cli

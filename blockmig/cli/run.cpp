@@ -49,6 +49,8 @@ int run(int argc, char** argv) {
         add_convert_command(app, dispatch);
         add_info_command(app, dispatch);
         add_compare_command(app, dispatch);
+        add_jobs_command(app, dispatch);
+        add_recover_command(app, dispatch);
 
         try {
             app.parse(argc, argv);

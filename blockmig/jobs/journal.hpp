@@ -1,0 +1,189 @@
+// The job journal: one file per job under a state directory, so a job
+// survives the death of the process that runs it (SIGKILL, OOM, SSH drop).
+//
+// Before each side effect (volume created, node added, daemon started,
+// mirror started, complete sent, node re-pointed, source deleted) an
+// *intent* record is made durable, and its outcome after. Durable means the
+// whole file is written to <id>.json.tmp, fsync'd, renamed over <id>.json
+// and the directory fsync'd (leveldb's CURRENT). Recovery replays the
+// records and decides from what QEMU says now (recover.hpp). Format and the
+// recover table: docs/state-machines.md, "Job journal".
+//
+// The state directory is 0700 and every file in it 0600; secrets are never
+// written here (a chain's secret objects keep only their id).
+//
+// A live owner holds an flock on <id>.lock for as long as it runs the job,
+// so `blockmig jobs` tells running jobs from abandoned ones and `recover`
+// never fights a live process. SIGKILL drops the lock with the process.
+//
+// Thread safety: a Journal is used by one thread at a time.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <nlohmann/json.hpp>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "qmp/error.hpp"
+
+namespace blockmig::jobs {
+
+// $BLOCKMIG_STATE_DIR, else /var/lib/blockmig/jobs.
+std::filesystem::path default_state_dir();
+
+enum class EffectKind {
+    volume_created,  // name: the volume's URL
+    secret_added,    // name: the object id
+    node_added,      // name: the node name
+    daemon_started,  // name: the daemon's socket; pid once known
+    mirror_started,  // name: the block-job id
+    complete_sent,   // name: the block-job id (a barrier: nothing before it is undone blindly)
+    node_repointed,  // name: the format node moved from the hop to a direct node
+    source_deleted,  // name: the old volume's URL
+};
+std::string_view to_string(EffectKind kind);
+Result<EffectKind> parse_effect_kind(std::string_view text);
+
+enum class RecordState { intent, done, failed, undone, left_behind };
+std::string_view to_string(RecordState state);
+Result<RecordState> parse_record_state(std::string_view text);
+
+struct Record {
+    std::uint64_t seq = 0;
+    std::string disk;  // device id
+    EffectKind effect = EffectKind::volume_created;
+    std::string name;
+    int pid = -1;        // daemon_started
+    std::string socket;  // daemon_started
+    RecordState state = RecordState::intent;
+    std::string note;  // outcome detail, e.g. why something was left behind
+};
+nlohmann::json to_json(const Record& record);
+Result<Record> record_from_json(const nlohmann::json& j);
+
+// Who the job acts on: a new job on the same guest is refused while an
+// unrecovered journal names it.
+struct GuestIdentity {
+    std::string qmp;   // QMP address as given (absolute path or tcp:HOST:PORT)
+    int pid = -1;      // QEMU's pid when known (SO_PEERCRED)
+    std::string uuid;  // query-uuid, when QEMU has one other than all zeroes
+    std::string name;  // query-name
+    bool same_guest(const GuestIdentity& other) const;
+};
+
+// How the job means to end once every mirror is READY.
+enum class Finish { pivot, no_pivot, copy_only };
+std::string_view to_string(Finish finish);
+
+struct Job;
+
+// What recovery needs to know about one disk besides the records.
+struct JobDisk {
+    std::string disk;         // device id, in full
+    std::string prefix;       // node-name prefix (names.hpp)
+    std::string block_job;    // mirror job id
+    std::string source_node;  // the device's node before the move
+    std::vector<std::string> source_protocol_nodes;
+    std::string source;         // source volume URL/path, or QEMU's filename
+    std::string target;         // target volume URL (never with a password)
+    std::string target_format;  // "raw" / "qcow2"
+    std::string top_node;       // target format node
+    std::string hop_node;       // nbd node to the storage daemon ("" = direct)
+    nlohmann::json chain =
+        nlohmann::json::object();   // {protocol, format, protocol_node, secret_ids}
+    std::string phase = "planned";  // the DiskMove state, plus "complete_sent"
+    // done, copied, rolled_back, or planned with nothing done yet.
+    bool settled(const Job& job) const;
+};
+
+struct Job {
+    std::string id;
+    std::string kind = "move";
+    std::int64_t created = 0;  // unix seconds
+    int owner_pid = -1;
+    GuestIdentity guest;
+    Finish finish = Finish::pivot;
+    std::vector<JobDisk> disks;
+    std::vector<Record> records;
+    std::uint64_t next_seq = 1;
+
+    JobDisk* disk(std::string_view id);
+    const JobDisk* disk(std::string_view id) const;
+    // Records of one disk (all disks when empty), in order.
+    std::vector<const Record*> records_of(std::string_view disk) const;
+    // Some disk is not settled (done, copied, rolled back) or something was
+    // left behind: the job needs `blockmig recover` (or `blockmig pivot`).
+    bool needs_recovery() const;
+};
+nlohmann::json to_json(const Job& job);
+Result<Job> job_from_json(const nlohmann::json& j);
+
+class Journal {
+  public:
+    // Creates the state directory (0700) if needed and a new journal with a
+    // fresh unique id (`job.id` is replaced), locked by this process.
+    static Result<Journal> create(const std::filesystem::path& state_dir, Job job);
+    // Opens an existing journal and takes its lock. invalid_state when
+    // another live process holds it (the job is running), not_found when
+    // there is no such job.
+    static Result<Journal> open(const std::filesystem::path& state_dir, std::string_view id);
+
+    Journal(Journal&& other) noexcept;
+    Journal& operator=(Journal&& other) noexcept;
+    Journal(const Journal&) = delete;
+    Journal& operator=(const Journal&) = delete;
+    ~Journal();  // releases the lock; the file stays unless remove() was called
+
+    const Job& job() const { return m_job; }
+    const std::filesystem::path& path() const { return m_path; }
+
+    // Appends an intent record and makes it durable; returns its seq. The
+    // caller performs the side effect only if this succeeded.
+    Result<std::uint64_t> intend(Record record);
+    // Records the outcome of `seq` (done, failed, undone, left_behind),
+    // durably; `pid` (>0) fills in a daemon's pid once it is known.
+    Result<void> outcome(std::uint64_t seq, RecordState state, std::string note = {}, int pid = -1);
+    // Changes job facts (disk phase, nodes) durably.
+    template <typename F>
+    Result<void> update(F&& change) {
+        change(m_job);
+        return save();
+    }
+    // The job ended and nothing of it is left: deletes journal and lock.
+    Result<void> remove();
+
+  private:
+    Journal() = default;
+    Result<void> save();
+    void release();
+
+    Job m_job;
+    std::filesystem::path m_dir, m_path;
+    int m_lock_fd = -1;
+};
+
+struct JobListing {
+    Job job;
+    bool running = false;  // a live process holds the job's lock
+    std::filesystem::path path;
+};
+// Every journal in `state_dir` (none if it does not exist), sorted by
+// creation time. Unreadable files are reported as errors, not skipped.
+Result<std::vector<JobListing>> list_jobs(const std::filesystem::path& state_dir);
+
+// What may still exist of `disk`'s effects, for people: "volume URL",
+// "node N", "storage daemon pid P (SOCKET)", "mirror job J"; an
+// unconfirmed one (intent only) says "maybe".
+std::vector<std::string> what_exists(const Job& job, std::string_view disk);
+
+// invalid_state naming the exact `blockmig recover` command when a journal
+// that no live process owns still holds something on `guest`.
+Result<void> refuse_if_unrecovered(const std::filesystem::path& state_dir,
+                                   const GuestIdentity& guest);
+
+// The command that recovers job `id` in `state_dir`.
+std::string recover_command(const std::filesystem::path& state_dir, std::string_view id);
+
+}  // namespace blockmig::jobs
