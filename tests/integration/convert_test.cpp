@@ -230,7 +230,7 @@ TEST_F(ConvertTest, InterruptedConversionLeavesNoTarget) {
         _exit(127);
     }
     // Wait until the target exists (the copy has begun), then interrupt.
-    for (int i = 0; i < 200 && !fs::exists(at("out.qcow2")); ++i)
+    for (int i = 0; i < 3000 && !fs::exists(at("out.qcow2")); ++i)
         std::this_thread::sleep_for(std::chrono::milliseconds(10));
     std::this_thread::sleep_for(std::chrono::milliseconds(200));
     kill(pid, SIGINT);
