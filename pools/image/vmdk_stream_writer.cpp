@@ -12,6 +12,10 @@
 // Grains are deflated with libdeflate on `threads` workers; the writer thread
 // emits them in grain order, keeping at most 8 per worker in flight (bounded
 // memory: about 1 MiB per worker).
+// A streaming queue rather than the batch Workers of workers.hpp: with
+// batches the workers idle whenever the writer thread is late filling the
+// next one (raw -> streamOptimized measured 22-24 s with this queue against
+// 29-34 s with batches on a loaded 2-core machine, same CPU time).
 #include <fmt/format.h>
 #include <libdeflate.h>
 
