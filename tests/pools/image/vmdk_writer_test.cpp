@@ -178,3 +178,20 @@ TEST(VmdkWriterOptions, BadOptionsAndOrderAreErrors) {
 }
 
 }  // namespace
+
+namespace {
+
+TEST(VmdkStreamLayout, TruncatedStreamIsAnErrorNamingTheFooter) {
+    auto pool = blockmig::pools::make_mem_pool(1 << 30);
+    write_image(*pool, "s.vmdk", {});
+    auto f = file_of(*pool, "s.vmdk");
+    f.resize(f.size() - 4096);  // the tail (GD, footer, end-of-stream) is gone
+    put_file(*pool, "cut.vmdk", f);
+    auto r = open_vmdk(*pool, "cut.vmdk");
+    ASSERT_FALSE(r);
+    EXPECT_EQ(r.error().code, ErrorCode::protocol);
+    EXPECT_NE(r.error().message.find("cut.vmdk: gdOffset"), std::string::npos) << r.error().message;
+    EXPECT_NE(r.error().message.find("truncated"), std::string::npos) << r.error().message;
+}
+
+}  // namespace
