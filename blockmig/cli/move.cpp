@@ -35,6 +35,8 @@ struct MoveArgs {
     int timeout_s = 0;
     int stall_timeout_s = 15;
     std::optional<std::string> pools_file;
+    std::string state_dir;
+    bool force_unmanaged = false;
 };
 
 Result<MoveOptions> to_options(const MoveArgs& args) {
@@ -44,6 +46,9 @@ Result<MoveOptions> to_options(const MoveArgs& args) {
     o.pools = std::move(*config);
     for (const auto& d : args.disks) o.disks.push_back({d, ""});
     o.all_disks = args.all_disks;
+    o.qmp_address = args.qmp_socket;
+    o.jobs_dir = args.state_dir;
+    o.force_unmanaged = args.force_unmanaged;
     for (const auto& t : args.targets) {
         // DEV=TARGET gives one disk its own target; '=' never occurs in pool specs.
         auto eq = t.find('=');
@@ -112,6 +117,8 @@ Result<void> run_move_command(const MoveArgs& args, const GlobalOptions& globals
     if (!options) return fail(options.error());
     options->qemu_dir = globals.qemu_dir;
     qmp::ConnectOptions connect;
+    // No QMP call may block forever (a drain stuck on dead storage).
+    connect.default_timeout = options->qmp_timeout;
     if (globals.verbose)
         connect.log = [](qmp::LogLevel, std::string_view text) {
             fmt::print(stderr, "qmp: {}\n", text);
@@ -200,6 +207,9 @@ void add_move_command(CLI::App& app, Dispatch& dispatch) {
                     "fail when the copy makes no progress for SEC (15)")
         ->check(CLI::PositiveNumber);
     add_pools_option(*cmd, args->pools_file);
+    add_state_dir_option(*cmd, args->state_dir);
+    cmd->add_flag("--force-unmanaged", args->force_unmanaged,
+                  "move a libvirt-managed guest anyway (its domain XML is not updated)");
     cmd->callback([args, &dispatch] {
         dispatch.action = [args, &dispatch] { return run_move_command(*args, dispatch.globals); };
     });

@@ -15,6 +15,7 @@ struct PivotArgs {
     std::vector<std::string> disks;
     bool abort = false;
     std::optional<std::string> pools_file;
+    std::string state_dir;
 };
 
 Result<void> run_pivot_command(const PivotArgs& args, const GlobalOptions& globals) {
@@ -24,7 +25,11 @@ Result<void> run_pivot_command(const PivotArgs& args, const GlobalOptions& globa
     options.pools = std::move(*config);
     options.disks = args.disks;
     options.abort = args.abort;
-    auto client = qmp::Client::connect(args.qmp_socket);
+    options.qmp_address = args.qmp_socket;
+    options.jobs_dir = args.state_dir;
+    qmp::ConnectOptions connect;
+    connect.default_timeout = options.qmp_timeout;
+    auto client = qmp::Client::connect(args.qmp_socket, connect);
     if (!client)
         return fail(client.error().with_context(fmt::format("connect to {}", args.qmp_socket)));
     auto progress =
@@ -55,6 +60,7 @@ void add_pivot_command(CLI::App& app, Dispatch& dispatch) {
     cmd->add_flag("--abort", args->abort,
                   "cancel instead: the guest stays on its source, the target is deleted");
     add_pools_option(*cmd, args->pools_file);
+    add_state_dir_option(*cmd, args->state_dir);
     cmd->callback([args, &dispatch] {
         dispatch.action = [args, &dispatch] { return run_pivot_command(*args, dispatch.globals); };
     });

@@ -1,12 +1,14 @@
 #include "disk_move.hpp"
 
 #include <fmt/core.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <fstream>
 #include <thread>
 
+#include "jobs/recover.hpp"
 #include "pools/image_format.hpp"
 #include "pools/pools.hpp"
 
@@ -15,15 +17,6 @@ namespace blockmig {
 namespace {
 
 using namespace std::chrono_literals;
-
-// QEMU node names: a letter first, then letters, digits, '-', '_', '.';
-// at most 31 characters, and pools/ appends "-proto" / "-fmt".
-std::string node_prefix_for(const std::string& disk) {
-    std::string clean;
-    for (char c : disk)
-        if (std::isalnum(static_cast<unsigned char>(c)) || c == '-' || c == '_') clean += c;
-    return fmt::format("bm{}-{}", getpid() % 100000, clean.substr(0, 12));
-}
 
 // Room a qcow2 image may need beyond its virtual size (L2 tables, refcounts,
 // header): an NBD export cannot grow, so the hop's file is extended up front
@@ -46,6 +39,8 @@ std::string_view to_string(DiskMoveState state) {
             return "copying";
         case DiskMoveState::ready:
             return "ready";
+        case DiskMoveState::completing:
+            return "completing";
         case DiskMoveState::pivoted:
             return "pivoted";
         case DiskMoveState::done:
@@ -64,9 +59,48 @@ DiskMove::DiskMove(qmp::Client& client, SourceDisk source, TargetPlan plan,
       m_source(std::move(source)),
       m_plan(std::move(plan)),
       m_options(options),
-      m_progress(progress),
-      m_prefix(node_prefix_for(m_source.id)),
-      m_job_id(m_prefix + "-mirror") {}
+      m_progress(progress) {}
+
+void DiskMove::bind(jobs::Effects& effects, const jobs::DiskNames& names,
+                    const std::filesystem::path& hop_dir, const std::filesystem::path& jobs_dir) {
+    m_effects = &effects;
+    m_prefix = names.prefix;
+    m_job_id = names.block_job;
+    m_hop_node = m_plan.network ? names.hop_node : "";
+    m_hop_dir = hop_dir;
+    m_jobs_dir = jobs_dir;
+}
+
+jobs::JobDisk DiskMove::journal_entry() const {
+    jobs::JobDisk d;
+    d.disk = m_source.id;
+    d.prefix = m_prefix;
+    d.block_job = m_job_id;
+    d.source_node = m_source.node;
+    d.source_protocol_nodes = m_source.protocol_nodes;
+    d.source = m_source.location.empty() ? m_source.filename : m_source.location;
+    d.target = m_plan.volume.empty() ? m_plan.pool->url() : target_url();
+    d.target_format = std::string(pools::to_string(m_plan.format));
+    d.top_node = m_top_node;
+    d.hop_node = m_hop_node;
+    nlohmann::json ids = nlohmann::json::array();
+    for (const auto& secret : m_chain.secrets) ids.push_back(secret.value("id", ""));
+    // The secrets themselves are never journaled: recover asks the pool.
+    d.chain = {{"protocol", m_chain.protocol},
+               {"format", m_chain.format},
+               {"protocol_node", m_chain.protocol_node},
+               {"secret_ids", ids}};
+    d.phase = std::string(to_string(m_state));
+    return d;
+}
+
+Result<void> DiskMove::phase(std::string_view name) {
+    jobs::JobDisk entry = journal_entry();
+    entry.phase = std::string(name);
+    return m_effects->journal().update([&](jobs::Job& job) {
+        if (auto* d = job.disk(m_source.id)) *d = entry;
+    });
+}
 
 std::string DiskMove::target_url() const { return m_plan.pool->url_of(m_plan.volume); }
 
@@ -84,19 +118,9 @@ Result<void> DiskMove::create_target() {
                 m_source_allocated = info->allocated_bytes;
         }
     }
-    auto created = m_plan.pool->create(m_plan.volume, m_source.virtual_size, m_plan.format);
-    if (!created) return fail(created.error().with_context("create target volume"));
-    m_plan.volume = created->name;
-    auto* pool = m_plan.pool.get();
-    std::string name = m_plan.volume;
-    m_undo.emplace_back("volume", [this, pool, name] {
-        if (auto r = pool->remove(name); !r)
-            m_progress.event("warning", {{"disk", m_source.id}, {"message", r.error().message}},
-                             fmt::format("{}: warning: could not delete the new volume {}: {}; "
-                                         "remove it by hand",
-                                         m_source.id, pool->url_of(name), r.error().message));
-    });
+    if (auto r = create_volume(); !r) return r;
     m_state = DiskMoveState::target_created;
+    if (auto w = phase("target_created"); !w) return fail(w.error());
 
     if (shallow()) {
         auto volume = m_plan.pool->open(m_plan.volume, true);
@@ -121,6 +145,36 @@ Result<void> DiskMove::create_target() {
     return {};
 }
 
+// Tries the chosen volume, or each candidate LUN, under a claim: two disks
+// of this run or two concurrent runs never land on one volume.
+Result<void> DiskMove::create_volume() {
+    std::vector<std::string> names =
+        m_plan.volume.empty() ? m_plan.candidates : std::vector<std::string>{m_plan.volume};
+    Error last{ErrorCode::no_space,
+               fmt::format("{}: no unused volume of at least {} MiB in {}", m_source.id,
+                           m_source.virtual_size >> 20, m_plan.pool->url())};
+    for (const auto& name : names) {
+        auto claim = jobs::TargetClaim::take(m_jobs_dir, m_plan.pool->url_of(name));
+        if (!claim) {
+            last = claim.error();
+            if (claim.error().code == ErrorCode::already_exists) continue;
+            break;
+        }
+        auto created = m_effects->create_volume(m_source.id, *m_plan.pool, name,
+                                                m_source.virtual_size, m_plan.format);
+        if (created) {
+            m_plan.volume = created->name;
+            m_claim = std::move(*claim);
+            return {};
+        }
+        last = created.error();
+        if (created.error().code != ErrorCode::already_exists &&
+            created.error().code != ErrorCode::no_space)
+            break;
+    }
+    return fail(last.with_context("create target volume"));
+}
+
 Result<void> DiskMove::attach_target() {
     pools::QemuNodeOptions node_options;
     node_options.node_prefix = m_prefix;
@@ -132,38 +186,41 @@ Result<void> DiskMove::attach_target() {
     // keeps it across the blockdev-reopen after the pivot.
     if (shallow()) m_chain.format["backing"] = m_source.backing_node;
 
+    // Journal the chain first: recover needs it to re-point the node.
+    if (auto w = phase("target_created"); !w) return fail(w.error());
+    const std::string& disk = m_source.id;
     nlohmann::json format_node = m_chain.format;
     if (m_plan.network) {
-        std::filesystem::path dir = m_options.state_dir / m_prefix;
-        auto hop = NbdHop::start(dir, m_chain.protocol, m_chain.secrets, 15s, m_options.qemu_dir);
+        std::error_code ec;
+        std::filesystem::create_directories(m_hop_dir, ec);
+        chmod(m_hop_dir.parent_path().c_str(), 0700);
+        chmod(m_hop_dir.c_str(), 0700);
+        auto seq = m_effects->daemon_starting(disk, (m_hop_dir / "nbd.sock").string());
+        if (!seq) return fail(seq.error());
+        auto hop =
+            NbdHop::start(m_hop_dir, m_chain.protocol, m_chain.secrets, 15s, m_options.qemu_dir);
+        if (auto w = m_effects->daemon_outcome(*seq, hop ? hop->pid() : -1,
+                                               hop ? "" : hop.error().message);
+            !w)
+            return fail(w.error());
         if (!hop)
             return fail(
                 hop.error().with_context(fmt::format("open {} in a storage daemon", target_url())));
         m_hop.emplace(std::move(*hop));
-        m_undo.emplace_back("hop", [this] {
-            if (m_hop) m_hop->kill_now();
-        });
-        m_hop_node = m_prefix + "-hop";
-        if (auto r = qmp::blockdev_add(m_client, m_hop->client_node(m_hop_node)); !r)
+        if (auto r = m_effects->add_node(disk, m_hop->client_node(m_hop_node)); !r)
             return fail(r.error().with_context("blockdev-add NBD hop node"));
-        m_undo.emplace_back("node", [this] { (void)qmp::blockdev_del(m_client, m_hop_node); });
         format_node["file"] = m_hop_node;
     } else {
-        for (const auto& secret : m_chain.secrets) {
-            if (auto r = qmp::object_add(m_client, secret); !r)
+        for (const auto& secret : m_chain.secrets)
+            if (auto r = m_effects->add_secret(disk, secret); !r)
                 return fail(r.error().with_context("object-add secret"));
-            std::string id = secret.value("id", "");
-            m_undo.emplace_back("node", [this, id] { (void)qmp::object_del(m_client, id); });
-        }
-        if (auto r = qmp::blockdev_add(m_client, m_chain.protocol); !r)
+        if (auto r = m_effects->add_node(disk, m_chain.protocol); !r)
             return fail(r.error().with_context("blockdev-add target protocol node"));
-        std::string proto = m_chain.protocol_node;
-        m_undo.emplace_back("node", [this, proto] { (void)qmp::blockdev_del(m_client, proto); });
     }
-    if (auto r = qmp::blockdev_add(m_client, format_node); !r)
+    if (auto r = m_effects->add_node(disk, format_node); !r)
         return fail(r.error().with_context("blockdev-add target format node"));
-    m_undo.emplace_back("node", [this] { (void)qmp::blockdev_del(m_client, m_top_node); });
     m_state = DiskMoveState::attached;
+    if (auto w = phase("attached"); !w) return fail(w.error());
     return {};
 }
 
@@ -177,120 +234,23 @@ Result<void> DiskMove::start_mirror(qmp::CopyMode mode, std::uint64_t speed) {
     mirror.copy_mode = mode;
     // Keep the job after it ends so its error can be read, then dismiss it.
     mirror.auto_dismiss = false;
-    if (auto r = qmp::blockdev_mirror(m_client, mirror); !r)
+    if (auto r = m_effects->start_mirror(m_source.id, mirror); !r)
         return fail(r.error().with_context("blockdev-mirror"));
-    if (m_state != DiskMoveState::copying) push_undo_job();
     m_state = DiskMoveState::copying;
+    if (auto w = phase("copying"); !w) return fail(w.error());
     m_offset = 0;
     m_len = 0;
     m_last_progress = std::chrono::steady_clock::now();
     return {};
 }
 
-void DiskMove::push_undo_job() {
-    m_undo.emplace_back("job", [this] {
-        (void)qmp::block_job_cancel(m_client, m_job_id, true);
-        std::optional<std::string> ignored;
-        if (!wait_job_gone(10s, &ignored) && m_hop) {
-            // The target stopped answering and the job cannot finish
-            // cancelling: killing the hop fails its requests at once.
-            m_hop->kill_now();
-            (void)wait_job_gone(10s, &ignored);
-        }
-    });
-}
-
-Result<std::filesystem::path> DiskMove::leave_ready() {
-    nlohmann::json saved{{"job_id", m_job_id},
-                         {"prefix", m_prefix},
-                         {"disk", m_source.id},
-                         {"source_node", m_source.node},
-                         {"source_driver", m_source.driver},
-                         {"source_location", m_source.location},
-                         {"source_filename", m_source.filename},
-                         {"source_protocol_nodes", m_source.protocol_nodes},
-                         {"virtual_size", m_source.virtual_size},
-                         {"target", target_url()},
-                         {"target_format", pools::to_string(m_plan.format)},
-                         {"top_node", m_top_node},
-                         {"hop_node", m_hop_node},
-                         {"hop_pid", m_hop ? m_hop->pid() : -1},
-                         {"hop_socket", m_hop ? m_hop->socket_path().string() : ""},
-                         {"chain",
-                          {{"protocol", m_chain.protocol},
-                           {"format", m_chain.format},
-                           {"protocol_node", m_chain.protocol_node},
-                           {"format_node", m_chain.format_node},
-                           {"secrets", m_chain.secrets}}}};
-    std::filesystem::path dir = m_options.state_dir / "jobs";
-    std::error_code ec;
-    std::filesystem::create_directories(dir, ec);
-    std::filesystem::path file = dir / (m_job_id + ".json");
-    std::ofstream out(file);
-    out << saved.dump(2) << "\n";
-    if (!out.good())
-        return fail(ErrorCode::io_error,
-                    fmt::format("save job state {}: write failed", file.string()));
-    // The job, its nodes, the volume and the hop now outlive this process.
-    m_undo.clear();
+Result<void> DiskMove::leave_ready() {
+    if (auto w = phase("ready"); !w) return fail(w.error());
+    // The job, its nodes, the volume and the hop now outlive this process;
+    // the journal describes them.
     if (m_hop) m_hop->detach();
     m_hop.reset();
-    return file;
-}
-
-Result<std::unique_ptr<DiskMove>> DiskMove::adopt(qmp::Client& client, const nlohmann::json& saved,
-                                                  const MoveOptions& options,
-                                                  ProgressSink& progress) {
-    SourceDisk source;
-    source.id = saved.value("disk", "");
-    source.node = saved.value("source_node", "");
-    source.driver = saved.value("source_driver", "");
-    source.location = saved.value("source_location", "");
-    source.filename = saved.value("source_filename", "");
-    source.protocol_nodes = saved.value("source_protocol_nodes", std::vector<std::string>{});
-    source.virtual_size = saved.value("virtual_size", std::uint64_t{0});
-    auto ref = pools::resolve_volume(saved.value("target", ""), options.pools);
-    if (!ref) return fail(ref.error().with_context("target of the saved move"));
-    TargetPlan plan;
-    plan.pool = std::move(ref->pool);
-    plan.volume = ref->name;
-    auto format = pools::parse_image_format(saved.value("target_format", "raw"));
-    plan.format = format ? *format : pools::ImageFormat::raw;
-    plan.network = saved.value("hop_pid", -1) > 0;
-
-    auto move =
-        std::make_unique<DiskMove>(client, std::move(source), std::move(plan), options, progress);
-    DiskMove& m = *move;
-    m.m_prefix = saved.value("prefix", "");
-    m.m_job_id = saved.value("job_id", "");
-    m.m_top_node = saved.value("top_node", "");
-    m.m_hop_node = saved.value("hop_node", "");
-    const auto& chain = saved["chain"];
-    m.m_chain.protocol = chain["protocol"];
-    m.m_chain.format = chain["format"];
-    m.m_chain.protocol_node = chain.value("protocol_node", "");
-    m.m_chain.format_node = chain.value("format_node", "");
-    m.m_chain.secrets = chain.value("secrets", std::vector<nlohmann::json>{});
-    // Same undo stack a fresh move would have built, in creation order.
-    auto* pool = m.m_plan.pool.get();
-    std::string name = m.m_plan.volume;
-    m.m_undo.emplace_back("volume", [pool, name] { (void)pool->remove(name); });
-    if (m.m_plan.network) {
-        auto hop = NbdHop::adopt(saved.value("hop_pid", -1), saved.value("hop_socket", ""));
-        if (!hop) return fail(hop.error());
-        m.m_hop.emplace(std::move(*hop));
-        m.m_undo.emplace_back("hop", [&m] {
-            if (m.m_hop) m.m_hop->kill_now();
-        });
-        m.m_undo.emplace_back("node", [&m] { (void)qmp::blockdev_del(m.m_client, m.m_hop_node); });
-    } else {
-        std::string proto = m.m_chain.protocol_node;
-        m.m_undo.emplace_back("node", [&m, proto] { (void)qmp::blockdev_del(m.m_client, proto); });
-    }
-    m.m_undo.emplace_back("node", [&m] { (void)qmp::blockdev_del(m.m_client, m.m_top_node); });
-    m.push_undo_job();
-    m.m_state = DiskMoveState::ready;
-    return move;
+    return {};
 }
 
 Result<void> DiskMove::observe(const std::vector<qmp::BlockJobInfo>& jobs) {
@@ -311,7 +271,10 @@ Result<void> DiskMove::observe(const std::vector<qmp::BlockJobInfo>& jobs) {
         // A QEMU that cannot report it cannot switch in place either
         // (both arrived in 8.2): then READY is all there is to wait for.
         m_actively_synced = job.actively_synced.value_or(true);
-        if (job.ready || job.status == "ready") m_state = DiskMoveState::ready;
+        if ((job.ready || job.status == "ready") && m_state != DiskMoveState::ready) {
+            m_state = DiskMoveState::ready;
+            if (auto w = phase("ready"); !w) return fail(w.error());
+        }
         return {};
     }
     return fail(ErrorCode::invalid_state,
@@ -331,6 +294,10 @@ Result<void> DiskMove::restart_write_blocking(std::uint64_t speed) {
         return fail(ErrorCode::timeout,
                     fmt::format("{} stopped answering while switching copy mode", target_url()));
     }
+    if (auto w = m_effects->ended(m_source.id, jobs::EffectKind::mirror_started, m_job_id,
+                                  "cancelled to restart in write-blocking mode");
+        !w)
+        return fail(w.error());
     m_state = DiskMoveState::attached;
     m_copied_by_earlier_jobs += m_offset;
     m_guest_written_at_switch = guest_written();
@@ -417,91 +384,50 @@ Result<void> DiskMove::wait_in_sync(std::chrono::milliseconds timeout) {
 
 Result<void> DiskMove::pivot() {
     count_forwarded_writes();
-    if (auto r = qmp::block_job_complete(m_client, m_job_id); !r)
-        return fail(r.error().with_context("block-job-complete"));
-    std::optional<std::string> error;
-    if (auto r = wait_job_gone(120s, &error); !r) return fail(r.error().with_context("pivot"));
-    if (error) {
-        // QEMU switches the device only when completion succeeds: the guest
-        // is still on its source, so the ordinary rollback applies.
-        return fail(ErrorCode::io_error,
-                    fmt::format("pivot to {} failed: {}", target_url(), *error));
+    std::string error;
+    auto reply = m_effects->send_complete(m_source.id, m_job_id, &error);
+    if (!reply) return fail(reply.error());
+    if (*reply == jobs::CompleteReply::refused)
+        // QEMU refused: nothing switched, the ordinary rollback applies.
+        return fail(ErrorCode::io_error, "block-job-complete: " + error);
+    // From here on nothing is undone until QMP says where the device is.
+    m_state = DiskMoveState::completing;
+    if (*reply == jobs::CompleteReply::accepted) {
+        std::optional<std::string> job_error;
+        (void)wait_job_gone(120s, &job_error);
     }
-    // From here on the target IS the guest's disk: nothing may delete it.
-    m_undo.clear();
-    m_state = DiskMoveState::pivoted;
+    auto out = jobs::recover_disk(m_effects->journal(), m_source.id, m_effects->env(),
+                                  jobs::Intent::as_journaled);
+    if (!out) return fail(out.error());
+    // recover_disk stopped the hop (or left it running for the guest).
+    if (m_hop) m_hop->detach();
+    m_hop.reset();
+    if (out->direction == jobs::Direction::undo && out->settled) {
+        m_state = DiskMoveState::rolled_back;
+        return fail(ErrorCode::io_error,
+                    fmt::format("pivot to {} failed ({}); the guest stays on its source",
+                                target_url(), error.empty() ? out->reason : error));
+    }
+    if (out->direction != jobs::Direction::forward || !out->settled) {
+        std::string left;
+        for (const auto& l : out->left_behind) left += "; " + l;
+        return fail(
+            ErrorCode::invalid_state,
+            fmt::format("{}: block-job-complete was sent{}; {}{}. Nothing was deleted; "
+                        "run `{}`",
+                        m_source.id, error.empty() ? "" : " (" + error + ")", out->reason, left,
+                        jobs::recover_command(m_jobs_dir, m_effects->journal().job().id)));
+    }
+    m_state = DiskMoveState::done;
     m_progress.event("pivoted",
                      {{"disk", m_source.id}, {"node", m_top_node}, {"target", target_url()}},
                      fmt::format("{}: pivoted to {}", m_source.id, target_url()));
-
-    if (auto r = switch_to_direct(); !r) {
-        std::string where =
-            m_hop ? fmt::format(" through blockmig's storage daemon (pid kept running, socket {})",
-                                m_hop->socket_path().string())
-                  : "";
-        if (m_hop) m_hop->detach();  // the guest depends on it now: never kill it
-        return fail(
-            ErrorCode::io_error,
-            fmt::format(
-                "{}: the guest now runs on {}{}; re-pointing it at a direct node failed: {}. "
-                "Its data is safe while that daemon runs; run `blockmig qmp` query-block to "
-                "inspect, and move the disk again to leave the daemon",
-                m_source.id, target_url(), where, r.error().message));
-    }
-    release_source_nodes();
-
-    // Confirm through QMP that the device sits on the new node, directly.
-    auto disks = list_source_disks(m_client);
-    if (!disks) return fail(disks.error().with_context("confirm pivot"));
-    auto now = find_source_disk(*disks, m_source.id);
-    if (!now) return fail(now.error().with_context("confirm pivot"));
-    if (now->node != m_top_node || now->filename.find("nbd") != std::string::npos)
-        return fail(
-            ErrorCode::invalid_state,
-            fmt::format("{}: after the pivot the device is on node {} ({}), expected {} on {}",
-                        m_source.id, now->node, now->filename, m_top_node, target_url()));
+    for (const auto& a : out->left_behind)
+        m_progress.event("warning", {{"disk", m_source.id}, {"message", a}},
+                         fmt::format("{}: warning: {}", m_source.id, a));
     if (auto info = m_plan.pool->stat(m_plan.volume); info)
         m_target_allocated = info->allocated_bytes;
-    m_state = DiskMoveState::done;
     return {};
-}
-
-Result<void> DiskMove::switch_to_direct() {
-    if (!m_hop) return {};
-    // The guest's format node stays; only its `file` child changes from the
-    // NBD hop to a direct protocol node on the same volume (blockdev-reopen
-    // takes the node's full option set; unspecified options would reset).
-    for (const auto& secret : m_chain.secrets)
-        if (auto r = qmp::object_add(m_client, secret); !r)
-            return fail(r.error().with_context("object-add secret"));
-    if (auto r = qmp::blockdev_add(m_client, m_chain.protocol); !r)
-        return fail(r.error().with_context("blockdev-add direct node"));
-    auto reopen =
-        m_client.execute("blockdev-reopen", {{"options", nlohmann::json::array({m_chain.format})}});
-    if (!reopen) {
-        (void)qmp::blockdev_del(m_client, m_chain.protocol_node);
-        return fail(reopen.error().with_context("blockdev-reopen onto the direct node"));
-    }
-    if (auto r = qmp::blockdev_del(m_client, m_hop_node); !r)
-        return fail(r.error().with_context("remove NBD hop node"));
-    m_hop->stop();
-    m_hop.reset();
-    return {};
-}
-
-void DiskMove::release_source_nodes() {
-    // Nodes created with -blockdev stay open (monitor-owned) after the
-    // pivot; delete them so the old storage is really no longer used.
-    // Nodes from -drive are closed by QEMU itself and are already gone.
-    std::vector<std::string> names{m_source.node};
-    names.insert(names.end(), m_source.protocol_nodes.begin(), m_source.protocol_nodes.end());
-    for (const auto& name : names) {
-        auto r = qmp::blockdev_del(m_client, name);
-        if (!r && r.error().qmp_class != "GenericError")
-            m_progress.event("warning", {{"disk", m_source.id}, {"message", r.error().message}},
-                             fmt::format("{}: warning: could not release old node {}: {}",
-                                         m_source.id, name, r.error().message));
-    }
 }
 
 Result<void> DiskMove::finish_copy_only() {
@@ -516,11 +442,13 @@ Result<void> DiskMove::finish_copy_only() {
         return fail(ErrorCode::io_error,
                     fmt::format("final sync to {} failed: {}", target_url(), *error));
     // Detach the target (closing it flushes qcow2 metadata); keep the volume.
-    for (auto it = m_undo.rbegin(); it != m_undo.rend(); ++it)
-        if (it->first == "node" || it->first == "hop") it->second();
-    m_undo.clear();
-    if (m_hop) m_hop->stop();
+    auto detached = m_effects->detach_keep_volume(m_source.id);
+    if (m_hop) m_hop->detach();  // the undo steps stopped it
     m_hop.reset();
+    if (!detached) return fail(detached.error());
+    for (const auto& l : detached->left_behind)
+        m_progress.event("warning", {{"disk", m_source.id}, {"message", l}},
+                         fmt::format("{}: warning: {}", m_source.id, l));
     if (auto info = m_plan.pool->stat(m_plan.volume); info)
         m_target_allocated = info->allocated_bytes;
     m_state = DiskMoveState::copied;
@@ -528,9 +456,20 @@ Result<void> DiskMove::finish_copy_only() {
 }
 
 void DiskMove::rollback() {
-    for (auto it = m_undo.rbegin(); it != m_undo.rend(); ++it) it->second();
-    m_undo.clear();
+    if (!m_effects) return;  // never started
+    // The same undo steps a `blockmig recover` would replay (jobs/undo.hpp).
+    auto report = m_effects->rollback(m_source.id);
+    if (m_hop) m_hop->detach();  // stopped by the undo (or left for the guest)
     m_hop.reset();
+    if (!report) {
+        m_progress.event(
+            "warning", {{"disk", m_source.id}, {"message", report.error().message}},
+            fmt::format("{}: warning: rollback: {}", m_source.id, report.error().message));
+        return;
+    }
+    for (const auto& l : report->left_behind)
+        m_progress.event("warning", {{"disk", m_source.id}, {"message", l}},
+                         fmt::format("{}: warning: {}", m_source.id, l));
     m_state = DiskMoveState::rolled_back;
 }
 

@@ -20,6 +20,9 @@
 #include <vector>
 
 #include "blockmig/move.hpp"
+#include "jobs/claims.hpp"
+#include "jobs/effects.hpp"
+#include "jobs/names.hpp"
 #include "nbd_hop.hpp"
 #include "qmp/commands.hpp"
 #include "source_disk.hpp"
@@ -32,6 +35,7 @@ enum class DiskMoveState {
     attached,
     copying,
     ready,
+    completing,  // block-job-complete sent: only QMP says where the device is
     pivoted,
     done,
     copied,
@@ -42,7 +46,10 @@ std::string_view to_string(DiskMoveState state);
 // Where one disk goes, decided (and checked) before anything is created.
 struct TargetPlan {
     std::unique_ptr<pools::Pool> pool;
-    std::string volume;  // name in the pool; "" lets an iSCSI pool pick a LUN
+    std::string volume;  // name in the pool; "" = the first of `candidates` that can be claimed
+    // iSCSI pools: unused-looking LUNs to try in order (chosen together for
+    // the whole run; a claim and the pool's own check keep them distinct).
+    std::vector<std::string> candidates;
     pools::ImageFormat format = pools::ImageFormat::raw;
     bool network = false;  // NFS / iSCSI: go through the NBD hop
 };
@@ -75,16 +82,22 @@ class DiskMove {
     // Waits until the job is ready with nothing left to copy (guest paused).
     Result<void> wait_in_sync(std::chrono::milliseconds timeout);
 
-    // `--no-pivot`: leaves the READY job (and its NBD hop) running after
-    // blockmig exits, and saves what a later `blockmig pivot` needs in
-    // <state_dir>/jobs/<job-id>.json.
-    Result<std::filesystem::path> leave_ready();
-    // Rebuilds a READY move from such a file (for `blockmig pivot`).
-    static Result<std::unique_ptr<DiskMove>> adopt(qmp::Client& client, const nlohmann::json& saved,
-                                                   const MoveOptions& options,
-                                                   ProgressSink& progress);
+    // Joins the job: every side effect from now on is journaled through
+    // `effects`; names come from the job id and the full device id.
+    void bind(jobs::Effects& effects, const jobs::DiskNames& names,
+              const std::filesystem::path& hop_dir, const std::filesystem::path& jobs_dir);
+    // What the journal keeps about this disk.
+    jobs::JobDisk journal_entry() const;
 
-    Result<void> pivot();             // block-job-complete; then re-point at a direct node
+    // `--no-pivot`: leaves the READY job (and its NBD hop) running after
+    // blockmig exits; the journal describes it for `blockmig pivot` /
+    // `blockmig recover`.
+    Result<void> leave_ready();
+
+    // block-job-complete; then QMP decides (jobs::recover_disk): on the
+    // target it finishes forward (direct node, hop goes), on the source with
+    // the job gone it rolls back; otherwise the journal stays for recover.
+    Result<void> pivot();
     Result<void> finish_copy_only();  // cancel at READY: target keeps a consistent copy
     void rollback();                  // best effort; leaves the guest on its source
 
@@ -108,14 +121,13 @@ class DiskMove {
 
   private:
     bool shallow() const { return m_options.shallow && m_source.has_backing; }
-    void push_undo_job();
     Result<void> create_target();
+    Result<void> create_volume();
+    Result<void> phase(std::string_view name);
     Result<void> attach_target();
     Result<void> start_mirror(qmp::CopyMode mode, std::uint64_t speed);
     Result<void> wait_job_gone(std::chrono::milliseconds timeout,
                                std::optional<std::string>* error);
-    Result<void> switch_to_direct();
-    void release_source_nodes();
     std::optional<std::uint64_t> guest_written() const;
     void count_forwarded_writes();
 
@@ -132,7 +144,9 @@ class DiskMove {
     std::string m_top_node;        // the target format node the mirror writes to
     std::string m_hop_node;        // nbd client node (network targets)
     std::optional<NbdHop> m_hop;
-    std::vector<std::pair<std::string, std::function<void()>>> m_undo;
+    jobs::Effects* m_effects = nullptr;
+    std::filesystem::path m_hop_dir, m_jobs_dir;
+    std::optional<jobs::TargetClaim> m_claim;
 
     std::uint64_t m_offset = 0, m_len = 0;
     std::chrono::steady_clock::time_point m_last_progress = std::chrono::steady_clock::now();

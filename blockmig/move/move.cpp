@@ -6,9 +6,14 @@
 
 #include <fstream>
 #include <map>
+#include <set>
 #include <thread>
 
 #include "disk_move.hpp"
+#include "jobs/claims.hpp"
+#include "jobs/guest.hpp"
+#include "jobs/journal.hpp"
+#include "jobs/recover.hpp"
 #include "pools/pools.hpp"
 #include "qmp/commands.hpp"
 #include "qmp/features.hpp"
@@ -201,6 +206,37 @@ Result<bool> images_equal(const std::string& a, std::string_view a_format, const
                 fmt::format("verify: qemu-img compare {} {} failed (exit {})", a, b, code));
 }
 
+// "iscsi://host:port/iqn/3" -> "iqn/3": the same LUN however the portal is written.
+std::string lun_tail(std::string_view url) {
+    auto scheme = url.find("://");
+    if (scheme == std::string_view::npos) return std::string(url);
+    auto slash = url.find('/', scheme + 3);
+    return slash == std::string_view::npos ? std::string(url) : std::string(url.substr(slash + 1));
+}
+
+// Unused-looking LUNs of an iSCSI pool for one disk, smallest first: never
+// one the guest itself uses, never one an unfinished journal holds. The
+// pool's create() checks "unused" and a claim keeps the disks of this run
+// (and other runs) apart.
+Result<std::vector<std::string>> lun_candidates(pools::Pool& pool,
+                                                const std::vector<SourceDisk>& guest_disks,
+                                                const std::set<std::string>& held) {
+    auto volumes = pool.list_volumes();
+    if (!volumes) return fail(volumes.error().with_context(fmt::format("list {}", pool.url())));
+    std::stable_sort(volumes->begin(), volumes->end(),
+                     [](auto& a, auto& b) { return a.virtual_size < b.virtual_size; });
+    std::vector<std::string> out;
+    for (const auto& v : *volumes) {
+        const std::string url = pool.url_of(v.name);
+        if (held.contains(url)) continue;
+        const bool guests = std::any_of(guest_disks.begin(), guest_disks.end(), [&](auto& d) {
+            return !d.location.empty() && lun_tail(d.location) == lun_tail(url);
+        });
+        if (!guests) out.push_back(v.name);
+    }
+    return out;
+}
+
 class MoveRun {
   public:
     MoveRun(qmp::Client& client, const MoveOptions& options, ProgressSink& progress,
@@ -209,17 +245,81 @@ class MoveRun {
 
     Result<MoveReport> run() {
         if (auto r = plan(); !r) return fail(r.error());
+        if (auto r = begin_job(); !r) return fail(r.error());
         if (auto r = copy(); !r) {
             rollback_all();
-            return fail(r.error());
+            return fail(end_job(r.error()));
         }
-        return finish();
+        auto report = finish();
+        if (!report) return fail(end_job(report.error()));
+        (void)end_job({});
+        return report;
     }
 
   private:
+    // The journal starts before the first side effect (docs/state-machines.md,
+    // "Job journal"); a guest with an unrecovered job gets no new one.
+    Result<void> begin_job() {
+        auto guest =
+            jobs::identify_guest(m_client, m_options.qmp_address, -1, m_options.qmp_timeout);
+        if (!guest) return fail(guest.error());
+        if (auto r = jobs::refuse_if_unrecovered(m_jobs_dir, *guest); !r) return r;
+        jobs::Job job;
+        job.guest = *guest;
+        job.finish = m_options.copy_only  ? jobs::Finish::copy_only
+                     : m_options.no_pivot ? jobs::Finish::no_pivot
+                                          : jobs::Finish::pivot;
+        auto journal = jobs::Journal::create(m_jobs_dir, std::move(job));
+        if (!journal) return fail(journal.error());
+        m_journal.emplace(std::move(*journal));
+        m_env.client = &m_client;
+        m_env.step_timeout = m_options.qmp_timeout;
+        // By value: an abandoned undo thread may outlive this run.
+        m_env.resolve = [config = m_options.pools](const std::string& url) {
+            return pools::resolve_volume(url, config);
+        };
+        m_effects.emplace(*m_journal, m_env);
+        const std::string id = m_journal->job().id;
+        for (auto& m : m_moves) {
+            auto names = jobs::names_for(id, m->source().id);
+            m->bind(*m_effects, names, names.hop_dir(m_options.state_dir, id), m_jobs_dir);
+        }
+        return m_journal->update([&](jobs::Job& j) {
+            for (auto& m : m_moves) j.disks.push_back(m->journal_entry());
+        });
+    }
+
+    // Removes the journal when nothing of the job is left to recover;
+    // otherwise says which command finishes the job.
+    Error end_job(Error error) {
+        if (!m_journal) return error;
+        if (!m_journal->job().needs_recovery()) {
+            (void)m_journal->remove();
+            return error;
+        }
+        if (!error.message.empty() && error.message.find("blockmig recover") == std::string::npos)
+            error.message += fmt::format(" (job {} is kept: run `{}`)", m_journal->job().id,
+                                         jobs::recover_command(m_jobs_dir, m_journal->job().id));
+        return error;
+    }
+
     Result<void> plan() {
+        m_jobs_dir = m_options.jobs_dir.empty() ? jobs::default_state_dir() : m_options.jobs_dir;
         auto disks = list_source_disks(m_client);
         if (!disks) return fail(disks.error());
+        if (!m_options.force_unmanaged) {
+            std::vector<std::string> nodes;
+            for (const auto& d : *disks) {
+                nodes.push_back(d.node);
+                nodes.insert(nodes.end(), d.protocol_nodes.begin(), d.protocol_nodes.end());
+            }
+            if (auto why = jobs::libvirt_evidence(m_options.qmp_address, nodes))
+                return fail(ErrorCode::invalid_argument,
+                            fmt::format("the guest is managed by libvirt ({}); a pivot behind "
+                                        "libvirt's back leaves its domain XML on the old image: "
+                                        "use `virsh blockcopy`, or --force-unmanaged",
+                                        *why));
+        }
         auto jobs = qmp::query_block_jobs(m_client);
         if (!jobs) return fail(jobs.error().with_context("query-block-jobs"));
 
@@ -240,6 +340,7 @@ class MoveRun {
                 *source, w.target.empty() ? m_options.default_target : w.target, m_options);
             if (!target_plan) return fail(target_plan.error().with_context(source->id));
             if (auto r = preflight(*source, *target_plan, m_options, *jobs); !r) return r;
+            if (auto r = choose_target(*source, *target_plan, *disks); !r) return r;
             m_moves.push_back(std::make_unique<DiskMove>(m_client, *source, std::move(*target_plan),
                                                          m_options, m_progress));
         }
@@ -256,6 +357,33 @@ class MoveRun {
             return fail(ErrorCode::unsupported,
                         "this QEMU lacks blockdev-reopen, needed to leave the NBD hop after a "
                         "pivot to network storage");
+        return {};
+    }
+
+    // Targets of one run are chosen together: distinct, none held by an
+    // unfinished journal, none the guest uses.
+    Result<void> choose_target(const SourceDisk& source, TargetPlan& plan,
+                               const std::vector<SourceDisk>& guest_disks) {
+        if (!m_held) {
+            auto held = jobs::claimed_by_journals(m_jobs_dir);
+            if (!held) return fail(held.error());
+            m_held = std::move(*held);
+        }
+        if (plan.pool->type() == "iscsi" && plan.volume.empty()) {
+            auto candidates = lun_candidates(*plan.pool, guest_disks, *m_held);
+            if (!candidates) return fail(candidates.error().with_context(source.id));
+            plan.candidates = std::move(*candidates);
+            return {};
+        }
+        const std::string url = plan.pool->url_of(plan.volume);
+        if (m_held->contains(url))
+            return fail(ErrorCode::already_exists,
+                        fmt::format("{}: target {} belongs to an unfinished job (see `blockmig "
+                                    "jobs`)",
+                                    source.id, url));
+        if (!m_chosen.insert(url).second)
+            return fail(ErrorCode::invalid_argument,
+                        fmt::format("{}: two disks would land on {}", source.id, url));
         return {};
     }
 
@@ -418,18 +546,17 @@ class MoveRun {
         if (m_options.no_pivot) {
             resume();
             for (auto& m : m_moves) {
-                auto saved = m->leave_ready();
-                if (!saved) {
+                if (auto saved = m->leave_ready(); !saved) {
                     rollback_all();
                     return fail(saved.error().with_context(m->source().id));
                 }
+                const std::string id = m_journal->job().id;
                 m_progress.event(
-                    "ready",
-                    {{"disk", m->source().id}, {"job", m->job_id()}, {"state", saved->string()}},
-                    fmt::format(
-                        "{}: READY; mirror job {} keeps {} in sync. Finish with `blockmig pivot "
-                        "--qmp SOCKET --disk {}` (or --abort)",
-                        m->source().id, m->job_id(), m->target_url(), m->source().id));
+                    "ready", {{"disk", m->source().id}, {"job", m->job_id()}, {"journal", id}},
+                    fmt::format("{}: READY; mirror job {} keeps {} in sync. Finish with "
+                                "`blockmig pivot --qmp {} --disk {}`, or undo with `{}`",
+                                m->source().id, m->job_id(), m->target_url(), m_options.qmp_address,
+                                m->source().id, jobs::recover_command(m_jobs_dir, id)));
                 report.disks.push_back(m->report());
             }
             return timed(std::move(report));
@@ -511,8 +638,10 @@ class MoveRun {
     void rollback_all() {
         for (auto it = m_moves.rbegin(); it != m_moves.rend(); ++it) {
             auto& m = *it;
+            // After block-job-complete only QMP decides (DiskMove::pivot did).
             if (m->state() == DiskMoveState::done || m->state() == DiskMoveState::pivoted ||
-                m->state() == DiskMoveState::copied || m->state() == DiskMoveState::rolled_back)
+                m->state() == DiskMoveState::completing || m->state() == DiskMoveState::copied ||
+                m->state() == DiskMoveState::rolled_back || m->state() == DiskMoveState::planned)
                 continue;
             m_progress.event(
                 "rollback", {{"disk", m->source().id}},
@@ -526,6 +655,12 @@ class MoveRun {
     ProgressSink& m_progress;
     const std::atomic<bool>& m_cancel;
     std::vector<std::unique_ptr<DiskMove>> m_moves;
+    std::filesystem::path m_jobs_dir;
+    std::optional<std::set<std::string>> m_held;  // volumes unfinished journals hold
+    std::set<std::string> m_chosen;               // targets chosen by this run
+    std::optional<jobs::Journal> m_journal;
+    jobs::UndoEnv m_env;
+    std::optional<jobs::Effects> m_effects;
     bool m_has_copy_mode = false;
     bool m_has_job_change = false;  // block-job-change can switch copy-mode in place
     SteadyClock::time_point m_started = SteadyClock::now();
@@ -534,54 +669,59 @@ class MoveRun {
 
 }  // namespace
 
+// `blockmig pivot` is a recovery that asks for "forward" (`--abort`: undo)
+// on the jobs `move --no-pivot` left on this guest.
 Result<MoveReport> run_pivot(qmp::Client& client, const PivotOptions& options,
                              ProgressSink& progress) {
-    MoveOptions move_options;
-    move_options.pools = options.pools;
-    move_options.state_dir = options.state_dir.empty() ? "/run/blockmig" : options.state_dir;
-    auto jobs = qmp::query_block_jobs(client);
-    if (!jobs) return fail(jobs.error().with_context("query-block-jobs"));
-    std::vector<std::pair<std::filesystem::path, nlohmann::json>> found;
-    std::error_code ec;
-    for (const auto& entry :
-         std::filesystem::directory_iterator(move_options.state_dir / "jobs", ec)) {
-        std::ifstream in(entry.path());
-        auto saved = nlohmann::json::parse(in, nullptr, false);
-        if (saved.is_discarded() || !saved.is_object()) continue;
-        const std::string job_id = saved.value("job_id", "");
-        bool here =
-            std::any_of(jobs->begin(), jobs->end(), [&](auto& j) { return j.id == job_id; });
-        bool wanted =
-            options.disks.empty() || std::find(options.disks.begin(), options.disks.end(),
-                                               saved.value("disk", "")) != options.disks.end();
-        if (here && wanted) found.emplace_back(entry.path(), std::move(saved));
-    }
-    if (found.empty())
-        return fail(ErrorCode::not_found,
-                    "no move left READY by `blockmig move --no-pivot` for this guest");
+    const auto dir = options.jobs_dir.empty() ? jobs::default_state_dir() : options.jobs_dir;
+    auto guest = jobs::identify_guest(client, options.qmp_address, -1, options.qmp_timeout);
+    if (!guest) return fail(guest.error());
+    auto listed = jobs::list_jobs(dir);
+    if (!listed) return fail(listed.error());
     MoveReport report;
-    for (auto& [file, saved] : found) {
-        auto move = DiskMove::adopt(client, saved, move_options, progress);
-        if (!move) return fail(move.error().with_context(saved.value("disk", "")));
-        auto& m = **move;
-        if (auto r = m.observe(*jobs); !r) return fail(r.error().with_context(m.source().id));
-        if (options.abort) {
-            m.rollback();
+    bool found = false;
+    for (const auto& l : *listed) {
+        if (l.running || !l.job.guest.same_guest(*guest) || !l.job.needs_recovery()) continue;
+        found = true;
+        auto journal = jobs::Journal::open(dir, l.job.id);
+        if (!journal) return fail(journal.error());
+        jobs::UndoEnv env;
+        env.client = &client;
+        env.step_timeout = options.qmp_timeout;
+        env.resolve = [config = options.pools](const std::string& url) {
+            return pools::resolve_volume(url, config);
+        };
+        const auto disks = journal->job().disks;
+        auto r = jobs::recover_job(*journal, env,
+                                   options.abort ? jobs::Intent::abort : jobs::Intent::pivot, dir,
+                                   options.disks);
+        if (!r) return fail(r.error());
+        for (const auto& d : r->disks) {
+            const jobs::JobDisk* entry = nullptr;
+            for (const auto& e : disks)
+                if (e.disk == d.disk) entry = &e;
+            const bool forward = d.direction == jobs::Direction::forward && d.settled;
             progress.event(
-                "aborted", {{"disk", m.source().id}},
-                fmt::format("{}: move aborted; the guest stays on its source", m.source().id));
-        } else if (auto r = m.pivot(); !r) {
-            // Before the switch QEMU kept the source: undo everything. After
-            // it, keep the state file: it describes the daemon still in use.
-            if (m.state() != DiskMoveState::pivoted) {
-                m.rollback();
-                std::filesystem::remove(file, ec);
-            }
-            return fail(r.error().with_context(m.source().id));
+                options.abort ? "aborted" : "pivot",
+                {{"disk", d.disk},
+                 {"direction", jobs::to_string(d.direction)},
+                 {"reason", d.reason}},
+                fmt::format("{}: {} ({})", d.disk, jobs::to_string(d.direction), d.reason));
+            if (!d.settled)
+                return fail(ErrorCode::invalid_state,
+                            fmt::format("{}: {}; run `{}`", d.disk, d.reason,
+                                        r->next_step.empty() ? "blockmig jobs" : r->next_step));
+            report.disks.push_back({.disk = d.disk,
+                                    .source = entry ? entry->source : "",
+                                    .target = entry ? entry->target : "",
+                                    .target_node = entry ? entry->top_node : "",
+                                    .pivoted = forward});
         }
-        std::filesystem::remove(file, ec);
-        report.disks.push_back(m.report());
     }
+    if (!found)
+        return fail(ErrorCode::not_found,
+                    "no move left READY by `blockmig move --no-pivot` for this guest (see "
+                    "`blockmig jobs`)");
     return report;
 }
 

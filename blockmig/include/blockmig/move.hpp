@@ -58,6 +58,10 @@ struct MoveOptions {
     // Where qemu-storage-daemon and qemu-img are (`--qemu-dir`); empty = PATH.
     std::filesystem::path qemu_dir;
     pools::PoolsConfig pools;
+    std::string qmp_address;                        // as given: the guest's identity in the journal
+    std::filesystem::path jobs_dir;                 // journals; default jobs::default_state_dir()
+    bool force_unmanaged = false;                   // move a libvirt-managed guest anyway
+    std::chrono::milliseconds qmp_timeout{30'000};  // deadline of each QMP call and undo step
 };
 
 struct DiskMoveReport {
@@ -89,6 +93,9 @@ struct PivotOptions {
     bool abort = false;               // cancel instead: guest stays on its source, target deleted
     std::filesystem::path state_dir;  // default /run/blockmig
     pools::PoolsConfig pools;
+    std::string qmp_address;         // the guest, as `move` was given it
+    std::filesystem::path jobs_dir;  // journals; default jobs::default_state_dir()
+    std::chrono::milliseconds qmp_timeout{30'000};
 };
 
 // Finishes (or aborts) moves that `move --no-pivot` left READY on the guest
