@@ -8,15 +8,17 @@ namespace blockmig::jobs {
 
 namespace fs = std::filesystem;
 
+std::string canonical_address(std::string_view address) {
+    if (address.empty() || address.starts_with("tcp:")) return std::string(address);
+    std::error_code ec;
+    auto absolute = fs::weakly_canonical(fs::absolute(fs::path(address), ec), ec);
+    return ec ? std::string(address) : absolute.string();
+}
+
 Result<GuestIdentity> identify_guest(qmp::Client& client, std::string_view address, int qemu_pid,
                                      qmp::Milliseconds timeout) {
     GuestIdentity g;
-    g.qmp = std::string(address);
-    if (!address.starts_with("tcp:")) {
-        std::error_code ec;
-        auto absolute = fs::weakly_canonical(fs::absolute(fs::path(address), ec), ec);
-        if (!ec) g.qmp = absolute.string();
-    }
+    g.qmp = canonical_address(address);
     g.pid = qemu_pid;
     auto uuid = client.execute("query-uuid", nlohmann::json::object(), timeout);
     if (!uuid) return fail(uuid.error().with_context("query-uuid"));

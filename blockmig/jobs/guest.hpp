@@ -11,6 +11,9 @@
 
 namespace blockmig::jobs {
 
+// A Unix socket path made absolute (and canonical); tcp:HOST:PORT as is.
+std::string canonical_address(std::string_view address);
+
 // The guest behind `client`: the QMP address made absolute (Unix sockets),
 // QEMU's uuid (when not all zeroes) and name. `qemu_pid` (the socket peer,
 // when known) is stored as is. Errors: those of the QMP calls.

@@ -305,6 +305,12 @@ class MoveRun {
 
     Result<void> plan() {
         m_jobs_dir = m_options.jobs_dir.empty() ? jobs::default_state_dir() : m_options.jobs_dir;
+        // Before anything else (the leftovers of that job would fail the
+        // pre-flight with a less useful message): by address, no QMP traffic.
+        if (auto r = jobs::refuse_if_unrecovered(
+                m_jobs_dir, {.qmp = jobs::canonical_address(m_options.qmp_address)});
+            !r)
+            return r;
         auto disks = list_source_disks(m_client);
         if (!disks) return fail(disks.error());
         if (!m_options.force_unmanaged) {
