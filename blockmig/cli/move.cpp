@@ -104,7 +104,7 @@ std::string summary_line(const MoveReport& report) {
         report.disks.size() == 1 ? "" : "s", human_size(copied), took,
         human_size(seconds > 0 ? static_cast<std::uint64_t>(copied / seconds) : copied));
     if (forwarded)
-        line += fmt::format(", plus {} of guest writes mirrored as they happened",
+        line += fmt::format(" (the guest wrote {} while the copy was write-blocking)",
                             human_size(forwarded));
     line += report.guest_paused.count() > 0
                 ? fmt::format("; guest paused {:.1f} s", report.guest_paused.count() / 1000.0)

@@ -485,8 +485,7 @@ DiskMoveReport DiskMove::report() const {
         .verified = false,
         .switched_to_write_blocking = m_switched,
         .switched_in_place = m_switched_in_place,
-        .bytes_copied = m_copied_by_earlier_jobs + m_offset -
-                        std::min(m_guest_bytes_forwarded, m_copied_by_earlier_jobs + m_offset),
+        .bytes_copied = m_copied_by_earlier_jobs + m_offset,
         .guest_bytes_forwarded = m_guest_bytes_forwarded};
 }
 

@@ -75,10 +75,12 @@ struct DiskMoveReport {
     bool verified = false;
     bool switched_to_write_blocking = false;
     bool switched_in_place = false;  // by block-job-change, not by a restarted mirror
-    // Bytes the mirror job(s) copied from source to target; a restarted
-    // mirror counts its lost first pass too. Guest writes a write-blocking
-    // mirror forwarded as they happened are counted apart.
+    // Bytes the mirror job(s) wrote to the target, as QEMU counts them (job
+    // offset): the copy, plus guest writes a write-blocking mirror forwarded;
+    // a restarted mirror counts its lost first pass too.
     std::uint64_t bytes_copied = 0;
+    // What the guest wrote while the mirror was write-blocking (its
+    // query-blockstats wr_bytes from the switch to the end).
     std::uint64_t guest_bytes_forwarded = 0;
 };
 
