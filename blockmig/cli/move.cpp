@@ -37,6 +37,7 @@ struct MoveArgs {
     std::optional<std::string> pools_file;
     std::string state_dir;
     bool force_unmanaged = false;
+    int verify_timeout_s = 120;
 };
 
 Result<MoveOptions> to_options(const MoveArgs& args) {
@@ -49,6 +50,7 @@ Result<MoveOptions> to_options(const MoveArgs& args) {
     o.qmp_address = args.qmp_socket;
     o.jobs_dir = args.state_dir;
     o.force_unmanaged = args.force_unmanaged;
+    o.verify_timeout = std::chrono::seconds(args.verify_timeout_s);
     for (const auto& t : args.targets) {
         // DEV=TARGET gives one disk its own target; '=' never occurs in pool specs.
         auto eq = t.find('=');
@@ -208,6 +210,10 @@ void add_move_command(CLI::App& app, Dispatch& dispatch) {
         ->check(CLI::PositiveNumber);
     add_pools_option(*cmd, args->pools_file);
     add_state_dir_option(*cmd, args->state_dir);
+    cmd->add_option("--verify-timeout", args->verify_timeout_s,
+                    "--verify pauses the guest at most SEC (120); then it resumes and the move "
+                    "fails")
+        ->check(CLI::PositiveNumber);
     cmd->add_flag("--force-unmanaged", args->force_unmanaged,
                   "move a libvirt-managed guest anyway (its domain XML is not updated)");
     cmd->callback([args, &dispatch] {

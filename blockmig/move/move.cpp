@@ -1,6 +1,7 @@
 #include "blockmig/move.hpp"
 
 #include <fmt/core.h>
+#include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -169,7 +170,8 @@ Result<void> check_capacity(const std::vector<std::unique_ptr<DiskMove>>& moves)
 // equal?" across formats; -U because the guest's QEMU holds the images
 // (paused and flushed at this point).
 Result<bool> images_equal(const std::string& a, std::string_view a_format, const std::string& b,
-                          std::string_view b_format, const std::filesystem::path& qemu_dir) {
+                          std::string_view b_format, const std::filesystem::path& qemu_dir,
+                          SteadyClock::time_point deadline) {
     // A mirror target does not share "consistent read", so even -U cannot
     // open a local target while the job exists: open local files with
     // locking=off (the guest is paused and flushed; nothing writes).
@@ -196,8 +198,24 @@ Result<bool> images_equal(const std::string& a, std::string_view a_format, const
         execvp(argv[0], argv.data());
         _exit(127);
     }
+    // The guest is paused while this runs: a compare stuck on dead storage
+    // must not keep it paused, so it is killed at the pause's deadline.
     int status = 0;
-    while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+    for (;;) {
+        pid_t done = waitpid(pid, &status, WNOHANG);
+        if (done == pid) break;
+        if (done < 0 && errno != EINTR)
+            return fail(ErrorCode::io_error, "verify: lost the qemu-img compare process");
+        if (SteadyClock::now() >= deadline) {
+            kill(pid, SIGKILL);
+            while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+            }
+            return fail(ErrorCode::timeout,
+                        fmt::format("verify: qemu-img compare {} {} did not finish within "
+                                    "--verify-timeout; the guest is resumed",
+                                    a, b));
+        }
+        std::this_thread::sleep_for(20ms);
     }
     int code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
     if (code == 0) return true;
@@ -529,6 +547,7 @@ class MoveRun {
                 }
                 paused = true;
                 paused_at = SteadyClock::now();
+                m_pause_deadline = paused_at + m_options.verify_timeout;
             }
             for (auto& m : m_moves) {
                 if (auto r = m->wait_in_sync(60s); !r) {
@@ -629,7 +648,8 @@ class MoveRun {
     Result<void> verify_all() {
         for (auto& m : m_moves) {
             auto equal = images_equal(m->source().location, m->source().driver, m->target_url(),
-                                      pools::to_string(m->target_format()), m_options.qemu_dir);
+                                      pools::to_string(m->target_format()), m_options.qemu_dir,
+                                      m_pause_deadline);
             if (!equal) return fail(equal.error().with_context(m->source().id));
             if (!*equal)
                 return fail(ErrorCode::io_error,
@@ -667,6 +687,8 @@ class MoveRun {
     std::optional<jobs::Journal> m_journal;
     jobs::UndoEnv m_env;
     std::optional<jobs::Effects> m_effects;
+    // The guest is paused (--verify) at most until then.
+    SteadyClock::time_point m_pause_deadline = SteadyClock::time_point::max();
     bool m_has_copy_mode = false;
     bool m_has_job_change = false;  // block-job-change can switch copy-mode in place
     SteadyClock::time_point m_started = SteadyClock::now();

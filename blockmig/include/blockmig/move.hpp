@@ -62,6 +62,9 @@ struct MoveOptions {
     std::filesystem::path jobs_dir;                 // journals; default jobs::default_state_dir()
     bool force_unmanaged = false;                   // move a libvirt-managed guest anyway
     std::chrono::milliseconds qmp_timeout{30'000};  // deadline of each QMP call and undo step
+    // --verify: the guest stays paused at most this long; then it is resumed
+    // and the move fails (rolled back).
+    std::chrono::seconds verify_timeout{120};
 };
 
 struct DiskMoveReport {
