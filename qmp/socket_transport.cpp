@@ -27,7 +27,9 @@ std::string errno_text(int err) { return std::strerror(err); }
 class SocketTransport final : public Transport {
   public:
     SocketTransport(int fd, std::string peer, bool unix_socket)
-        : m_fd(fd), m_peer(std::move(peer)), m_unix(unix_socket) {}
+        : m_fd(fd), m_peer(std::move(peer)), m_unix(unix_socket) {
+        if (m_unix) m_peer_pid = unix_peer_pid(fd);
+    }
     ~SocketTransport() override {
         close();
         ::close(m_fd);
@@ -115,11 +117,23 @@ class SocketTransport final : public Transport {
 
     bool supports_fd_passing() const override { return m_unix; }
     std::string peer() const override { return m_peer; }
+    std::optional<int> peer_pid() const override { return m_peer_pid; }
 
   private:
+    // Read once at connect time: SO_PEERCRED describes the listener as it was
+    // when the connection was made.
+    static std::optional<int> unix_peer_pid(int fd) {
+        ucred cred{};
+        socklen_t len = sizeof cred;
+        if (::getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0 || cred.pid <= 0)
+            return std::nullopt;
+        return cred.pid;
+    }
+
     int m_fd;
     std::string m_peer;
     bool m_unix;
+    std::optional<int> m_peer_pid;
     std::atomic<bool> m_closed{false};
     LineBuffer m_lines;
 };

@@ -81,6 +81,16 @@ void Script::set_responder(std::function<void(const json&, Script&)> responder) 
     m_responder = std::move(responder);
 }
 
+void Script::set_peer_pid(std::optional<int> pid) {
+    std::lock_guard lock(m_mutex);
+    m_peer_pid = pid;
+}
+
+std::optional<int> Script::peer_pid() const {
+    std::lock_guard lock(m_mutex);
+    return m_peer_pid;
+}
+
 std::vector<SentMessage> Script::sent() const {
     std::lock_guard lock(m_mutex);
     return m_sent;

@@ -11,6 +11,7 @@
 #   -blockdev driver=file,node-name=file0,filename=disk.qcow2,cache.direct=on,aio=native
 #   -blockdev driver=qcow2,node-name=fmt0,file=file0 -device virtio-blk-pci,drive=fmt0,id=disk0
 # Environment: BLOCKMIG_GUEST_APPEND (extra kernel args, e.g. stamp.blocks=4096),
+# BLOCKMIG_GUEST_CWD (QEMU's working directory, for relative image names),
 # BLOCKMIG_GUEST_MEM (MiB, default 256), BLOCKMIG_NETNS (run inside that namespace),
 # BLOCKMIG_QEMU (QEMU flavour, see qemu.sh), BLOCKMIG_CACHE (see build-guest.sh).
 set -euo pipefail
@@ -43,6 +44,8 @@ run)
   use_qemu_flavour
   netns=()
   [ -z "${BLOCKMIG_NETNS:-}" ] || netns=(ip netns exec "$BLOCKMIG_NETNS")
+  # QEMU's working directory: relative image names resolve against it.
+  [ -z "${BLOCKMIG_GUEST_CWD:-}" ] || cd "$BLOCKMIG_GUEST_CWD"
   exec "${netns[@]}" qemu-system-x86_64 -accel "$accel" -m "${BLOCKMIG_GUEST_MEM:-256}" -smp 1 \
     -nodefaults -no-user-config -display none -no-reboot \
     -kernel "$guest/vmlinuz" -initrd "$guest/initrd.img" \

@@ -201,14 +201,19 @@ NfsServer::~NfsServer() {
 
 // ---- iSCSI -----------------------------------------------------------------
 
-IscsiTarget::IscsiTarget(std::uint64_t size, int luns) {
+IscsiTarget::IscsiTarget(std::uint64_t size, int luns, const std::string& chap_user,
+                         const std::string& chap_password) {
     m_port = free_tcp_port();
-    CommandResult r = run({script("iscsi.sh"), "start", (m_dir / "tgt").string(),
-                           std::to_string(m_port), std::to_string(size), std::to_string(luns)});
+    std::vector<std::string> argv{script("iscsi.sh"),       "start",
+                                  (m_dir / "tgt").string(), std::to_string(m_port),
+                                  std::to_string(size),     std::to_string(luns)};
+    if (!chap_user.empty())
+        argv.insert(argv.begin(),
+                    {"env", "BLOCKMIG_ISCSI_CHAP=" + chap_user + ":" + chap_password});
+    CommandResult r = run(argv);
     if (r.status != 0) die("iSCSI target did not start: " + r.out);
     std::istringstream in(r.out);
-    int pid = 0;
-    in >> pid >> m_iqn;
+    in >> m_pid >> m_iqn;
     m_running = true;
 }
 
@@ -265,6 +270,7 @@ Guest::Guest(GuestConfig config) : m_config(std::move(config)), m_qmp(m_dir / "q
     if (m_config.stamp_blocks) append += " stamp.blocks=" + std::to_string(m_config.stamp_blocks);
     std::vector<std::string> env{"BLOCKMIG_GUEST_APPEND=" + append};
     if (!m_config.netns.empty()) env.push_back("BLOCKMIG_NETNS=" + m_config.netns);
+    if (!m_config.cwd.empty()) env.push_back("BLOCKMIG_GUEST_CWD=" + m_config.cwd.string());
 
     int fds[2];
     if (pipe2(fds, O_CLOEXEC) != 0) die("pipe failed");

@@ -104,10 +104,12 @@ class NfsServer {
 // ---- iSCSI -----------------------------------------------------------------
 
 // tgtd on 127.0.0.1:<free port> with `luns` thin-provisioned LUNs of `size`
-// bytes, each backed by a sparse file.
+// bytes, each backed by a sparse file. With `chap_user` set, only initiators
+// logging in with that CHAP account and password are admitted.
 class IscsiTarget {
   public:
-    IscsiTarget(std::uint64_t size, int luns = 1);
+    IscsiTarget(std::uint64_t size, int luns = 1, const std::string& chap_user = "",
+                const std::string& chap_password = "");
     ~IscsiTarget();
     IscsiTarget(const IscsiTarget&) = delete;
     IscsiTarget& operator=(const IscsiTarget&) = delete;
@@ -118,11 +120,13 @@ class IscsiTarget {
     fs::path backing_file(int lun) const;  // the sparse file behind a LUN
     const std::string& iqn() const { return m_iqn; }
     int port() const { return m_port; }
+    int pid() const { return m_pid; }  // tgtd's (to kill or freeze it in tests)
     void stop();
 
   private:
     TempDir m_dir{"iscsi"};
     int m_port = 0;
+    int m_pid = -1;
     std::string m_iqn;
     bool m_running = false;
 };
@@ -167,6 +171,7 @@ struct GuestConfig {
     std::uint64_t stamp_blocks = 0;  // 0 = whole disk
     int heartbeat_ms = 100;
     std::string netns;  // run inside this namespace if set
+    fs::path cwd;       // QEMU's working directory if set (relative disk paths resolve there)
 };
 
 // A running lab guest. A reader thread stamps every console line with its

@@ -175,6 +175,9 @@ class Client {
     // Why the client is dead (empty message while it is not).
     Error dead_reason() const;
     std::string peer() const { return m_transport->peer(); }
+    // The QEMU process's pid when the transport can tell (a Unix socket, via
+    // SO_PEERCRED), nullopt ("unknown") otherwise; see Transport::peer_pid().
+    std::optional<int> peer_pid() const { return m_transport->peer_pid(); }
 
     // Moves to dead: pending calls fail with interrupted. Idempotent.
     void close();

@@ -6,6 +6,7 @@
 #include <chrono>
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <span>
 #include <string>
 #include <string_view>
@@ -37,6 +38,13 @@ class Transport {
     virtual bool supports_fd_passing() const = 0;
     // Human-readable peer, e.g. "/run/vm.qmp" or "tcp:127.0.0.1:4444".
     virtual std::string peer() const = 0;
+    // The process at the other end when the kernel can tell: on a Unix socket
+    // SO_PEERCRED names the process that called listen() on it (QEMU itself,
+    // unless another process created the socket and handed it over; callers
+    // that act on the answer verify it, see blockmig/move/source_path.hpp).
+    // nullopt ("unknown") over TCP, from test doubles, or if the kernel
+    // reports no pid.
+    virtual std::optional<int> peer_pid() const { return std::nullopt; }
 };
 
 // Connects to a QMP Unix socket. Errors: not_found (no such path),

@@ -81,6 +81,10 @@ class Script {
     // left; it may push replies. Without one such a command is a failure.
     void set_responder(
         std::function<void(const nlohmann::json& message, Script& script)> responder);
+    // What the transport answers to peer_pid() (default: unknown), so a test
+    // can play a local QEMU with a real process's pid.
+    void set_peer_pid(std::optional<int> pid);
+    std::optional<int> peer_pid() const;
 
     // ---- inspection ------------------------------------------------------------
     std::vector<SentMessage> sent() const;
@@ -104,6 +108,7 @@ class Script {
     std::vector<SentMessage> m_sent;
     std::vector<std::string> m_failures;
     std::size_t m_lines_delivered = 0;
+    std::optional<int> m_peer_pid;
     bool m_eof = false;
     bool m_closed = false;
     LineBuffer m_lines;
@@ -120,6 +125,7 @@ class ScriptedTransport final : public Transport {
     void close() override { m_script->close(); }
     bool supports_fd_passing() const override { return m_fd_passing; }
     std::string peer() const override { return "scripted"; }
+    std::optional<int> peer_pid() const override { return m_script->peer_pid(); }
 
   private:
     std::shared_ptr<Script> m_script;
