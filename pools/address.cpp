@@ -44,16 +44,17 @@ std::string expand_home(std::string_view path) {
     return std::string(path);
 }
 
-Result<std::unique_ptr<Pool>> open_by_type(std::string_view type, std::string_view location) {
+Result<std::unique_ptr<Pool>> open_by_type(std::string_view type, std::string_view location,
+                                           const PoolOptions& options) {
     if (type == "dir") return make_dir_pool(expand_home(location));
-    if (type == "nfs") return make_nfs_pool(location);
-    if (type == "iscsi") return make_iscsi_pool(location);
+    if (type == "nfs") return make_nfs_pool(location, options);
+    if (type == "iscsi") return make_iscsi_pool(location, options);
     return fail(ErrorCode::invalid_argument,
                 fmt::format("unknown pool type '{}' (dir, nfs, iscsi)", type));
 }
 
-Result<std::unique_ptr<Pool>> open_named(const PoolSpec& spec) {
-    auto pool = open_by_type(spec.type, spec.location);
+Result<std::unique_ptr<Pool>> open_named(const PoolSpec& spec, const PoolOptions& options) {
+    auto pool = open_by_type(spec.type, spec.location, options);
     if (!pool) return fail(pool.error().with_context(fmt::format("pool '{}'", spec.name)));
     return pool;
 }
@@ -187,8 +188,8 @@ Result<PoolsConfig> load_pools_config(std::optional<std::string> explicit_path) 
 
 Result<std::unique_ptr<Pool>> open_pool(std::string_view spec, const PoolsConfig& config) {
     if (spec.empty()) return fail(ErrorCode::invalid_argument, "empty pool name");
-    if (spec.starts_with("nfs://")) return make_nfs_pool(spec);
-    if (spec.starts_with("iscsi://")) return make_iscsi_pool(spec);
+    if (spec.starts_with("nfs://")) return make_nfs_pool(spec, config.options);
+    if (spec.starts_with("iscsi://")) return make_iscsi_pool(spec, config.options);
     if (spec.starts_with("file:")) return make_dir_pool(expand_home(spec.substr(5)));
     if (spec.find("://") != std::string_view::npos) {
         return fail(
@@ -198,7 +199,7 @@ Result<std::unique_ptr<Pool>> open_pool(std::string_view spec, const PoolsConfig
     }
     if (looks_like_path(spec)) return make_dir_pool(expand_home(spec));
     if (auto it = config.pools.find(std::string(spec)); it != config.pools.end())
-        return open_named(it->second);
+        return open_named(it->second, config.options);
     return fail(
         ErrorCode::not_found,
         fmt::format("unknown pool '{}' ({}; a directory needs a path like ./{} or /...)", spec,
@@ -225,7 +226,8 @@ Result<VolumeRef> resolve_volume(std::string_view spec, const PoolsConfig& confi
             return fail(ErrorCode::invalid_argument,
                         fmt::format("volume '{}': expected nfs://host/export[/dir]/file", spec));
         }
-        return with_pool(make_nfs_pool(std::string(dir) + std::string(query)), name);
+        return with_pool(make_nfs_pool(std::string(dir) + std::string(query), config.options),
+                         name);
     }
     if (spec.starts_with("iscsi://")) {
         auto [target, lun] = split_last(spec);
@@ -235,7 +237,7 @@ Result<VolumeRef> resolve_volume(std::string_view spec, const PoolsConfig& confi
             return fail(ErrorCode::invalid_argument,
                         fmt::format("volume '{}': expected iscsi://host[:port]/iqn/lun", spec));
         }
-        return with_pool(make_iscsi_pool(target), "lun" + std::string(lun));
+        return with_pool(make_iscsi_pool(target, config.options), "lun" + std::string(lun));
     }
     std::string_view path = spec;
     if (spec.starts_with("file:")) {
@@ -263,7 +265,7 @@ Result<VolumeRef> resolve_volume(std::string_view spec, const PoolsConfig& confi
                                     config.source.empty() ? "no pools file found"
                                                           : "not in " + config.source));
         }
-        return with_pool(open_named(it->second), name);
+        return with_pool(open_named(it->second, config.options), name);
     }
     std::string expanded = expand_home(path);
     auto [dir, name] = split_last(expanded);

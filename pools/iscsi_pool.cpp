@@ -1,17 +1,17 @@
 // The disk LUNs of one iSCSI target, through libiscsi's synchronous API.
 // The pool contract (LUN naming, what "unused" means) is in pools/pools.hpp.
 #include <fmt/core.h>
-#include <iscsi/iscsi.h>
-#include <iscsi/scsi-lowlevel.h>
 
 #include <algorithm>
 #include <charconv>
 #include <cstring>
+#include <functional>
 #include <map>
 #include <mutex>
 #include <vector>
 
 #include "common.hpp"
+#include "iscsi_session.hpp"
 #include "pools/image_format.hpp"
 #include "pools/pools.hpp"
 
@@ -20,7 +20,6 @@ namespace blockmig::pools {
 namespace {
 
 constexpr const char* k_initiator = "iqn.2024-01.org.blockmig:pools";
-constexpr int k_timeout_s = 60;
 constexpr std::uint64_t k_max_io = 4 << 20;
 constexpr std::uint64_t k_unused_probe = 1 << 20;
 
@@ -77,32 +76,17 @@ Result<IscsiUrl> parse_iscsi_url(std::string_view url) {
     return out;
 }
 
-// Owns a libiscsi context and its session. libiscsi contexts are not
-// thread-safe, so every call holds `mutex`.
-class IscsiContext {
-  public:
-    IscsiContext() : m_iscsi(iscsi_create_context(k_initiator)) {}
-    ~IscsiContext() {
-        if (!m_iscsi) return;
-        if (iscsi_is_logged_in(m_iscsi)) iscsi_logout_sync(m_iscsi);
-        iscsi_destroy_context(m_iscsi);
-    }
-    IscsiContext(const IscsiContext&) = delete;
-    IscsiContext& operator=(const IscsiContext&) = delete;
-    iscsi_context* get() const { return m_iscsi; }
-    std::string error() const { return m_iscsi ? iscsi_get_error(m_iscsi) : "out of memory"; }
+using detail::IscsiSession;
+using detail::Task;
 
-    std::mutex mutex;
-
-  private:
-    iscsi_context* m_iscsi;
-};
-
-// Owns a completed SCSI task.
-struct TaskDeleter {
-    void operator()(scsi_task* task) const { scsi_free_scsi_task(task); }
-};
-using Task = std::unique_ptr<scsi_task, TaskDeleter>;
+// Adapts an iscsi_*_task() call to IscsiSession::run():
+// task_of(iscsi_read16_task, lun, lba, ...) supplies the callback arguments.
+template <typename F, typename... Args>
+detail::StartTask task_of(F start, Args... args) {
+    return [=](iscsi_context* iscsi, iscsi_command_cb cb, void* data) {
+        return start(iscsi, args..., cb, data);
+    };
+}
 
 struct Lun {
     int lun = 0;
@@ -113,25 +97,15 @@ struct Lun {
 };
 
 struct IscsiShared {
-    IscsiContext context;
+    IscsiShared(IscsiUrl u, std::string w, std::chrono::milliseconds timeout)
+        : url(std::move(u)),
+          where(std::move(w)),
+          session({url.portal(), url.iqn, url.user, url.password, k_initiator}, where, timeout) {}
+
     IscsiUrl url;
     std::string where;  // "iscsi: iscsi://host:port/iqn"
-
-    // Checks a task's outcome; `what` names the command for the message.
-    Result<Task> check(scsi_task* raw, std::string_view what) {
-        Task task(raw);
-        if (!task)
-            return fail(ErrorCode::io_error,
-                        fmt::format("{}: {}: {}", where, what, context.error()));
-        if (task->status != SCSI_STATUS_GOOD) {
-            ErrorCode code = task->sense.key == SCSI_SENSE_ILLEGAL_REQUEST ? ErrorCode::unsupported
-                                                                           : ErrorCode::io_error;
-            return fail(code, fmt::format("{}: {}: {} ({})", where, what,
-                                          scsi_sense_key_str(task->sense.key),
-                                          scsi_sense_ascq_str(task->sense.ascq)));
-        }
-        return task;
-    }
+    IscsiSession session;
+    std::function<bool(const std::string&)> claim;  // PoolOptions::claim
 };
 
 std::string lun_name(int lun) { return fmt::format("lun{}", lun); }
@@ -164,13 +138,13 @@ class IscsiVolume final : public Volume {
         if (auto r = check_range(offset, buf.size(), true); !r) return fail(r.error());
         const std::uint64_t want =
             std::min<std::uint64_t>(buf.size(), size() > offset ? size() - offset : 0);
-        std::lock_guard lock(m_shared->context.mutex);
+        std::lock_guard lock(m_shared->session.mutex);
         for (std::uint64_t done = 0; done < want;) {
             const auto n = static_cast<std::uint32_t>(std::min(k_max_io, want - done));
-            auto task = m_shared->check(
-                iscsi_read16_sync(ctx(), m_lun.lun, (offset + done) / m_lun.block_size, n,
-                                  static_cast<int>(m_lun.block_size), 0, 0, 0, 0, 0),
-                fmt::format("READ(16) {} at {}", m_name, offset + done));
+            auto task = m_shared->session.run(
+                fmt::format("READ(16) {} at {}", m_name, offset + done),
+                task_of(iscsi_read16_task, m_lun.lun, (offset + done) / m_lun.block_size, n,
+                        static_cast<int>(m_lun.block_size), 0, 0, 0, 0, 0));
             if (!task) return fail(task.error());
             if ((*task)->datain.size < static_cast<int>(n)) {
                 return fail(ErrorCode::io_error,
@@ -184,17 +158,17 @@ class IscsiVolume final : public Volume {
 
     Result<void> pwrite(std::span<const std::byte> buf, std::uint64_t offset) override {
         if (auto r = check_write(offset, buf.size()); !r) return r;
-        std::lock_guard lock(m_shared->context.mutex);
+        std::lock_guard lock(m_shared->session.mutex);
         for (std::uint64_t done = 0; done < buf.size();) {
             const auto n =
                 static_cast<std::uint32_t>(std::min<std::uint64_t>(k_max_io, buf.size() - done));
             // libiscsi takes a non-const pointer but only reads the buffer.
             auto* data =
                 reinterpret_cast<unsigned char*>(const_cast<std::byte*>(buf.data() + done));
-            auto task = m_shared->check(
-                iscsi_write16_sync(ctx(), m_lun.lun, (offset + done) / m_lun.block_size, data, n,
-                                   static_cast<int>(m_lun.block_size), 0, 0, 0, 0, 0),
-                fmt::format("WRITE(16) {} at {}", m_name, offset + done));
+            auto task = m_shared->session.run(
+                fmt::format("WRITE(16) {} at {}", m_name, offset + done),
+                task_of(iscsi_write16_task, m_lun.lun, (offset + done) / m_lun.block_size, data, n,
+                        static_cast<int>(m_lun.block_size), 0, 0, 0, 0, 0));
             if (!task) return fail(task.error());
             done += n;
         }
@@ -206,17 +180,16 @@ class IscsiVolume final : public Volume {
         {
             // WRITE SAME(16) with UNMAP: the target deallocates where it can
             // and the range reads back as zeroes either way (SBC-3 5.45).
-            std::lock_guard lock(m_shared->context.mutex);
+            std::lock_guard lock(m_shared->session.mutex);
             std::vector<unsigned char> zero(m_lun.block_size, 0);
             bool ok = true;
             for (std::uint64_t done = 0; done < length && ok;) {
                 const auto blocks = static_cast<std::uint32_t>(std::min<std::uint64_t>(
                     (length - done) / m_lun.block_size, (32 << 20) / m_lun.block_size));
-                auto task = m_shared->check(
-                    iscsi_writesame16_sync(ctx(), m_lun.lun, (offset + done) / m_lun.block_size,
-                                           zero.data(), m_lun.block_size, blocks, 0,
-                                           m_lun.lbpme ? 1 : 0, 0, 0),
-                    "WRITE SAME(16)");
+                auto task = m_shared->session.run(
+                    "WRITE SAME(16)",
+                    task_of(iscsi_writesame16_task, m_lun.lun, (offset + done) / m_lun.block_size,
+                            zero.data(), m_lun.block_size, blocks, 0, m_lun.lbpme ? 1 : 0, 0, 0));
                 if (!task) {
                     if (task.error().code != ErrorCode::unsupported || done != 0)
                         return fail(task.error());
@@ -243,13 +216,13 @@ class IscsiVolume final : public Volume {
                         fmt::format("{}: discard {}: LUN is not thin-provisioned (LBPME=0)",
                                     m_shared->where, m_name));
         }
-        std::lock_guard lock(m_shared->context.mutex);
+        std::lock_guard lock(m_shared->session.mutex);
         for (std::uint64_t done = 0; done < length;) {
             const std::uint64_t blocks =
                 std::min<std::uint64_t>((length - done) / m_lun.block_size, 1u << 22);
             unmap_list list{(offset + done) / m_lun.block_size, static_cast<std::uint32_t>(blocks)};
-            auto task = m_shared->check(iscsi_unmap_sync(ctx(), m_lun.lun, 0, 0, &list, 1),
-                                        fmt::format("UNMAP {} at {}", m_name, offset + done));
+            auto task = m_shared->session.run(fmt::format("UNMAP {} at {}", m_name, offset + done),
+                                              task_of(iscsi_unmap_task, m_lun.lun, 0, 0, &list, 1));
             if (!task) return fail(task.error());
             done += blocks * m_lun.block_size;
         }
@@ -257,9 +230,10 @@ class IscsiVolume final : public Volume {
     }
 
     Result<void> flush() override {
-        std::lock_guard lock(m_shared->context.mutex);
-        auto task = m_shared->check(iscsi_synchronizecache10_sync(ctx(), m_lun.lun, 0, 0, 0, 0),
-                                    fmt::format("SYNCHRONIZE CACHE {}", m_name));
+        std::lock_guard lock(m_shared->session.mutex);
+        auto task =
+            m_shared->session.run(fmt::format("SYNCHRONIZE CACHE {}", m_name),
+                                  task_of(iscsi_synchronizecache10_task, m_lun.lun, 0, 0, 0, 0));
         if (!task) return fail(task.error());
         return {};
     }
@@ -272,12 +246,12 @@ class IscsiVolume final : public Volume {
             extents.push_back({offset, end - offset, true});
             return extents;
         }
-        std::lock_guard lock(m_shared->context.mutex);
+        std::lock_guard lock(m_shared->session.mutex);
         std::uint64_t pos = offset - offset % m_lun.block_size;
         while (pos < end) {
-            auto task = m_shared->check(
-                iscsi_get_lba_status_sync(ctx(), m_lun.lun, pos / m_lun.block_size, 4096),
-                fmt::format("GET LBA STATUS {} at {}", m_name, pos));
+            auto task = m_shared->session.run(
+                fmt::format("GET LBA STATUS {} at {}", m_name, pos),
+                task_of(iscsi_get_lba_status_task, m_lun.lun, pos / m_lun.block_size, 4096));
             if (!task) return fail(task.error());
             auto* status = static_cast<scsi_get_lba_status*>(scsi_datain_unmarshall(task->get()));
             if (!status || status->num_descriptors == 0) {
@@ -309,8 +283,6 @@ class IscsiVolume final : public Volume {
     }
 
   private:
-    iscsi_context* ctx() const { return m_shared->context.get(); }
-
     Result<void> check_range(std::uint64_t offset, std::uint64_t length, bool reading) const {
         if (offset % m_lun.block_size != 0 || length % m_lun.block_size != 0) {
             return fail(
@@ -374,43 +346,8 @@ class IscsiPool final : public Pool {
                         fmt::format("{}: cannot create {} volumes (raw or qcow2)", m_shared->where,
                                     to_string(format)));
         }
-        std::optional<Lun> chosen;
-        if (!name.empty()) {
-            auto lun = find(name);
-            if (!lun) return fail(lun.error());
-            auto unused = is_unused(*lun);
-            if (!unused) return fail(unused.error());
-            if (!*unused) {
-                return fail(ErrorCode::already_exists,
-                            fmt::format("{}: {} is in use (it holds data)", m_shared->where,
-                                        lun_name(lun->lun)));
-            }
-            if (lun->bytes() < size) {
-                return fail(ErrorCode::no_space,
-                            fmt::format("{}: {} holds {} bytes, {} wanted", m_shared->where,
-                                        lun_name(lun->lun), lun->bytes(), size));
-            }
-            chosen = *lun;
-        } else {
-            auto luns = disk_luns();
-            if (!luns) return fail(luns.error());
-            std::stable_sort(luns->begin(), luns->end(),
-                             [](const Lun& a, const Lun& b) { return a.bytes() < b.bytes(); });
-            for (const Lun& lun : *luns) {
-                if (lun.bytes() < size) continue;
-                auto unused = is_unused(lun);
-                if (!unused) return fail(unused.error());
-                if (*unused) {
-                    chosen = lun;
-                    break;
-                }
-            }
-            if (!chosen) {
-                return fail(
-                    ErrorCode::no_space,
-                    fmt::format("{}: no unused LUN of at least {} bytes", m_shared->where, size));
-            }
-        }
+        auto chosen = name.empty() ? choose_unused(size) : check_named(name, size);
+        if (!chosen) return fail(chosen.error());
         if (format == ImageFormat::qcow2) {
             IscsiVolume volume(m_shared, *chosen, true);
             if (auto r = write_empty_qcow2(volume, size); !r) {
@@ -421,6 +358,56 @@ class IscsiPool final : public Pool {
             }
         }
         return stat_lun(*chosen);
+    }
+
+    // The named LUN, if it is unused, large enough and the caller's claim
+    // (PoolOptions::claim) takes it.
+    Result<Lun> check_named(std::string_view name, std::uint64_t size) {
+        auto lun = find(name);
+        if (!lun) return fail(lun.error());
+        auto unused = is_unused(*lun);
+        if (!unused) return fail(unused.error());
+        if (!*unused) {
+            return fail(ErrorCode::already_exists,
+                        fmt::format("{}: {} is in use (it holds data)", m_shared->where,
+                                    lun_name(lun->lun)));
+        }
+        if (lun->bytes() < size) {
+            return fail(ErrorCode::no_space,
+                        fmt::format("{}: {} holds {} bytes, {} wanted", m_shared->where,
+                                    lun_name(lun->lun), lun->bytes(), size));
+        }
+        if (!claim(*lun)) {
+            return fail(ErrorCode::already_exists,
+                        fmt::format("{}: {} is claimed by another job", m_shared->where,
+                                    lun_name(lun->lun)));
+        }
+        return *lun;
+    }
+
+    // The smallest unused LUN of at least `size` bytes that the claim takes.
+    Result<Lun> choose_unused(std::uint64_t size) {
+        auto luns = disk_luns();
+        if (!luns) return fail(luns.error());
+        std::stable_sort(luns->begin(), luns->end(),
+                         [](const Lun& a, const Lun& b) { return a.bytes() < b.bytes(); });
+        int claimed = 0;
+        for (const Lun& lun : *luns) {
+            if (lun.bytes() < size) continue;
+            auto unused = is_unused(lun);
+            if (!unused) return fail(unused.error());
+            if (!*unused) continue;
+            if (claim(lun)) return lun;
+            ++claimed;
+        }
+        return fail(ErrorCode::no_space,
+                    fmt::format("{}: no unused LUN of at least {} bytes{}", m_shared->where, size,
+                                claimed ? fmt::format(" ({} unused ones are claimed)", claimed)
+                                        : std::string()));
+    }
+
+    bool claim(const Lun& lun) {
+        return !m_shared->claim || m_shared->claim(url_of(lun_name(lun.lun)));
     }
 
     Result<void> remove(std::string_view name) override {
@@ -485,8 +472,6 @@ class IscsiPool final : public Pool {
     }
 
   private:
-    iscsi_context* ctx() const { return m_shared->context.get(); }
-
     Result<VolumeInfo> stat_lun(const Lun& lun) {
         IscsiVolume volume(m_shared, lun, false);
         auto probed = probe_image(volume);
@@ -528,8 +513,9 @@ class IscsiPool final : public Pool {
 
     // REPORT LUNS, then the direct-access (disk) ones with their capacity.
     Result<std::vector<Lun>> disk_luns() {
-        std::lock_guard lock(m_shared->context.mutex);
-        auto report = m_shared->check(iscsi_reportluns_sync(ctx(), 0, 16384), "REPORT LUNS");
+        std::lock_guard lock(m_shared->session.mutex);
+        auto report =
+            m_shared->session.run("REPORT LUNS", task_of(iscsi_reportluns_task, 0, 16384));
         if (!report) return fail(report.error());
         auto* list = static_cast<scsi_reportluns_list*>(scsi_datain_unmarshall(report->get()));
         if (!list)
@@ -540,22 +526,26 @@ class IscsiPool final : public Pool {
             lun.lun = list->luns[i];
             // A fresh session sees one UNIT ATTENTION (power on / reset) per
             // LUN; TEST UNIT READY consumes it before real commands run
-            // (what iscsi_full_connect_sync does for its one LUN).
+            // (what iscsi_full_connect_sync does for its one LUN). IscsiSession::run
+            // also retries commands that meet one after a fresh login.
             for (int attempt = 0; attempt < 4; ++attempt) {
-                Task tur(iscsi_testunitready_sync(ctx(), lun.lun));
-                if (!tur || tur->status != SCSI_STATUS_CHECK_CONDITION ||
-                    tur->sense.key != SCSI_SENSE_UNIT_ATTENTION) {
+                auto tur = m_shared->session.submit("TEST UNIT READY",
+                                                    task_of(iscsi_testunitready_task, lun.lun));
+                if (!tur) return fail(tur.error());
+                if ((*tur)->status != SCSI_STATUS_CHECK_CONDITION ||
+                    (*tur)->sense.key != SCSI_SENSE_UNIT_ATTENTION) {
                     break;
                 }
             }
-            auto inq = m_shared->check(iscsi_inquiry_sync(ctx(), lun.lun, 0, 0, 64), "INQUIRY");
+            auto inq =
+                m_shared->session.run("INQUIRY", task_of(iscsi_inquiry_task, lun.lun, 0, 0, 64));
             if (!inq) return fail(inq.error());
             auto* std_inq = static_cast<scsi_inquiry_standard*>(scsi_datain_unmarshall(inq->get()));
             if (!std_inq ||
                 std_inq->device_type != SCSI_INQUIRY_PERIPHERAL_DEVICE_TYPE_DIRECT_ACCESS)
                 continue;
-            auto cap = m_shared->check(iscsi_readcapacity16_sync(ctx(), lun.lun),
-                                       fmt::format("READ CAPACITY(16) LUN {}", lun.lun));
+            auto cap = m_shared->session.run(fmt::format("READ CAPACITY(16) LUN {}", lun.lun),
+                                             task_of(iscsi_readcapacity16_task, lun.lun));
             if (!cap) return fail(cap.error());
             auto* rc16 = static_cast<scsi_readcapacity16*>(scsi_datain_unmarshall(cap->get()));
             if (!rc16 || rc16->block_length == 0) {
@@ -577,32 +567,14 @@ class IscsiPool final : public Pool {
 
 }  // namespace
 
-Result<std::unique_ptr<Pool>> make_iscsi_pool(std::string_view url_text) {
+Result<std::unique_ptr<Pool>> make_iscsi_pool(std::string_view url_text,
+                                              const PoolOptions& options) {
     auto url = parse_iscsi_url(url_text);
     if (!url) return fail(url.error());
-    auto shared = std::make_shared<IscsiShared>();
-    shared->url = *url;
-    shared->where = "iscsi: " + url->text();
-    iscsi_context* iscsi = shared->context.get();
-    if (!iscsi)
-        return fail(ErrorCode::io_error, shared->where + ": cannot create libiscsi context");
-    iscsi_set_targetname(iscsi, url->iqn.c_str());
-    iscsi_set_session_type(iscsi, ISCSI_SESSION_NORMAL);
-    iscsi_set_header_digest(iscsi, ISCSI_HEADER_DIGEST_NONE_CRC32C);
-    iscsi_set_timeout(iscsi, k_timeout_s);
-    if (!url->user.empty() &&
-        iscsi_set_initiator_username_pwd(iscsi, url->user.c_str(), url->password.c_str()) != 0) {
-        return fail(ErrorCode::invalid_argument,
-                    fmt::format("{}: CHAP: {}", shared->where, shared->context.error()));
-    }
-    if (iscsi_connect_sync(iscsi, url->portal().c_str()) != 0) {
-        return fail(ErrorCode::io_error,
-                    fmt::format("iscsi: connect {}: {}", url->portal(), shared->context.error()));
-    }
-    if (iscsi_login_sync(iscsi) != 0) {
-        return fail(ErrorCode::io_error, fmt::format("iscsi: login to {} at {}: {}", url->iqn,
-                                                     url->portal(), shared->context.error()));
-    }
+    auto shared = std::make_shared<IscsiShared>(*url, "iscsi: " + url->text(), options.timeout);
+    shared->claim = options.claim;
+    std::lock_guard lock(shared->session.mutex);
+    if (auto r = shared->session.connect(); !r) return fail(r.error());
     return std::make_unique<IscsiPool>(std::move(shared));
 }
 

@@ -21,7 +21,6 @@ namespace blockmig::pools {
 namespace {
 
 constexpr int k_nf3reg = 1;  // NF3REG from libnfs-raw-nfs.h (nfsdirent::type)
-constexpr int k_timeout_ms = 60000;
 constexpr std::uint64_t k_max_io = 1 << 20;
 
 struct NfsUrl {
@@ -131,7 +130,13 @@ struct NfsShared {
     Error failure(std::string_view what, int rc) const {
         Error e = detail::errno_error(where, what, -rc);
         std::string detail = nfs_get_error(context.get()) ? nfs_get_error(context.get()) : "";
+        // libnfs words a lost connection (autoreconnect is off) this way.
+        if (detail == "nfs_service failed") detail = "connection to the server lost";
         if (!detail.empty()) e.message = fmt::format("{}: {}: {}", where, what, detail);
+        // libnfs reports an RPC that hit nfs_set_timeout() as -EINTR with
+        // "... timed out" (check_nfs3_error in libnfs 4.0's nfs_v3.c).
+        if (rc == -EINTR || detail.find("timed out") != std::string::npos)
+            e.code = ErrorCode::timeout;
         return e;
     }
 };
@@ -434,7 +439,7 @@ class NfsPool final : public Pool {
 
 }  // namespace
 
-Result<std::unique_ptr<Pool>> make_nfs_pool(std::string_view url_text) {
+Result<std::unique_ptr<Pool>> make_nfs_pool(std::string_view url_text, const PoolOptions& options) {
     auto url = parse_nfs_url(url_text);
     if (!url) return fail(url.error());
     auto shared = std::make_shared<NfsShared>();
@@ -448,15 +453,19 @@ Result<std::unique_ptr<Pool>> make_nfs_pool(std::string_view url_text) {
     }
     if (url->uid) nfs_set_uid(nfs, *url->uid);
     if (url->gid) nfs_set_gid(nfs, *url->gid);
-    // A CLI must not hang on a dead server: bound every sync call, and do not
-    // reconnect forever (libnfs's default).
-    nfs_set_timeout(nfs, k_timeout_ms);
+    // A CLI must not hang on a dead server: bound every sync call (libnfs
+    // counts whole seconds), and do not reconnect forever (libnfs's default).
+    const auto seconds =
+        std::max<std::int64_t>(1, std::chrono::ceil<std::chrono::seconds>(options.timeout).count());
+    nfs_set_timeout(nfs, static_cast<int>(seconds * 1000));
     nfs_set_autoreconnect(nfs, 0);
     nfs_set_dircache(nfs, 0);  // other clients create volumes too
     int rc = nfs_mount(nfs, url->host.c_str(), url->path.c_str());
     if (rc < 0) {
-        return fail(ErrorCode::io_error, fmt::format("nfs: mount {}:{}: {}", url->host, url->path,
-                                                     shared->context.error()));
+        Error e = shared->failure("mount", rc);
+        return fail(
+            e.code == ErrorCode::timeout ? e.code : ErrorCode::io_error,
+            fmt::format("nfs: mount {}:{}: {}", url->host, url->path, shared->context.error()));
     }
     // One RPC per chunk, at most what the server negotiated (libnfs 4.0's
     // NFSv4 encoder fails on WRITEs larger than that instead of splitting).

@@ -1,5 +1,10 @@
 // The iSCSI pool against a real tgtd with thin-provisioned LUNs.
+#include <signal.h>
 #include <sys/stat.h>
+
+#include <cstring>
+#include <fstream>
+#include <set>
 
 #include "pools/address.hpp"
 #include "pools/image_format.hpp"
@@ -186,6 +191,137 @@ TEST(PoolsIscsi, CliListsLunsAndFailsCleanlyOnBadTarget) {
     auto bad_lun = blockmig_cli({"vol", "info", target.base_url() + "/7"});
     EXPECT_NE(bad_lun.status, 0);
     EXPECT_NE(bad_lun.out.find("no disk LUN 7"), std::string::npos) << bad_lun.out;
+}
+
+// The measured bug behind these two: tgtd SIGKILLed during a move, and the
+// rollback's LUN delete sat in libiscsi's REPORT LUNS forever.
+constexpr auto k_deadline = std::chrono::seconds(3);
+constexpr auto k_bound = k_deadline + std::chrono::seconds(2);
+
+TEST(PoolsIscsi, EveryCallAgainstAKilledTargetFailsWithinTheDeadline) {
+    LAB_REQUIRE();
+    IscsiTarget target(16 * k_mib, 2);
+    PoolsConfig config;
+    config.options.timeout = k_deadline;
+    auto pool = open_pool(target.base_url(), config);
+    ASSERT_TRUE(pool) << pool.error().message;
+    ASSERT_TRUE((*pool)->create("lun1", 16 * k_mib, ImageFormat::qcow2));
+    auto volume = (*pool)->open("lun1", true);
+    ASSERT_TRUE(volume);
+
+    ASSERT_EQ(::kill(target.pid(), SIGKILL), 0);
+    expect_each_fails_within(every_pool_call(**pool, **volume, "lun1", "lun2"), k_bound);
+
+    const auto start = std::chrono::steady_clock::now();
+    auto again = open_pool(target.base_url(), config);
+    EXPECT_FALSE(again);
+    EXPECT_LE(std::chrono::steady_clock::now() - start, k_bound);
+}
+
+TEST(PoolsIscsi, FrozenTargetTimesOutEachCallAndIsUsedAgainOnceItAnswers) {
+    LAB_REQUIRE();
+    IscsiTarget target(16 * k_mib, 2);
+    PoolsConfig config;
+    config.options.timeout = k_deadline;
+    auto pool = open_pool(target.base_url(), config);
+    ASSERT_TRUE(pool) << pool.error().message;
+    ASSERT_TRUE((*pool)->create("lun1", 16 * k_mib, ImageFormat::qcow2));
+    auto volume = (*pool)->open("lun1", true);
+    ASSERT_TRUE(volume);
+    {
+        Frozen frozen(target.pid());
+        expect_each_fails_within(every_pool_call(**pool, **volume, "lun1", "lun2"), k_bound,
+                                 ErrorCode::timeout);
+        const auto start = std::chrono::steady_clock::now();
+        auto late = open_pool(target.base_url(), config);
+        ASSERT_FALSE(late);
+        EXPECT_EQ(late.error().code, ErrorCode::timeout) << late.error().message;
+        EXPECT_LE(std::chrono::steady_clock::now() - start, k_bound);
+    }
+    // The target answers again: the same pool logs in afresh and works.
+    auto info = (*pool)->stat("lun1");
+    ASSERT_TRUE(info) << info.error().message;
+    EXPECT_EQ(info->format, ImageFormat::qcow2);
+    std::vector<std::byte> head(4096);
+    ASSERT_TRUE((*volume)->pread(head, 0));
+    EXPECT_EQ(std::memcmp(head.data(), "QFI\xfb", 4), 0);
+}
+
+TEST(PoolsIscsi, ChapTargetAdmitsOnlyItsAccountAndQemuReadsTheSecretFromAFile) {
+    LAB_REQUIRE();
+    const std::string password = "chap-pw-7f3a91c2";
+    IscsiTarget target(16 * k_mib, 1, "bmuser", password);
+    const std::string hostpart = target.portal() + "/" + target.iqn();
+
+    auto anonymous = open_pool("iscsi://" + hostpart, {});
+    ASSERT_FALSE(anonymous) << "a CHAP target must refuse a login without CHAP";
+    auto wrong = open_pool("iscsi://bmuser%not-the-password@" + hostpart, {});
+    ASSERT_FALSE(wrong);
+    EXPECT_EQ(wrong.error().message.find("not-the-password"), std::string::npos)
+        << wrong.error().message;
+
+    auto pool = open_pool("iscsi://bmuser%" + password + "@" + hostpart, {});
+    ASSERT_TRUE(pool) << pool.error().message;
+    EXPECT_EQ((*pool)->url().find(password), std::string::npos) << (*pool)->url();
+    ASSERT_TRUE((*pool)->create("lun1", 16 * k_mib, ImageFormat::raw));
+    auto volume = (*pool)->open("lun1", true);
+    ASSERT_TRUE(volume);
+    std::vector<std::byte> data(k_mib, std::byte{0x5c});
+    ASSERT_TRUE((*volume)->pwrite(data, 0));
+    ASSERT_TRUE((*volume)->flush());
+
+    auto chain = (*pool)->describe_for_qemu("lun1", {});
+    ASSERT_TRUE(chain) << chain.error().message;
+    ASSERT_EQ(chain->secrets.size(), 1u);
+    EXPECT_EQ(chain->protocol["user"], "bmuser");
+    EXPECT_EQ(chain->protocol.dump().find(password), std::string::npos)
+        << "the node names the secret, never the password";
+    // QEMU logs in with the secret read from a 0600 file, not from argv.
+    TempDir dir("chap");
+    const auto secret_file = dir / "chap.secret";
+    {
+        std::ofstream out(secret_file);
+        out << chain->secrets[0]["data"].get<std::string>();
+    }
+    std::filesystem::permissions(
+        secret_file, std::filesystem::perms::owner_read | std::filesystem::perms::owner_write);
+    const std::string object =
+        "secret,id=" + chain->secrets[0]["id"].get<std::string>() + ",file=" + secret_file.string();
+    run_ok({"qemu-io", "--object", object, "-c", "read -P 0x5c 0 4k", json_filename(*chain)});
+}
+
+TEST(PoolsIscsi, ClaimMakesRawCreatesInARowChooseDistinctLuns) {
+    LAB_REQUIRE();
+    IscsiTarget target(16 * k_mib, 3);
+    std::set<std::string> claimed;
+    PoolsConfig config;
+    config.options.claim = [&](const std::string& url) { return claimed.insert(url).second; };
+    auto pool = open_pool(target.base_url(), config);
+    ASSERT_TRUE(pool) << pool.error().message;
+    // A raw create writes nothing: lun1 still reads as unused afterwards, so
+    // only the claim keeps the second create off it.
+    auto first = (*pool)->create("", 8 * k_mib, ImageFormat::raw);
+    ASSERT_TRUE(first) << first.error().message;
+    auto second = (*pool)->create("", 8 * k_mib, ImageFormat::raw);
+    ASSERT_TRUE(second) << second.error().message;
+    EXPECT_NE(first->name, second->name);
+    EXPECT_EQ(claimed.size(), 2u);
+    EXPECT_TRUE(claimed.count((*pool)->url_of(first->name)));
+    EXPECT_TRUE(claimed.count((*pool)->url_of(second->name)));
+
+    // A named create of a claimed LUN is refused; so is the last one once
+    // the claim (say, another process's lock) refuses it.
+    auto again = (*pool)->create(first->name, 8 * k_mib, ImageFormat::raw);
+    ASSERT_FALSE(again);
+    EXPECT_EQ(again.error().code, ErrorCode::already_exists);
+    EXPECT_NE(again.error().message.find("claimed"), std::string::npos) << again.error().message;
+    config.options.claim = [](const std::string&) { return false; };
+    auto locked = open_pool(target.base_url(), config);
+    ASSERT_TRUE(locked);
+    auto none = (*locked)->create("", 8 * k_mib, ImageFormat::raw);
+    ASSERT_FALSE(none);
+    EXPECT_EQ(none.error().code, ErrorCode::no_space);
+    EXPECT_NE(none.error().message.find("claimed"), std::string::npos) << none.error().message;
 }
 
 }  // namespace

@@ -2,9 +2,13 @@
 #pragma once
 
 #include <gtest/gtest.h>
+#include <signal.h>
 
+#include <chrono>
 #include <cstdint>
 #include <fstream>
+#include <functional>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -42,6 +46,91 @@ inline void write_local_copy(const std::filesystem::path& path, std::uint64_t si
 inline blockmig::lab::CommandResult blockmig_cli(std::vector<std::string> args) {
     args.insert(args.begin(), BLOCKMIG_BINARY);
     return blockmig::lab::run(args);
+}
+
+// Freezes a server process (SIGSTOP: its sockets stay open, nothing answers,
+// like a hung NAS) until thaw() or destruction.
+class Frozen {
+  public:
+    explicit Frozen(int pid) : m_pid(pid) { ::kill(m_pid, SIGSTOP); }
+    ~Frozen() { thaw(); }
+    Frozen(const Frozen&) = delete;
+    Frozen& operator=(const Frozen&) = delete;
+    void thaw() {
+        if (m_pid > 0) ::kill(m_pid, SIGCONT);
+        m_pid = -1;
+    }
+
+  private:
+    int m_pid;
+};
+
+// One pool or volume call, as the deadline tests run it.
+struct PoolCall {
+    std::string name;
+    std::function<std::optional<blockmig::Error>()> run;  // the error, or nullopt on success
+};
+
+template <typename T>
+std::optional<blockmig::Error> error_of(const blockmig::Result<T>& r) {
+    if (r) return std::nullopt;
+    return r.error();
+}
+
+// Every kind of call a move makes against a pool: `existing` names a volume
+// that exists (and `volume` is it, opened writable before the server went
+// away); `fresh` names one that does not.
+inline std::vector<PoolCall> every_pool_call(blockmig::pools::Pool& pool,
+                                             blockmig::pools::Volume& volume,
+                                             const std::string& existing,
+                                             const std::string& fresh) {
+    using blockmig::pools::ImageFormat;
+    return {
+        {"stat", [&] { return error_of(pool.stat(existing)); }},
+        {"list_volumes", [&] { return error_of(pool.list_volumes()); }},
+        {"capacity", [&] { return error_of(pool.capacity()); }},
+        {"create", [&, fresh] { return error_of(pool.create(fresh, 1 << 20, ImageFormat::raw)); }},
+        {"remove", [&] { return error_of(pool.remove(existing)); }},
+        {"open+pread",
+         [&] {
+             auto v = pool.open(existing, false);
+             if (!v) return std::optional(v.error());
+             std::vector<std::byte> buf(4096);
+             return error_of((*v)->pread(buf, 0));
+         }},
+        {"pread (opened before)",
+         [&] {
+             std::vector<std::byte> buf(4096);
+             return error_of(volume.pread(buf, 0));
+         }},
+        {"pwrite (opened before)",
+         [&] {
+             std::vector<std::byte> buf(4096, std::byte{1});
+             return error_of(volume.pwrite(buf, 0));
+         }},
+        {"flush (opened before)", [&] { return error_of(volume.flush()); }},
+    };
+}
+
+// Runs every call; each must fail, within `bound`, with `code` if given.
+inline void expect_each_fails_within(const std::vector<PoolCall>& calls,
+                                     std::chrono::milliseconds bound,
+                                     std::optional<blockmig::ErrorCode> code = std::nullopt) {
+    for (const auto& call : calls) {
+        const auto start = std::chrono::steady_clock::now();
+        auto error = call.run();
+        const auto took = std::chrono::duration_cast<std::chrono::milliseconds>(
+            std::chrono::steady_clock::now() - start);
+        ASSERT_TRUE(error.has_value()) << call.name << " succeeded against a dead server";
+        EXPECT_LE(took, bound) << call.name << " took " << took.count()
+                               << " ms: " << error->message;
+        if (code) {
+            EXPECT_EQ(error->code, *code)
+                << call.name << ": " << blockmig::to_string(error->code) << ": " << error->message;
+        }
+        std::cerr << "  " << call.name << ": " << took.count() << " ms, "
+                  << blockmig::to_string(error->code) << ": " << error->message << "\n";
+    }
 }
 
 }  // namespace pools_test

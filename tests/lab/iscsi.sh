@@ -5,6 +5,10 @@
 #   iscsi.sh start STATE_DIR PORT SIZE [NLUNS] [ADDR]  prints "PID IQN"; LUNs 1..NLUNS
 #   iscsi.sh stop  STATE_DIR                           deletes the target, stops tgtd by PID
 #
+# With BLOCKMIG_ISCSI_CHAP=USER:PASSWORD in the environment the target admits
+# only initiators that log in with that CHAP account (tgtadm(8) "account").
+# (tgtadm takes the password in its argv: fine for a throwaway test target.)
+#
 # URL of LUN n: iscsi://ADDR:PORT/IQN/n. The control port (-C) is derived from
 # PORT so several targets can run side by side. tgtd ignores SIGTERM: stopping
 # means deleting targets, then "--op delete --mode system", then SIGKILL.
@@ -38,6 +42,10 @@ start)
     $tgt --mode logicalunit --op update --tid 1 --lun "$lun" --params thin_provisioning=1
   done
   $tgt --mode target --op bind --tid 1 --initiator-address ALL
+  if [ -n "${BLOCKMIG_ISCSI_CHAP:-}" ]; then
+    $tgt --mode account --op new --user "${BLOCKMIG_ISCSI_CHAP%%:*}" --password "${BLOCKMIG_ISCSI_CHAP#*:}"
+    $tgt --mode account --op bind --tid 1 --user "${BLOCKMIG_ISCSI_CHAP%%:*}"
+  fi
   echo "$pid $iqn"
   ;;
 stop)

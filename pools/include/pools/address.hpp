@@ -38,7 +38,8 @@ struct PoolSpec {
 
 struct PoolsConfig {
     std::map<std::string, PoolSpec> pools;
-    std::string source;  // the file it came from, or empty
+    std::string source;   // the file it came from, or empty
+    PoolOptions options;  // used by every pool open_pool / resolve_volume opens
 };
 
 // Parses TOML text; `origin` names it in errors ("pools.toml:3: ...").

@@ -12,8 +12,10 @@
 // A Volume must not outlive the Pool that opened it.
 #pragma once
 
+#include <chrono>
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <span>
@@ -31,6 +33,25 @@ enum class ImageFormat { raw, qcow2, vmdk, unknown };
 std::string_view to_string(ImageFormat format);
 // Parses "raw" / "qcow2" / "vmdk"; invalid_argument otherwise.
 Result<ImageFormat> parse_image_format(std::string_view text);
+
+// Options of the network pools (NFS, iSCSI).
+struct PoolOptions {
+    // Deadline of every exchange with the server: connecting and logging in
+    // or mounting, and each RPC / SCSI command a call makes. A call against
+    // a dead or frozen server fails within about this long: `timeout` when
+    // the server stopped answering, io_error when it refused or dropped the
+    // connection. Never waits forever.
+    std::chrono::milliseconds timeout = std::chrono::seconds(15);
+    // Pools that choose the volume themselves (an iSCSI create with an empty
+    // name picks an unused LUN) ask this before taking a candidate, passing
+    // its url_of(); false skips it (already chosen by this run, locked by
+    // another process, used by the guest). A raw LUN still reads as unused
+    // after create, so without a claim two creates can return the same LUN.
+    // A named create of a LUN the claim refuses fails with already_exists.
+    // Claims are the caller's: the pool never releases one, also not when
+    // the create fails afterwards. Called on the thread that calls create().
+    std::function<bool(const std::string& volume_url)> claim;
+};
 
 struct VolumeInfo {
     std::string name;

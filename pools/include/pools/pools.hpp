@@ -26,10 +26,12 @@ Result<std::unique_ptr<Pool>> make_dir_pool(std::string_view path);
 // servers and refused mounts fail here with a message naming the URL. Capacity is FSSTAT (statvfs).
 // Block status reports all data (NFSv3 has no SEEK and libnfs 4.0 does not implement SEEK_DATA);
 // discard is unsupported; write_zeroes writes zeroes.
-Result<std::unique_ptr<Pool>> make_nfs_pool(std::string_view url);
+Result<std::unique_ptr<Pool>> make_nfs_pool(std::string_view url, const PoolOptions& options = {});
 
 // The disk LUNs of one iSCSI target (type "iscsi"), reached with libiscsi:
-// iscsi://[user%password@]host[:port]/iqn. Logs in at once.
+// iscsi://[user%password@]host[:port]/iqn. Logs in at once. A lost session
+// fails the command it broke (no silent reconnect loop); the next call logs in
+// again, so a target that comes back is used again.
 // - Volumes are the target's disk LUNs, named "lun<N>" (LUN 0, the
 //   controller, is not a volume). A volume's size is its LUN's size.
 // - A LUN is *unused* when it holds no data: on a thin LUN (LBPME), GET LBA
@@ -37,14 +39,16 @@ Result<std::unique_ptr<Pool>> make_nfs_pool(std::string_view url);
 //   zeroes. list_volumes() returns every LUN; capacity() is total = sum of LUN
 //   sizes, free = sum of unused LUN sizes.
 // - create(name, size, format) claims an unused LUN: `name` is "lun<N>" or
-//   empty for the smallest unused LUN of at least `size` bytes. already_exists
+//   empty for the smallest unused LUN of at least `size` bytes that
+//   PoolOptions::claim (if set) takes; a refused named LUN is already_exists. already_exists
 //   if the named LUN is in use, no_space if it (or every unused LUN) is
 //   smaller than `size`. raw writes nothing (the LUN is zero already, so it
 //   still counts as unused until written); qcow2 writes an empty qcow2 with
 //   virtual size `size` at the start of the LUN.
 // - remove() discards the whole LUN (UNMAP) and zeroes its first MiB, so it is
 //   unused again. resize() is unsupported.
-Result<std::unique_ptr<Pool>> make_iscsi_pool(std::string_view url);
+Result<std::unique_ptr<Pool>> make_iscsi_pool(std::string_view url,
+                                              const PoolOptions& options = {});
 
 // Volumes held in memory (type "mem"), for unit tests. `capacity` bytes in
 // total; create() reserves a volume's whole virtual size (no_space when it
