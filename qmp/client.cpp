@@ -9,6 +9,30 @@
 
 namespace blockmig::qmp {
 
+namespace {
+
+using nlohmann::json;
+
+// A copy of a command for the log without secrets: the `data` of secret
+// objects and any "password" member (secrets never reach logs).
+json redact_secrets(const json& value) {
+    if (value.is_array()) {
+        json out = json::array();
+        for (const auto& item : value) out.push_back(redact_secrets(item));
+        return out;
+    }
+    if (!value.is_object()) return value;
+    const bool secret = value.value("qom-type", "") == "secret";
+    json out = json::object();
+    for (const auto& [key, item] : value.items()) {
+        const bool hide = key == "password" || (secret && key == "data");
+        out[key] = hide ? json("<redacted>") : redact_secrets(item);
+    }
+    return out;
+}
+
+}  // namespace
+
 using nlohmann::json;
 using SteadyClock = std::chrono::steady_clock;
 
@@ -276,7 +300,7 @@ Result<json> Client::call(std::string_view key, std::string_view command, const 
     json message = {{std::string(key), std::string(command)}, {"id", id}};
     if (arguments.is_object() && !arguments.empty()) message["arguments"] = arguments;
     std::string text = message.dump();
-    log(LogLevel::debug, fmt::format("-> {}", text));
+    if (m_options.log) log(LogLevel::debug, fmt::format("-> {}", redact_secrets(message).dump()));
     Result<void> sent;
     {
         std::lock_guard lock(m_send_mutex);

@@ -3,6 +3,7 @@
 #include <fcntl.h>
 #include <fmt/core.h>
 #include <signal.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <sys/wait.h>
@@ -30,6 +31,67 @@ bool socket_accepts(const std::filesystem::path& path) {
 
 }  // namespace
 
+Result<DaemonSecrets> DaemonSecrets::prepare(const std::vector<nlohmann::json>& secrets) {
+    DaemonSecrets out;
+    for (const auto& secret : secrets) {
+        if (!secret.contains("data")) {
+            out.m_objects.push_back(secret);  // already by file or key
+            continue;
+        }
+        const std::string id = secret.value("id", "");
+        if (id.empty() || !secret["data"].is_string())
+            return fail(ErrorCode::invalid_argument, "secret object without an id or string data");
+        int fd = memfd_create("blockmig-secret", MFD_CLOEXEC);
+        if (fd < 0)
+            return fail(ErrorCode::io_error,
+                        fmt::format("secret {}: memfd_create: {}", id, std::strerror(errno)));
+        out.m_fds.push_back(fd);
+        const std::string data = secret["data"].get<std::string>();
+        if (write(fd, data.data(), data.size()) != static_cast<ssize_t>(data.size()))
+            return fail(ErrorCode::io_error, fmt::format("secret {}: cannot write memfd", id));
+        nlohmann::json object = secret;
+        object.erase("data");
+        object["file"] = fmt::format("/proc/self/fd/{}", fd);
+        out.m_objects.push_back(std::move(object));
+    }
+    return out;
+}
+
+DaemonSecrets::DaemonSecrets(DaemonSecrets&& other) noexcept
+    : m_objects(std::move(other.m_objects)), m_fds(std::exchange(other.m_fds, {})) {}
+
+DaemonSecrets& DaemonSecrets::operator=(DaemonSecrets&& other) noexcept {
+    if (this != &other) {
+        for (int fd : m_fds) close(fd);
+        m_objects = std::move(other.m_objects);
+        m_fds = std::exchange(other.m_fds, {});
+    }
+    return *this;
+}
+
+DaemonSecrets::~DaemonSecrets() {
+    for (int fd : m_fds) close(fd);
+}
+
+std::vector<std::string> storage_daemon_arguments(const std::filesystem::path& socket,
+                                                  const nlohmann::json& protocol_node,
+                                                  const DaemonSecrets& secrets) {
+    std::vector<std::string> args;
+    for (const auto& s : secrets.objects()) {
+        // object-add arguments {qom-type, id, ...} become --object JSON
+        args.push_back("--object");
+        args.push_back(s.dump());
+    }
+    args.push_back("--blockdev");
+    args.push_back(protocol_node.dump());
+    args.push_back("--nbd-server");
+    args.push_back("addr.type=unix,addr.path=" + socket.string());
+    args.push_back("--export");
+    args.push_back(fmt::format("type=nbd,id=hop,node-name={},name=hop,writable=on",
+                               protocol_node.value("node-name", "")));
+    return args;
+}
+
 Result<NbdHop> NbdHop::start(const std::filesystem::path& state_dir,
                              const nlohmann::json& protocol_node,
                              const std::vector<nlohmann::json>& secrets,
@@ -46,18 +108,11 @@ Result<NbdHop> NbdHop::start(const std::filesystem::path& state_dir,
     if (node.empty() || hop.m_socket.string().size() >= sizeof(sockaddr_un::sun_path))
         return fail(ErrorCode::invalid_argument, "storage daemon: bad node or socket path");
 
+    auto daemon_secrets = DaemonSecrets::prepare(secrets);
+    if (!daemon_secrets) return fail(daemon_secrets.error().with_context("storage daemon"));
     std::vector<std::string> args{qemu_program(qemu_dir, "qemu-storage-daemon")};
-    for (const auto& s : secrets) {
-        // object-add arguments {qom-type, id, ...} become --object JSON
-        args.push_back("--object");
-        args.push_back(s.dump());
-    }
-    args.push_back("--blockdev");
-    args.push_back(protocol_node.dump());
-    args.push_back("--nbd-server");
-    args.push_back("addr.type=unix,addr.path=" + hop.m_socket.string());
-    args.push_back("--export");
-    args.push_back(fmt::format("type=nbd,id=hop,node-name={},name=hop,writable=on", node));
+    for (auto& a : storage_daemon_arguments(hop.m_socket, protocol_node, *daemon_secrets))
+        args.push_back(std::move(a));
 
     std::vector<char*> argv;
     for (auto& a : args) argv.push_back(a.data());
@@ -77,6 +132,7 @@ Result<NbdHop> NbdHop::start(const std::filesystem::path& state_dir,
         // Own process group: a Ctrl-C on blockmig's terminal must not kill
         // the hop before blockmig has detached the guest from it.
         setpgid(0, 0);
+        for (int fd : daemon_secrets->fds()) fcntl(fd, F_SETFD, 0);  // inherit the secrets
         int devnull = open("/dev/null", O_RDWR);
         dup2(devnull, 0);
         dup2(log_fd, 1);
@@ -87,6 +143,7 @@ Result<NbdHop> NbdHop::start(const std::filesystem::path& state_dir,
         _exit(127);
     }
     close(log_fd);
+    *daemon_secrets = DaemonSecrets{};  // the child holds its copies
     hop.m_pid = pid;
 
     auto deadline = std::chrono::steady_clock::now() + timeout;

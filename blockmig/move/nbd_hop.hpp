@@ -28,12 +28,45 @@ inline std::string qemu_program(const std::filesystem::path& dir, const std::str
     return dir.empty() ? tool : (dir / tool).string();
 }
 
+// Secrets for the daemon without putting them in its argv (readable by any
+// user in /proc/PID/cmdline): each object-add argument with `data` (as
+// pools' BlockdevChain::secrets carry CHAP passwords) becomes a memfd holding
+// the value, and the object names it as `file=/proc/self/fd/N` (QEMU reads a
+// secret's file once, when the object is created). Nothing touches disk.
+class DaemonSecrets {
+  public:
+    // Errors: io_error (memfd), invalid_argument (a secret without id).
+    static Result<DaemonSecrets> prepare(const std::vector<nlohmann::json>& secrets);
+    DaemonSecrets() = default;
+    DaemonSecrets(DaemonSecrets&& other) noexcept;
+    DaemonSecrets& operator=(DaemonSecrets&& other) noexcept;
+    DaemonSecrets(const DaemonSecrets&) = delete;
+    DaemonSecrets& operator=(const DaemonSecrets&) = delete;
+    ~DaemonSecrets();  // closes the memfds
+
+    // The --object arguments: secrets by file, never by data.
+    const std::vector<nlohmann::json>& objects() const { return m_objects; }
+    // The fds the daemon must inherit (close-on-exec until the child clears it).
+    const std::vector<int>& fds() const { return m_fds; }
+
+  private:
+    std::vector<nlohmann::json> m_objects;
+    std::vector<int> m_fds;
+};
+
+// The daemon's argv (without the program name): secret objects, the
+// protocol node, an NBD server on `socket` exporting it writable as "hop".
+std::vector<std::string> storage_daemon_arguments(const std::filesystem::path& socket,
+                                                  const nlohmann::json& protocol_node,
+                                                  const DaemonSecrets& secrets);
+
 class NbdHop {
   public:
     // Starts qemu-storage-daemon with `protocol_node` (a blockdev-add JSON
-    // object, plus any secret objects it needs) exported writable over NBD
-    // on a Unix socket in `state_dir`. Fails with the daemon's own error
-    // line if it exits or does not listen within `timeout`. The daemon is
+    // object, plus any secret objects it needs, handed over as DaemonSecrets
+    // so no password is in its argv) exported writable over NBD on a Unix
+    // socket in `state_dir`. Fails with the daemon's own error line if it
+    // exits or does not listen within `timeout`. The daemon is
     // qemu_program(qemu_dir, "qemu-storage-daemon").
     static Result<NbdHop> start(const std::filesystem::path& state_dir,
                                 const nlohmann::json& protocol_node,

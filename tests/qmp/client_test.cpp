@@ -464,6 +464,29 @@ TEST_F(QmpClient, PassesFdsOnlyWhereTheTransportCan) {
     EXPECT_EQ(r.error().code, ErrorCode::unsupported);
 }
 
+TEST_F(QmpClient, ReportsThePeerPidItsTransportKnows) {
+    auto client = connect();
+    EXPECT_FALSE(client->peer_pid().has_value());  // unknown by default
+    script->set_peer_pid(4242);
+    ASSERT_TRUE(client->peer_pid().has_value());
+    EXPECT_EQ(*client->peer_pid(), 4242);
+}
+
+TEST_F(QmpClient, LogsCommandsWithoutSecrets) {
+    auto client = connect();
+    const json secret = {{"qom-type", "secret"}, {"id", "s0"}, {"data", "hunter2"}};
+    script->expect("object-add", secret).reply(json::object());
+    ASSERT_TRUE(client->execute("object-add", secret));
+    const json vnc = {{"password", "hunter3"}};
+    script->expect("change-vnc-password", vnc).reply(json::object());
+    ASSERT_TRUE(client->execute("change-vnc-password", vnc));
+    EXPECT_TRUE(logged("object-add"));
+    EXPECT_TRUE(logged("<redacted>"));
+    EXPECT_FALSE(logged("hunter2"));
+    EXPECT_FALSE(logged("hunter3"));
+    EXPECT_EQ(script->sent().at(1).message["arguments"]["data"], "hunter2");  // QEMU gets it
+}
+
 TEST_F(QmpClient, SubscriptionOutlivesClient) {
     EventSubscription sub;
     {
