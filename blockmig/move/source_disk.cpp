@@ -5,6 +5,7 @@
 #include <algorithm>
 
 #include "qmp/commands.hpp"
+#include "source_path.hpp"
 
 namespace blockmig {
 
@@ -99,6 +100,10 @@ Result<std::vector<SourceDisk>> list_source_disks(qmp::Client& client) {
             d.filename = b.inserted->chain.front().filename;
         }
         d.location = location_from_filename(d.filename);
+        // A local name as QEMU sees it (relative to its cwd), or unknown:
+        // then --delete-source is refused and the sparseness check skipped.
+        if (is_local_file_name(d.location))
+            d.location = resolve_source_path(d.location, client.peer_pid()).value_or("");
         if (b.inserted->chain.size() > 1) {
             d.has_backing = true;
             d.backing_filename = b.inserted->chain[1].filename;

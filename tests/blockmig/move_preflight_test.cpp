@@ -82,6 +82,24 @@ TEST_F(MovePreflight, RefusesDiskAlreadyInABlockJob) {
         << r.error().message;
 }
 
+TEST_F(MovePreflight, RefusesDeleteSourceWhenQemusRelativeNameCannotBeResolved) {
+    // QEMU was started with file=vm1.qcow2 from its own directory; over a
+    // transport that cannot name QEMU's process that directory is unknown,
+    // and blockmig's own directory must not be guessed instead.
+    std::ofstream(dir / "vm1.qcow2") << "not the guest's disk";
+    const auto old_cwd = std::filesystem::current_path();
+    std::filesystem::current_path(dir);
+    expect_queries(disk("qcow2", "vm1.qcow2"));
+    auto r = move({.disks = {{"disk0", ""}},
+                   .default_target = (dir / "pool").string(),
+                   .delete_source = true});
+    std::filesystem::current_path(old_cwd);
+    ASSERT_FALSE(r);
+    EXPECT_EQ(r.error().code, ErrorCode::invalid_argument);
+    EXPECT_NE(r.error().message.find("--delete-source"), std::string::npos) << r.error().message;
+    EXPECT_TRUE(std::filesystem::exists(dir / "vm1.qcow2"));
+}
+
 TEST_F(MovePreflight, RefusesWhenTargetVolumeExistsAndLeavesItAlone) {
     std::ofstream(dir / "pool" / "vm1.qcow2") << "precious";
     expect_queries(disk("qcow2", "/v/vm1.qcow2"));

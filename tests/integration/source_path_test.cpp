@@ -54,6 +54,8 @@ TEST(SourcePath, RelativeDriveNameResolvesAgainstTheGuestsQemu) {
     auto disk = find_source_disk(*disks, "disk0");
     ASSERT_TRUE(disk) << disk.error().message;
     EXPECT_EQ(disk->filename, "vm.raw") << "QEMU reports the name it was given";
+    EXPECT_EQ(disk->location, (vmdir / "vm.raw").string())
+        << "the volume move, --verify and --delete-source act on";
 
     auto path = resolve_source_path(disk->filename, (*client)->peer_pid());
     ASSERT_TRUE(path) << path.error().message;
