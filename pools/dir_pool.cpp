@@ -9,6 +9,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cstdio>  // renameat2, RENAME_NOREPLACE
 #include <filesystem>
 #include <vector>
 
@@ -211,6 +212,25 @@ class DirPool final : public Pool {
         if (auto r = detail::check_file_name(m_path, name); !r) return fail(r.error());
         if (::unlink(url_of(name).c_str()) != 0)
             return fail(errno_error(url_of(name), "delete", errno));
+        return {};
+    }
+
+    Result<void> rename(std::string_view from, std::string_view to) override {
+        if (auto r = detail::check_file_name(m_path, from); !r) return fail(r.error());
+        if (auto r = detail::check_file_name(m_path, to); !r) return fail(r.error());
+        const std::string old_path = url_of(from);
+        const std::string new_path = url_of(to);
+        if (::renameat2(AT_FDCWD, old_path.c_str(), AT_FDCWD, new_path.c_str(), RENAME_NOREPLACE) ==
+            0)
+            return {};
+        if (errno != EINVAL && errno != ENOSYS)
+            return fail(errno_error(old_path, fmt::format("rename to {}", to), errno));
+        // The filesystem has no RENAME_NOREPLACE: link() refuses an existing
+        // name just the same, then the old name goes.
+        if (::link(old_path.c_str(), new_path.c_str()) != 0)
+            return fail(errno_error(old_path, fmt::format("rename to {}", to), errno));
+        if (::unlink(old_path.c_str()) != 0)
+            return fail(errno_error(old_path, "unlink after rename", errno));
         return {};
     }
 

@@ -422,6 +422,12 @@ class IscsiPool final : public Pool {
         return volume.write_zeroes(0, std::min(lun->bytes(), k_unused_probe));
     }
 
+    Result<void> rename(std::string_view from, std::string_view) override {
+        return fail(ErrorCode::unsupported,
+                    fmt::format("{}: {}: LUNs are numbered by the target and cannot be renamed",
+                                m_shared->where, from));
+    }
+
     Result<void> resize(std::string_view name, std::uint64_t) override {
         return fail(ErrorCode::unsupported,
                     fmt::format("{}: {}: LUN sizes are set on the target, not by blockmig",

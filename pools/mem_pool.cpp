@@ -176,6 +176,21 @@ class MemPool final : public Pool {
         return {};
     }
 
+    Result<void> rename(std::string_view from, std::string_view to) override {
+        if (auto r = detail::check_file_name("mem", to); !r) return fail(r.error());
+        std::lock_guard lock(m_mutex);
+        auto it = m_volumes.find(std::string(from));
+        if (it == m_volumes.end())
+            return fail(ErrorCode::not_found, fmt::format("mem: volume '{}' does not exist", from));
+        if (m_volumes.contains(std::string(to)))
+            return fail(ErrorCode::already_exists,
+                        fmt::format("mem: volume '{}' already exists", to));
+        auto node = m_volumes.extract(it);
+        node.key() = std::string(to);
+        m_volumes.insert(std::move(node));
+        return {};
+    }
+
     Result<void> resize(std::string_view name, std::uint64_t size) override {
         std::lock_guard lock(m_mutex);
         auto it = m_volumes.find(std::string(name));

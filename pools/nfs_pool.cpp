@@ -346,6 +346,24 @@ class NfsPool final : public Pool {
         return {};
     }
 
+    Result<void> rename(std::string_view from, std::string_view to) override {
+        if (auto r = check_writable(); !r) return r;
+        if (auto r = detail::check_file_name(m_shared->where, from); !r) return fail(r.error());
+        if (auto r = detail::check_file_name(m_shared->where, to); !r) return fail(r.error());
+        // NFSv3 RENAME replaces an existing target; look first so a volume
+        // is never overwritten (two calls: another client could race us).
+        if (auto st = stat_file(to); st) {
+            return fail(ErrorCode::already_exists,
+                        fmt::format("{}: volume already exists", url_of(to)));
+        } else if (st.error().code != ErrorCode::not_found) {
+            return fail(st.error());
+        }
+        std::lock_guard lock(m_shared->context.mutex);
+        int rc = nfs_rename(ctx(), path_of(from).c_str(), path_of(to).c_str());
+        if (rc < 0) return fail(m_shared->failure(fmt::format("rename {} to {}", from, to), rc));
+        return {};
+    }
+
     Result<void> resize(std::string_view name, std::uint64_t size) override {
         if (auto r = check_writable(); !r) return r;
         auto info = stat(name);

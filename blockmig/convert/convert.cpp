@@ -1,10 +1,13 @@
 // run_convert: open the source, create the target, copy, finish; remove the
-// target again on any failure or interruption.
+// target again on any failure or interruption. File targets are written
+// under a hidden partial name and renamed only once complete, so even a
+// killed process never leaves a half-written file under the final name.
 #include "blockmig/convert.hpp"
 
 #include <fmt/core.h>
 
 #include <chrono>
+#include <random>
 
 #include "pipeline.hpp"
 #include "pools/image/open.hpp"
@@ -34,6 +37,26 @@ class TargetGuard {
     std::string m_name;
     bool m_armed = true;
 };
+
+// `.NAME.blockmig-partial-XXXXXXXX`: hidden from volume lists, visibly
+// partial, and in the same directory so the final rename stays atomic.
+std::string partial_name(std::string_view name) {
+    constexpr std::size_t k_overhead = 1 + 18 + 8;  // ".", ".blockmig-partial-", hex
+    const std::string_view stem = name.substr(0, 255 - k_overhead);
+    std::random_device random;
+    return fmt::format(".{}.blockmig-partial-{:08x}", stem, random());
+}
+
+// already_exists if `name` is taken: checked before copying so a clash
+// fails in a second, not after the whole conversion.
+Result<void> check_absent(Pool& pool, std::string_view name) {
+    auto info = pool.stat(name);
+    if (info)
+        return fail(ErrorCode::already_exists,
+                    fmt::format("{}: volume already exists", pool.url_of(name)));
+    if (info.error().code != ErrorCode::not_found) return fail(info.error());
+    return {};
+}
 
 Result<std::unique_ptr<ImageWriter>> make_writer(const ConvertOptions& o,
                                                  std::unique_ptr<Volume> volume, std::uint64_t size,
@@ -99,9 +122,15 @@ Result<ConvertReport> run_convert(const ConvertOptions& o, ProgressSink& progres
     const std::uint64_t size = align512(report.virtual_size);
     const bool lun = dst->pool->type() == "iscsi";
 
-    // Files: created new (already_exists if the name is taken, never
-    // overwritten). LUNs: the pool hands out only an unused one.
-    auto created = dst->pool->create(dst->name, o.target_format == ImageFormat::raw ? size : 0,
+    // Files: written under a partial name, renamed at the end (never
+    // overwriting: already_exists if the name is taken). LUNs: the pool
+    // hands out only an unused one, written in place.
+    if (!lun) {
+        if (auto r = check_absent(*dst->pool, dst->name); !r)
+            return fail(r.error().with_context("convert: target"));
+    }
+    const std::string write_name = lun ? dst->name : partial_name(dst->name);
+    auto created = dst->pool->create(write_name, o.target_format == ImageFormat::raw ? size : 0,
                                      ImageFormat::raw);
     if (!created) return fail(created.error().with_context("convert: create target"));
     TargetGuard guard(*dst->pool, created->name);
@@ -130,12 +159,17 @@ Result<ConvertReport> run_convert(const ConvertOptions& o, ProgressSink& progres
     if (auto r = (*writer)->finish(); !r)
         return fail(r.error().with_context(fmt::format("convert: finish {}", report.target)));
     writer->reset();
+    const std::string final_name = lun ? created->name : dst->name;
+    if (!lun) {
+        if (auto r = dst->pool->rename(created->name, final_name); !r)
+            return fail(r.error().with_context(fmt::format("convert: finish {}", report.target)));
+    }
     reporter(*stats, true);
     guard.release();
 
     report.data_bytes = stats->data_done;
     report.zero_bytes = stats->zero_bytes;
-    if (auto info = dst->pool->stat(created->name)) report.target_allocated = info->allocated_bytes;
+    if (auto info = dst->pool->stat(final_name)) report.target_allocated = info->allocated_bytes;
     report.seconds =
         std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
     return report;

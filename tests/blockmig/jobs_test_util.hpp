@@ -40,6 +40,9 @@ class BorrowedPool final : public blockmig::pools::Pool {
         return m_p.create(n, s, f);
     }
     blockmig::Result<void> remove(std::string_view n) override { return m_p.remove(n); }
+    blockmig::Result<void> rename(std::string_view a, std::string_view b) override {
+        return m_p.rename(a, b);
+    }
     blockmig::Result<void> resize(std::string_view n, std::uint64_t s) override {
         return m_p.resize(n, s);
     }

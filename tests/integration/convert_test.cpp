@@ -5,6 +5,7 @@
 // target behind, and a conversion runs from NFS straight onto an iSCSI LUN.
 #include <gtest/gtest.h>
 #include <signal.h>
+#include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -63,6 +64,45 @@ void convert_and_check(const fs::path& src, const fs::path& dst, const fs::path&
     expect_identical(oracle, dst);
     if (dst.extension() == ".qcow2" || dst.extension() == ".vmdk") expect_clean(dst);
     fs::remove(dst);
+}
+
+// Files a conversion left in `dir` under a partial name.
+std::vector<std::string> partial_files(const fs::path& dir) {
+    std::vector<std::string> names;
+    for (const auto& entry : fs::directory_iterator(dir)) {
+        const std::string name = entry.path().filename().string();
+        if (name.find(".blockmig-partial-") != std::string::npos) names.push_back(name);
+    }
+    return names;
+}
+
+// A 2 GiB raw image with 1 GiB of real file content, slow enough to
+// compress that a conversion of it is still running when a signal comes.
+void make_big_source(const fs::path& raw) {
+    run_ok({"truncate", "-s", "2G", raw.string()});
+    for (int i = 0; i < 16; ++i)
+        run_ok({"dd", "if=/usr/bin/qemu-img", "of=" + raw.string(), "bs=1M",
+                "seek=" + std::to_string(i * 128), "count=64", "conv=notrunc", "status=none",
+                "iflag=fullblock"});
+}
+
+// Starts `blockmig convert -O qcow2 -c SRC DST`, waits until its partial
+// target appears in DST's directory (the copy has begun), then sends `sig`.
+int convert_and_signal(const fs::path& src, const fs::path& dst, int sig) {
+    const pid_t pid = fork();
+    if (pid == 0) {
+        execl(BLOCKMIG_BINARY, BLOCKMIG_BINARY, "convert", "-O", "qcow2", "-c", src.c_str(),
+              dst.c_str(), static_cast<char*>(nullptr));
+        _exit(127);
+    }
+    for (int i = 0; i < 3000 && partial_files(dst.parent_path()).empty(); ++i)
+        std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    EXPECT_FALSE(partial_files(dst.parent_path()).empty()) << "no partial target ever appeared";
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+    kill(pid, sig);
+    int status = 0;
+    waitpid(pid, &status, 0);
+    return status;
 }
 
 class ConvertTest : public ::testing::Test {
@@ -217,28 +257,73 @@ TEST_F(ConvertTest, CompareReportsEqualityAndTheFirstDifference) {
 }
 
 TEST_F(ConvertTest, InterruptedConversionLeavesNoTarget) {
-    // Big enough to still be running when the signal comes (compressed, 2 GiB of data).
-    run_ok({"truncate", "-s", "2G", at("big.raw").string()});
-    for (int i = 0; i < 16; ++i)
-        run_ok({"dd", "if=/usr/bin/qemu-img", "of=" + at("big.raw").string(), "bs=1M",
-                "seek=" + std::to_string(i * 128), "count=64", "conv=notrunc", "status=none",
-                "iflag=fullblock"});
-    const pid_t pid = fork();
-    if (pid == 0) {
-        execl(BLOCKMIG_BINARY, BLOCKMIG_BINARY, "convert", "-O", "qcow2", "-c",
-              at("big.raw").c_str(), at("out.qcow2").c_str(), static_cast<char*>(nullptr));
-        _exit(127);
-    }
-    // Wait until the target exists (the copy has begun), then interrupt.
-    for (int i = 0; i < 3000 && !fs::exists(at("out.qcow2")); ++i)
-        std::this_thread::sleep_for(std::chrono::milliseconds(10));
-    std::this_thread::sleep_for(std::chrono::milliseconds(200));
-    kill(pid, SIGINT);
-    int status = 0;
-    waitpid(pid, &status, 0);
+    make_big_source(at("big.raw"));
+    const int status = convert_and_signal(at("big.raw"), at("out.qcow2"), SIGINT);
     ASSERT_TRUE(WIFEXITED(status));
     EXPECT_EQ(WEXITSTATUS(status), 1);
     EXPECT_FALSE(fs::exists(at("out.qcow2"))) << "interrupted conversion left its target";
+    EXPECT_TRUE(partial_files(m_dir.path()).empty()) << "interrupted conversion left its partial";
+}
+
+TEST_F(ConvertTest, KilledConversionLeavesNothingUnderTheFinalName) {
+    make_big_source(at("big.raw"));
+    const int status = convert_and_signal(at("big.raw"), at("out.qcow2"), SIGKILL);
+    ASSERT_TRUE(WIFSIGNALED(status));
+    EXPECT_FALSE(fs::exists(at("out.qcow2"))) << "a killed conversion left a half-written target";
+    // What a kill -9 cannot clean up is at least hidden and named as partial.
+    auto left = partial_files(m_dir.path());
+    ASSERT_EQ(left.size(), 1u);
+    EXPECT_TRUE(left[0].starts_with(".out.qcow2.blockmig-partial-")) << left[0];
+    // A completed conversion renames its partial away.
+    auto r = blockmig_cli({"convert", "-O", "raw", src().string(), at("done.raw").string()});
+    ASSERT_EQ(r.status, 0) << r.out;
+    expect_identical(src(), at("done.raw"));
+    EXPECT_EQ(partial_files(m_dir.path()), left);
+}
+
+// Peak RSS of one `blockmig convert` run in a child process (KiB).
+long convert_peak_rss_kib(std::vector<std::string> args) {
+    const pid_t pid = fork();
+    if (pid == 0) {
+        std::vector<char*> argv = {const_cast<char*>(BLOCKMIG_BINARY),
+                                   const_cast<char*>("convert")};
+        for (auto& a : args) argv.push_back(a.data());
+        argv.push_back(nullptr);
+        execv(BLOCKMIG_BINARY, argv.data());
+        _exit(127);
+    }
+    int status = 0;
+    rusage usage{};
+    wait4(pid, &status, 0, &usage);
+    EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << "convert failed: " << status;
+    return usage.ru_maxrss;
+}
+
+// The engine's memory is bounded by its requests in flight, not by the image:
+// a 1 GiB disk with ~400 MiB of data converts within 64 MiB of peak RSS.
+TEST_F(ConvertTest, PeakMemoryStaysUnder64MiB) {
+    // 16 MiB of real binaries, written in 25 runs across a 1 GiB disk.
+    run_ok({"sh", "-c", "cat /usr/bin/* 2>/dev/null | head -c 16M > " + at("content").string()});
+    ASSERT_EQ(fs::file_size(at("content")), 16u << 20);
+    run_ok({"truncate", "-s", "1G", at("mem.raw").string()});
+    for (int i = 0; i < 25; ++i)
+        run_ok({"dd", "if=" + at("content").string(), "of=" + at("mem.raw").string(), "bs=1M",
+                "seek=" + std::to_string(i * 40 + 3), "count=16", "conv=notrunc", "status=none"});
+    run_ok(
+        {"qemu-img", "convert", "-O", "qcow2", at("mem.raw").string(), at("mem.qcow2").string()});
+    constexpr long k_limit_kib = 64 * 1024;
+
+    const long to_raw =
+        convert_peak_rss_kib({"-O", "raw", at("mem.qcow2").string(), at("out.raw").string()});
+    EXPECT_LE(to_raw, k_limit_kib) << "qcow2 -> raw peak RSS " << to_raw << " KiB";
+    expect_identical(at("mem.raw"), at("out.raw"));
+
+    const long to_vmdk = convert_peak_rss_kib({"-O", "vmdk", "-o", "subformat=streamOptimized",
+                                               at("mem.raw").string(), at("out.vmdk").string()});
+    EXPECT_LE(to_vmdk, k_limit_kib) << "raw -> streamOptimized peak RSS " << to_vmdk << " KiB";
+    expect_identical(at("mem.raw"), at("out.vmdk"));
+    RecordProperty("peak_rss_kib_qcow2_to_raw", std::to_string(to_raw));
+    RecordProperty("peak_rss_kib_raw_to_vmdk", std::to_string(to_vmdk));
 }
 
 TEST(ConvertLab, NfsSourceStraightOntoAnIscsiLun) {

@@ -40,6 +40,28 @@ TEST(PoolsDir, PatternWrittenThroughPoolReadsBackThroughQemuChain) {
         {"qemu-img", "compare", "-F", "raw", json_filename(*chain), (dir / "oracle.raw").string()});
 }
 
+TEST(PoolsDir, RenameMovesTheFileAndNeverReplacesOne) {
+    LAB_REQUIRE();
+    TempDir dir("pools");
+    auto pool = make_dir_pool(dir.path().string());
+    ASSERT_TRUE(pool) << pool.error().message;
+    ASSERT_TRUE((*pool)->create("a.raw", k_mib, ImageFormat::raw));
+    ASSERT_TRUE((*pool)->create("b.raw", 2 * k_mib, ImageFormat::raw));
+
+    auto clash = (*pool)->rename("a.raw", "b.raw");
+    ASSERT_FALSE(clash);
+    EXPECT_EQ(clash.error().code, ErrorCode::already_exists);
+    EXPECT_EQ(std::filesystem::file_size(dir / "a.raw"), k_mib);
+    EXPECT_EQ(std::filesystem::file_size(dir / "b.raw"), 2 * k_mib);
+
+    auto moved = (*pool)->rename("a.raw", "c.raw");
+    ASSERT_TRUE(moved) << moved.error().message;
+    EXPECT_FALSE(std::filesystem::exists(dir / "a.raw"));
+    EXPECT_EQ(std::filesystem::file_size(dir / "c.raw"), k_mib);
+    EXPECT_EQ((*pool)->rename("a.raw", "d.raw").error().code, ErrorCode::not_found);
+    EXPECT_EQ((*pool)->rename("c.raw", "../d.raw").error().code, ErrorCode::invalid_argument);
+}
+
 TEST(PoolsDir, SparseVolumeReportsHolesAndDiscardFreesBlocks) {
     LAB_REQUIRE();
     TempDir dir("pools");

@@ -68,6 +68,27 @@ TEST(PoolsNfs, CreateWriteListReadBackThroughQemuAndDelete) {
     EXPECT_EQ((*pool)->stat("a.raw").error().code, ErrorCode::not_found);
 }
 
+TEST(PoolsNfs, RenameMovesTheFileAndNeverReplacesOne) {
+    LAB_REQUIRE();
+    NfsServer nfs;
+    auto pool = open_pool(nfs.url(), {});
+    ASSERT_TRUE(pool) << pool.error().message;
+    ASSERT_TRUE((*pool)->create("a.raw", k_mib, ImageFormat::raw));
+    ASSERT_TRUE((*pool)->create("b.raw", 2 * k_mib, ImageFormat::raw));
+
+    auto clash = (*pool)->rename("a.raw", "b.raw");
+    ASSERT_FALSE(clash);
+    EXPECT_EQ(clash.error().code, ErrorCode::already_exists);
+    EXPECT_EQ(std::filesystem::file_size(nfs.export_dir() / "a.raw"), k_mib);
+    EXPECT_EQ(std::filesystem::file_size(nfs.export_dir() / "b.raw"), 2 * k_mib);
+
+    auto moved = (*pool)->rename("a.raw", ".c.raw");
+    ASSERT_TRUE(moved) << moved.error().message;
+    EXPECT_FALSE(std::filesystem::exists(nfs.export_dir() / "a.raw"));
+    EXPECT_EQ(std::filesystem::file_size(nfs.export_dir() / ".c.raw"), k_mib);
+    EXPECT_EQ((*pool)->rename("a.raw", "d.raw").error().code, ErrorCode::not_found);
+}
+
 TEST(PoolsNfs, EmptyQcow2CreatedOverNfsPassesQemuImgCheck) {
     LAB_REQUIRE();
     NfsServer nfs;

@@ -67,6 +67,34 @@ TEST(MemPool, RemoveFreesSpaceAndMissingVolumeIsNotFound) {
     EXPECT_EQ(pool->open("a", false).error().code, ErrorCode::not_found);
 }
 
+TEST(MemPool, RenameMovesDataAndNeverReplacesAVolume) {
+    auto pool = make_mem_pool(64 * k_mib);
+    ASSERT_TRUE(pool->create("a", k_mib, ImageFormat::raw));
+    ASSERT_TRUE(pool->create("b", k_mib, ImageFormat::raw));
+    auto data = pattern(4096, 3);
+    {
+        auto volume = pool->open("a", true);
+        ASSERT_TRUE(volume);
+        ASSERT_TRUE((*volume)->pwrite(data, 0));
+    }
+    auto clash = pool->rename("a", "b");
+    ASSERT_FALSE(clash);
+    EXPECT_EQ(clash.error().code, ErrorCode::already_exists);
+    EXPECT_TRUE(pool->stat("a"));
+
+    auto moved = pool->rename("a", "c");
+    ASSERT_TRUE(moved) << moved.error().message;
+    EXPECT_EQ(pool->stat("a").error().code, ErrorCode::not_found);
+    auto volume = pool->open("c", false);
+    ASSERT_TRUE(volume);
+    std::vector<std::byte> back(4096);
+    ASSERT_TRUE(read_full(**volume, back, 0));
+    EXPECT_EQ(back, data);
+
+    EXPECT_EQ(pool->rename("missing", "d").error().code, ErrorCode::not_found);
+    EXPECT_EQ(pool->rename("c", "x/y").error().code, ErrorCode::invalid_argument);
+}
+
 TEST(MemPool, BlockStatusTracksWritesAndDiscards) {
     auto pool = make_mem_pool(64 * k_mib);
     ASSERT_TRUE(pool->create("a", k_mib, ImageFormat::raw));

@@ -158,6 +158,12 @@ class Pool {
                                       ImageFormat format) = 0;
     // Deletes the volume and its data. not_found if it does not exist.
     virtual Result<void> remove(std::string_view name) = 0;
+    // Renames volume `from` to `to`, never replacing a volume: already_exists
+    // if `to` is taken (both volumes stay as they were), not_found if `from`
+    // does not exist, invalid_argument for a bad name, unsupported where
+    // volumes have fixed names (iSCSI LUNs). Atomic on local directories; on
+    // NFS the check for `to` and the rename are two calls.
+    virtual Result<void> rename(std::string_view from, std::string_view to) = 0;
     // Changes a raw volume's size; unsupported where the backend cannot.
     virtual Result<void> resize(std::string_view name, std::uint64_t size) = 0;
     virtual Result<Capacity> capacity() = 0;
@@ -188,6 +194,9 @@ class PoolWrapper : public Pool {
         return m_target->create(name, size, format);
     }
     Result<void> remove(std::string_view name) override { return m_target->remove(name); }
+    Result<void> rename(std::string_view from, std::string_view to) override {
+        return m_target->rename(from, to);
+    }
     Result<void> resize(std::string_view name, std::uint64_t size) override {
         return m_target->resize(name, size);
     }
