@@ -108,7 +108,7 @@ int convert_and_signal(const fs::path& src, const fs::path& dst, int sig) {
 class ConvertTest : public ::testing::Test {
   protected:
     void SetUp() override {
-        if (!fs::exists("/usr/bin/qemu-img")) GTEST_SKIP() << "qemu-img (the oracle) missing";
+        LAB_REQUIRE();  // qemu-img is the oracle: skip outside CI, fail under CI=true
         make_source(m_dir / "src.raw");
     }
     fs::path src() const { return m_dir / "src.raw"; }
