@@ -107,7 +107,12 @@ class NfsContext {
   public:
     NfsContext() : m_nfs(nfs_init_context()) {}
     ~NfsContext() {
-        if (m_nfs) nfs_destroy_context(m_nfs);  // also closes the TCP connection
+        if (!m_nfs) return;
+        if (lost) {
+            abandon();
+            return;
+        }
+        nfs_destroy_context(m_nfs);  // also closes the TCP connection
     }
     NfsContext(const NfsContext&) = delete;
     NfsContext& operator=(const NfsContext&) = delete;
@@ -116,8 +121,25 @@ class NfsContext {
     std::string error() const { return m_nfs ? nfs_get_error(m_nfs) : "out of memory"; }
 
     std::mutex mutex;
+    // Set once a sync call gave up on a dead connection ("nfs_service
+    // failed"): libnfs 5.0's sync wrappers then return with their request
+    // still queued and its callback data on a stack frame that is gone.
+    // Any later nfs_service() or nfs_destroy_context() runs those callbacks
+    // and writes through dangling pointers (a segfault seen in CI), so a
+    // lost context is never touched again.
+    mutable bool lost = false;
 
   private:
+    // Closes the socket but keeps the context's memory: freeing it would
+    // run the stale callbacks. Kept reachable so leak checkers stay quiet.
+    void abandon() {
+        if (int fd = nfs_get_fd(m_nfs); fd >= 0) ::close(fd);
+        static std::mutex guard;
+        static std::vector<nfs_context*> abandoned;
+        std::lock_guard lock(guard);
+        abandoned.push_back(m_nfs);
+    }
+
     nfs_context* m_nfs;
 };
 
@@ -131,13 +153,26 @@ struct NfsShared {
         Error e = detail::errno_error(where, what, -rc);
         std::string detail = nfs_get_error(context.get()) ? nfs_get_error(context.get()) : "";
         // libnfs words a lost connection (autoreconnect is off) this way.
-        if (detail == "nfs_service failed") detail = "connection to the server lost";
+        if (detail == "nfs_service failed" || detail == "Poll failed") {
+            detail = "connection to the server lost";
+            context.lost = true;
+        }
         if (!detail.empty()) e.message = fmt::format("{}: {}: {}", where, what, detail);
         // libnfs reports an RPC that hit nfs_set_timeout() as -EINTR with
         // "... timed out" (check_nfs3_error in libnfs 4.0's nfs_v3.c).
         if (rc == -EINTR || detail.find("timed out") != std::string::npos)
             e.code = ErrorCode::timeout;
         return e;
+    }
+
+    // The context, locked for one call; refused once the connection is lost.
+    Result<std::unique_lock<std::mutex>> session(std::string_view what) {
+        std::unique_lock lock(context.mutex);
+        if (context.lost) {
+            return fail(ErrorCode::io_error,
+                        fmt::format("{}: {}: connection to the server lost", where, what));
+        }
+        return lock;
     }
 };
 
@@ -147,6 +182,7 @@ class NfsVolume final : public Volume {
         : m_shared(std::move(shared)), m_fh(fh), m_name(std::move(name)), m_size(size) {}
     ~NfsVolume() override {
         std::lock_guard lock(m_shared->context.mutex);
+        if (m_shared->context.lost) return;
         nfs_close(m_shared->context.get(), m_fh);
     }
 
@@ -156,7 +192,8 @@ class NfsVolume final : public Volume {
     }
 
     Result<std::size_t> pread(std::span<std::byte> buf, std::uint64_t offset) override {
-        std::lock_guard lock(m_shared->context.mutex);
+        auto lock = m_shared->session("read " + m_name);
+        if (!lock) return fail(lock.error());
         if (offset >= m_size) return 0;
         const std::uint64_t want = std::min<std::uint64_t>(buf.size(), m_size - offset);
         std::uint64_t done = 0;
@@ -173,14 +210,16 @@ class NfsVolume final : public Volume {
     }
 
     Result<void> pwrite(std::span<const std::byte> buf, std::uint64_t offset) override {
-        std::lock_guard lock(m_shared->context.mutex);
+        auto lock = m_shared->session("write " + m_name);
+        if (!lock) return fail(lock.error());
         return write_locked(buf, offset);
     }
 
     Result<void> write_zeroes(std::uint64_t offset, std::uint64_t length) override {
         // NFSv3 has no ALLOCATE/DEALLOCATE: zero the overlap by writing,
         // extend with SETATTR (the extension reads as zeroes, sparse).
-        std::lock_guard lock(m_shared->context.mutex);
+        auto lock = m_shared->session("write " + m_name);
+        if (!lock) return fail(lock.error());
         const std::uint64_t end = offset + length;
         if (end > m_size) {
             int rc = nfs_ftruncate(ctx(), m_fh, end);
@@ -203,7 +242,8 @@ class NfsVolume final : public Volume {
     }
 
     Result<void> flush() override {
-        std::lock_guard lock(m_shared->context.mutex);
+        auto lock = m_shared->session("fsync " + m_name);
+        if (!lock) return fail(lock.error());
         int rc = nfs_fsync(ctx(), m_fh);
         if (rc < 0) return fail(m_shared->failure(fmt::format("fsync {}", m_name), rc));
         return {};
@@ -263,7 +303,8 @@ class NfsPool final : public Pool {
     Result<std::vector<VolumeInfo>> list_volumes() override {
         std::vector<std::string> names;
         {
-            std::lock_guard lock(m_shared->context.mutex);
+            auto lock = m_shared->session("list");
+            if (!lock) return fail(lock.error());
             nfsdir* dir = nullptr;
             int rc = nfs_opendir(ctx(), "/", &dir);
             if (rc < 0) return fail(m_shared->failure("list", rc));
@@ -313,7 +354,8 @@ class NfsPool final : public Pool {
         }
         nfsfh* fh = nullptr;
         {
-            std::lock_guard lock(m_shared->context.mutex);
+            auto lock = m_shared->session(fmt::format("create {}", name));
+            if (!lock) return fail(lock.error());
             int rc = nfs_create(ctx(), path_of(name).c_str(), O_RDWR | O_EXCL, 0660, &fh);
             if (rc < 0) {
                 if (rc == -EEXIST) {
@@ -330,8 +372,9 @@ class NfsPool final : public Pool {
                                                  : write_empty_qcow2(volume, size);
         }
         if (!written) {
-            std::lock_guard lock(m_shared->context.mutex);
-            nfs_unlink(ctx(), path_of(name).c_str());
+            if (auto lock = m_shared->session("delete partial " + std::string(name)); lock) {
+                nfs_unlink(ctx(), path_of(name).c_str());
+            }
             return fail(written.error().with_context(fmt::format("create {}", url_of(name))));
         }
         return stat(name);
@@ -340,7 +383,8 @@ class NfsPool final : public Pool {
     Result<void> remove(std::string_view name) override {
         if (auto r = check_writable(); !r) return r;
         if (auto r = detail::check_file_name(m_shared->where, name); !r) return fail(r.error());
-        std::lock_guard lock(m_shared->context.mutex);
+        auto lock = m_shared->session(fmt::format("delete {}", name));
+        if (!lock) return fail(lock.error());
         int rc = nfs_unlink(ctx(), path_of(name).c_str());
         if (rc < 0) return fail(m_shared->failure(fmt::format("delete {}", name), rc));
         return {};
@@ -358,7 +402,8 @@ class NfsPool final : public Pool {
         } else if (st.error().code != ErrorCode::not_found) {
             return fail(st.error());
         }
-        std::lock_guard lock(m_shared->context.mutex);
+        auto lock = m_shared->session(fmt::format("rename {} to {}", from, to));
+        if (!lock) return fail(lock.error());
         int rc = nfs_rename(ctx(), path_of(from).c_str(), path_of(to).c_str());
         if (rc < 0) return fail(m_shared->failure(fmt::format("rename {} to {}", from, to), rc));
         return {};
@@ -373,14 +418,16 @@ class NfsPool final : public Pool {
                         fmt::format("{}: resizing {} images is not supported", url_of(name),
                                     to_string(info->format)));
         }
-        std::lock_guard lock(m_shared->context.mutex);
+        auto lock = m_shared->session(fmt::format("resize {}", name));
+        if (!lock) return fail(lock.error());
         int rc = nfs_truncate(ctx(), path_of(name).c_str(), size);
         if (rc < 0) return fail(m_shared->failure(fmt::format("resize {}", name), rc));
         return {};
     }
 
     Result<Capacity> capacity() override {
-        std::lock_guard lock(m_shared->context.mutex);
+        auto lock = m_shared->session("statvfs");
+        if (!lock) return fail(lock.error());
         nfs_statvfs_64 st{};
         int rc = nfs_statvfs64(ctx(), "/", &st);
         if (rc < 0) return fail(m_shared->failure("statvfs", rc));
@@ -394,7 +441,8 @@ class NfsPool final : public Pool {
         if (auto r = detail::check_file_name(m_shared->where, name); !r) return fail(r.error());
         auto st = stat_file(name);
         if (!st) return fail(st.error());
-        std::lock_guard lock(m_shared->context.mutex);
+        auto lock = m_shared->session(fmt::format("open {}", name));
+        if (!lock) return fail(lock.error());
         nfsfh* fh = nullptr;
         int rc = nfs_open(ctx(), path_of(name).c_str(), writable ? O_RDWR : O_RDONLY, &fh);
         if (rc < 0) return fail(m_shared->failure(fmt::format("open {}", name), rc));
@@ -438,7 +486,8 @@ class NfsPool final : public Pool {
 
     Result<nfs_stat_64> stat_file(std::string_view name) {
         if (auto r = detail::check_file_name(m_shared->where, name); !r) return fail(r.error());
-        std::lock_guard lock(m_shared->context.mutex);
+        auto lock = m_shared->session(fmt::format("stat {}", name));
+        if (!lock) return fail(lock.error());
         nfs_stat_64 st{};
         int rc = nfs_stat64(ctx(), path_of(name).c_str(), &st);
         if (rc == -ENOENT)

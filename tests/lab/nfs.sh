@@ -35,6 +35,14 @@ start)
     echo $! > "$state/rpcbind.pid"
     for _ in $(seq 1 150); do "${ns[@]}" rpcinfo -p 127.0.0.1 >/dev/null 2>&1 && break; sleep 0.02; done
   fi
+  # A server that died without unregistering (SIGKILL, a crashed test) leaves
+  # its entries behind: drop them when nothing listens on 2049 any more.
+  if "${ns[@]}" rpcinfo -p 127.0.0.1 2>/dev/null | grep -qw nfs &&
+     [ -z "$("${ns[@]}" ss -Hltn 'sport = :2049')" ]; then
+    for prog in 100003:3 100003:4 100005:1 100005:3; do
+      "${ns[@]}" rpcinfo -d "${prog%:*}" "${prog#*:}" 2>/dev/null || true
+    done
+  fi
   if "${ns[@]}" rpcinfo -p 127.0.0.1 2>/dev/null | grep -qw nfs; then
     echo "nfs: another NFS server is already registered with rpcbind (port 2049 busy)" >&2
     exit 1
