@@ -218,47 +218,27 @@ TEST(PoolsNfs, CliWorksAgainstTheServerAndFailsCleanlyWhenItIsGone) {
     EXPECT_FALSE(std::filesystem::exists(nfs.export_dir() / "x.raw"));
 }
 
-constexpr auto k_deadline = std::chrono::seconds(3);
-constexpr auto k_bound = k_deadline + std::chrono::seconds(2);
-
 TEST(PoolsNfs, EveryCallAgainstAKilledServerFailsWithinTheDeadline) {
     LAB_REQUIRE();
     NfsServer nfs;
-    PoolsConfig config;
-    config.options.timeout = k_deadline;
-    auto pool = open_pool(nfs.url(), config);
-    ASSERT_TRUE(pool) << pool.error().message;
-    ASSERT_TRUE((*pool)->create("a.raw", 4 * k_mib, ImageFormat::raw));
-    auto volume = (*pool)->open("a.raw", true);
-    ASSERT_TRUE(volume);
-
+    PoolWithVolume rig;
+    ASSERT_NO_FATAL_FAILURE(
+        open_with_deadline(nfs.url(), "a.raw", 4 * k_mib, ImageFormat::raw, rig));
     ASSERT_EQ(::kill(nfs.pid(), SIGKILL), 0);
-    expect_each_fails_within(every_pool_call(**pool, **volume, "a.raw", "b.raw"), k_bound);
-
-    const auto start = std::chrono::steady_clock::now();
-    auto again = open_pool(nfs.url(), config);
-    EXPECT_FALSE(again);
-    EXPECT_LE(std::chrono::steady_clock::now() - start, k_bound);
+    expect_each_fails_within(every_pool_call(*rig.pool, *rig.volume, "a.raw", "b.raw"), k_bound);
+    expect_reopen_fails_within_bound(nfs.url());
 }
 
 TEST(PoolsNfs, FrozenServerTimesOutEachCall) {
     LAB_REQUIRE();
     NfsServer nfs;
-    PoolsConfig config;
-    config.options.timeout = k_deadline;
-    auto pool = open_pool(nfs.url(), config);
-    ASSERT_TRUE(pool) << pool.error().message;
-    ASSERT_TRUE((*pool)->create("a.raw", 4 * k_mib, ImageFormat::raw));
-    auto volume = (*pool)->open("a.raw", true);
-    ASSERT_TRUE(volume);
+    PoolWithVolume rig;
+    ASSERT_NO_FATAL_FAILURE(
+        open_with_deadline(nfs.url(), "a.raw", 4 * k_mib, ImageFormat::raw, rig));
     Frozen frozen(nfs.pid());
-    expect_each_fails_within(every_pool_call(**pool, **volume, "a.raw", "b.raw"), k_bound,
+    expect_each_fails_within(every_pool_call(*rig.pool, *rig.volume, "a.raw", "b.raw"), k_bound,
                              ErrorCode::timeout);
-    const auto start = std::chrono::steady_clock::now();
-    auto late = open_pool(nfs.url(), config);
-    ASSERT_FALSE(late);
-    EXPECT_EQ(late.error().code, ErrorCode::timeout) << late.error().message;
-    EXPECT_LE(std::chrono::steady_clock::now() - start, k_bound);
+    expect_reopen_fails_within_bound(nfs.url(), ErrorCode::timeout);
 }
 
 }  // namespace

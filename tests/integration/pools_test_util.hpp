@@ -14,6 +14,7 @@
 
 #include "lab.hpp"
 #include "pools/pool.hpp"
+#include "pools/pools.hpp"
 
 namespace pools_test {
 
@@ -131,6 +132,47 @@ inline void expect_each_fails_within(const std::vector<PoolCall>& calls,
         std::cerr << "  " << call.name << ": " << took.count() << " ms, "
                   << blockmig::to_string(error->code) << ": " << error->message << "\n";
     }
+}
+
+// The dead-server tests give every call a short deadline and allow this much.
+inline constexpr auto k_deadline = std::chrono::seconds(3);
+inline constexpr auto k_bound = k_deadline + std::chrono::seconds(2);
+
+inline blockmig::pools::PoolsConfig deadline_config() {
+    blockmig::pools::PoolsConfig config;
+    config.options.timeout = k_deadline;
+    return config;
+}
+
+// What the dead-server tests start from: a pool opened with the short
+// deadline, `name` created in it and opened writable.
+struct PoolWithVolume {
+    std::unique_ptr<blockmig::pools::Pool> pool;
+    std::unique_ptr<blockmig::pools::Volume> volume;
+};
+
+inline void open_with_deadline(const std::string& url, const std::string& name, std::uint64_t size,
+                               blockmig::pools::ImageFormat format, PoolWithVolume& out) {
+    auto pool = blockmig::pools::open_pool(url, deadline_config());
+    ASSERT_TRUE(pool) << pool.error().message;
+    auto created = (*pool)->create(name, size, format);
+    ASSERT_TRUE(created) << created.error().message;
+    auto volume = (*pool)->open(name, true);
+    ASSERT_TRUE(volume) << volume.error().message;
+    out.pool = std::move(*pool);
+    out.volume = std::move(*volume);
+}
+
+// Opening the pool afresh fails too, within the bound (with `code` if given).
+inline void expect_reopen_fails_within_bound(
+    const std::string& url, std::optional<blockmig::ErrorCode> code = std::nullopt) {
+    const auto start = std::chrono::steady_clock::now();
+    auto again = blockmig::pools::open_pool(url, deadline_config());
+    ASSERT_FALSE(again);
+    if (code) {
+        EXPECT_EQ(again.error().code, *code) << again.error().message;
+    }
+    EXPECT_LE(std::chrono::steady_clock::now() - start, k_bound);
 }
 
 }  // namespace pools_test
