@@ -9,11 +9,6 @@ namespace blockmig::qmp {
 using nlohmann::json;
 using namespace detail;
 
-namespace {
-
-
-}  // namespace
-
 Result<void> migrate(Client& client, const std::string& uri, Timeout timeout) {
     return run(client, "migrate", {{"uri", uri}}, timeout);
 }
@@ -82,8 +77,28 @@ Result<MigrationInfo> query_migrate(Client& client, Timeout timeout) {
             u("duplicate"),        u("normal"),    u("dirty-pages-rate"),
             u("dirty-sync-count"), u("page-size"), opt_num(*ram, "mbps").value_or(0)};
     }
+    if (const json* addresses = member(*r, "socket-address"); addresses && addresses->is_array())
+        for (const json& a : *addresses)
+            if (auto port = opt_str(a, "port")) m.listen_ports.push_back(*port);
     m.raw = *r;
     return m;
+}
+
+Result<std::string> query_machine_type(Client& client, Timeout timeout) {
+    auto r = client.execute("qom-get", {{"path", "/machine"}, {"property", "type"}}, timeout);
+    if (!r) return fail(r.error());
+    if (!r->is_string()) return fail(ErrorCode::protocol, "qom-get /machine type: not a string");
+    return r->get<std::string>();
+}
+
+Result<std::vector<QomProperty>> qom_list(Client& client, const std::string& path,
+                                          Timeout timeout) {
+    auto r = client.execute("qom-list", {{"path", path}}, timeout);
+    if (!r) return fail(r.error());
+    if (!r->is_array()) return fail(ErrorCode::protocol, "qom-list: reply is not an array");
+    std::vector<QomProperty> out;
+    for (const json& p : *r) out.push_back({str(p, "name"), str(p, "type")});
+    return out;
 }
 
 Result<void> calc_dirty_rate(Client& client, std::int64_t seconds,

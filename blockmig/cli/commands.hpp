@@ -38,6 +38,7 @@ void add_info_command(CLI::App& app, Dispatch& dispatch);
 void add_compare_command(CLI::App& app, Dispatch& dispatch);
 void add_jobs_command(CLI::App& app, Dispatch& dispatch);
 void add_recover_command(CLI::App& app, Dispatch& dispatch);
+void add_migrate_command(CLI::App& app, Dispatch& dispatch);
 
 // Adds `--state-dir DIR` (where job journals live; default
 // $BLOCKMIG_STATE_DIR, else /var/lib/blockmig/jobs).

@@ -39,6 +39,12 @@ nlohmann::json describe(const jobs::JobListing& l, const std::filesystem::path& 
                        {"name", l.job.guest.name}}},
                      {"disks", disks},
                      {"journal", l.path.string()}};
+    if (const auto& m = l.job.migration)
+        j["migration"] = {{"phase", m->phase},
+                          {"destination", m->destination.qmp},
+                          {"dst_addr", m->dst_addr},
+                          {"copy_storage", m->copy_storage},
+                          {"exists", jobs::what_exists(l.job, "")}};
     if (!l.running && l.job.needs_recovery()) j["recover"] = jobs::recover_command(dir, l.job.id);
     return j;
 }
@@ -67,6 +73,12 @@ Result<void> run_jobs(const JobsArgs& args, const GlobalOptions& globals) {
                        d["phase"].get<std::string>(), d["source"].get<std::string>(),
                        d["target"].get<std::string>());
             for (const auto& e : d["exists"]) fmt::print("    exists: {}\n", e.get<std::string>());
+        }
+        if (j.contains("migration")) {
+            const auto& m = j["migration"];
+            fmt::print("  migration: {} -> {}\n", m["phase"].get<std::string>(),
+                       m["destination"].get<std::string>());
+            for (const auto& e : m["exists"]) fmt::print("    exists: {}\n", e.get<std::string>());
         }
         if (j.contains("recover"))
             fmt::print("  recover with: {}\n", j["recover"].get<std::string>());

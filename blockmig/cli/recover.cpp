@@ -7,6 +7,7 @@
 
 #include "commands.hpp"
 #include "jobs/journal.hpp"
+#include "migrate/recover.hpp"
 #include "qmp/client.hpp"
 
 namespace blockmig::cli {
@@ -60,7 +61,15 @@ Result<void> recover_one(const std::filesystem::path& dir, const std::string& id
     jobs::UndoEnv env;
     env.client = client ? client->get() : nullptr;
     env.step_timeout = std::chrono::seconds(args.step_timeout_s);
-    auto report = jobs::recover_job(*journal, env, intent, dir);
+    // A migration is settled from what both QEMUs say.
+    decltype(client) dst_client = fail(ErrorCode::not_found, "no destination");
+    if (journal->job().migration)
+        dst_client = qmp::Client::connect(journal->job().migration->destination.qmp, connect);
+    auto report = journal->job().migration
+                      ? migrate::recover_migration(*journal, env.client,
+                                                   dst_client ? dst_client->get() : nullptr,
+                                                   env.step_timeout, dir)
+                      : jobs::recover_job(*journal, env, intent, dir);
     if (!report) return fail(report.error());
     print_report(*report, globals);
     if (!report->journal_removed) {

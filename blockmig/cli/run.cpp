@@ -51,6 +51,7 @@ int run(int argc, char** argv) {
         add_compare_command(app, dispatch);
         add_jobs_command(app, dispatch);
         add_recover_command(app, dispatch);
+        add_migrate_command(app, dispatch);
 
         try {
             app.parse(argc, argv);

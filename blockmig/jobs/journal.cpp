@@ -36,6 +36,12 @@ constexpr std::array k_effects{
     std::pair{EffectKind::complete_sent, "complete_sent"},
     std::pair{EffectKind::node_repointed, "node_repointed"},
     std::pair{EffectKind::source_deleted, "source_deleted"},
+    std::pair{EffectKind::migration_configured, "migration_configured"},
+    std::pair{EffectKind::incoming_started, "incoming_started"},
+    std::pair{EffectKind::migration_started, "migration_started"},
+    std::pair{EffectKind::switchover_sent, "switchover_sent"},
+    std::pair{EffectKind::destination_resumed, "destination_resumed"},
+    std::pair{EffectKind::source_quit, "source_quit"},
 };
 constexpr std::array k_states{
     std::pair{RecordState::intent, "intent"},           std::pair{RecordState::done, "done"},
@@ -228,6 +234,11 @@ bool Job::needs_recovery() const {
         if (r.state == RecordState::left_behind) return true;
     for (const auto& d : disks)
         if (!d.settled(*this)) return true;
+    if (migration && !migration->settled()) {
+        if (migration->phase != "planned") return true;
+        for (const auto& r : records)
+            if (r.state == RecordState::intent || r.state == RecordState::done) return true;
+    }
     return false;
 }
 
@@ -248,20 +259,32 @@ json to_json(const Job& job) {
                          {"phase", d.phase}});
     json records = json::array();
     for (const auto& r : job.records) records.push_back(to_json(r));
-    return {{"format", k_format},
-            {"id", job.id},
-            {"kind", job.kind},
-            {"created", job.created},
-            {"owner_pid", job.owner_pid},
-            {"guest",
-             {{"qmp", job.guest.qmp},
-              {"pid", job.guest.pid},
-              {"uuid", job.guest.uuid},
-              {"name", job.guest.name}}},
-            {"finish", to_string(job.finish)},
-            {"next_seq", job.next_seq},
-            {"disks", disks},
-            {"records", records}};
+    json out = {{"format", k_format},
+                {"id", job.id},
+                {"kind", job.kind},
+                {"created", job.created},
+                {"owner_pid", job.owner_pid},
+                {"guest",
+                 {{"qmp", job.guest.qmp},
+                  {"pid", job.guest.pid},
+                  {"uuid", job.guest.uuid},
+                  {"name", job.guest.name}}},
+                {"finish", to_string(job.finish)},
+                {"next_seq", job.next_seq},
+                {"disks", disks},
+                {"records", records}};
+    if (const auto& m = job.migration)
+        out["migration"] = {{"destination",
+                             {{"qmp", m->destination.qmp},
+                              {"pid", m->destination.pid},
+                              {"uuid", m->destination.uuid},
+                              {"name", m->destination.name}}},
+                            {"dst_addr", m->dst_addr},
+                            {"copy_storage", m->copy_storage},
+                            {"keep_source", m->keep_source},
+                            {"phase", m->phase},
+                            {"source_saved", m->source_saved}};
+    return out;
 }
 
 Result<Job> job_from_json(const json& j) {
@@ -296,6 +319,18 @@ Result<Job> job_from_json(const json& j) {
         disk.chain = d.value("chain", json::object());
         disk.phase = d.value("phase", "planned");
         job.disks.push_back(std::move(disk));
+    }
+    if (const auto m = j.find("migration"); m != j.end() && m->is_object()) {
+        MigrationFacts facts;
+        const json dst = m->value("destination", json::object());
+        facts.destination = {dst.value("qmp", ""), dst.value("pid", -1), dst.value("uuid", ""),
+                             dst.value("name", "")};
+        facts.dst_addr = m->value("dst_addr", "");
+        facts.copy_storage = m->value("copy_storage", "none");
+        facts.keep_source = m->value("keep_source", false);
+        facts.phase = m->value("phase", "planned");
+        facts.source_saved = m->value("source_saved", json::object());
+        job.migration = std::move(facts);
     }
     for (const auto& r : j.value("records", json::array())) {
         auto record = record_from_json(r);
@@ -476,6 +511,18 @@ std::vector<std::string> what_exists(const Job& job, std::string_view disk) {
             case EffectKind::mirror_started:
                 what = "mirror job " + r->name;
                 break;
+            case EffectKind::migration_configured:
+                what = "migration settings changed on the " + r->name;
+                break;
+            case EffectKind::incoming_started:
+                what = "destination listening on " + r->name;
+                break;
+            case EffectKind::migration_started:
+                what = "migration to " + r->name;
+                break;
+            case EffectKind::switchover_sent:
+                what = "switchover sent (the destination may run the guest)";
+                break;
             default:
                 continue;
         }
@@ -495,7 +542,9 @@ Result<void> refuse_if_unrecovered(const fs::path& state_dir, const GuestIdentit
     auto jobs = list_jobs(state_dir);
     if (!jobs) return fail(jobs.error());
     for (const auto& l : *jobs) {
-        if (l.running || !l.job.guest.same_guest(guest) || !l.job.needs_recovery()) continue;
+        const bool ours = l.job.guest.same_guest(guest) ||
+                          (l.job.migration && l.job.migration->destination.same_guest(guest));
+        if (l.running || !ours || !l.job.needs_recovery()) continue;
         return fail(ErrorCode::invalid_state,
                     fmt::format("guest {} has an unfinished job {} (blockmig was stopped in the "
                                 "middle of it); run `{}` first",

@@ -42,6 +42,13 @@ enum class EffectKind {
     complete_sent,   // name: the block-job id (a barrier: nothing before it is undone blindly)
     node_repointed,  // name: the format node moved from the hop to a direct node
     source_deleted,  // name: the old volume's URL
+    // `migrate` jobs (disk ""; docs/state-machines.md, "Migration"):
+    migration_configured,  // name: "source" / "destination" (capabilities, parameters)
+    incoming_started,      // name: the URI the destination listens on
+    migration_started,     // name: the URI the source sends to
+    switchover_sent,       // name: "migrate-continue" (a barrier, like complete_sent)
+    destination_resumed,   // name: the destination's QMP address
+    source_quit,           // name: the source's QMP address
 };
 std::string_view to_string(EffectKind kind);
 Result<EffectKind> parse_effect_kind(std::string_view text);
@@ -79,6 +86,19 @@ std::string_view to_string(Finish finish);
 
 struct Job;
 
+// What a `migrate` job needs besides its records: the destination QEMU and
+// the source's migration settings from before the job (restored on undo).
+struct MigrationFacts {
+    GuestIdentity destination;
+    std::string dst_addr;               // host the destination listens on
+    std::string copy_storage = "none";  // "none" / "all"
+    bool keep_source = false;
+    // planned, configured, ram, switchover, completed, done, rolled_back
+    std::string phase = "planned";
+    nlohmann::json source_saved = nlohmann::json::object();  // {capabilities: {...}, parameters}
+    bool settled() const { return phase == "done" || phase == "rolled_back"; }
+};
+
 // What recovery needs to know about one disk besides the records.
 struct JobDisk {
     std::string disk;         // device id, in full
@@ -108,6 +128,7 @@ struct Job {
     std::vector<JobDisk> disks;
     std::vector<Record> records;
     std::uint64_t next_seq = 1;
+    std::optional<MigrationFacts> migration;  // kind "migrate"
 
     JobDisk* disk(std::string_view id);
     const JobDisk* disk(std::string_view id) const;

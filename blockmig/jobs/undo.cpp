@@ -247,6 +247,15 @@ std::optional<UndoStep> undo_of(const Record& r) {
         case EffectKind::node_repointed:
         case EffectKind::source_deleted:
             return std::nullopt;
+        // A migration is settled from what both QEMUs say (blockmig/migrate/),
+        // never by replaying steps blindly.
+        case EffectKind::migration_configured:
+        case EffectKind::incoming_started:
+        case EffectKind::migration_started:
+        case EffectKind::switchover_sent:
+        case EffectKind::destination_resumed:
+        case EffectKind::source_quit:
+            return std::nullopt;
     }
     return std::nullopt;
 }

@@ -45,9 +45,26 @@ struct MigrationInfo {
     std::optional<std::int64_t> total_time_ms, downtime_ms, expected_downtime_ms, setup_time_ms;
     std::optional<MigrationRamStats> ram;
     std::optional<std::string> error_desc;
+    // Where an incoming migration listens (QEMU >= 4.0; "socket-address"),
+    // e.g. the port QEMU picked for "tcp:HOST:0". Empty when not reported.
+    std::vector<std::string> listen_ports;
     nlohmann::json raw;
 };
 Result<MigrationInfo> query_migrate(Client& client, Timeout timeout = {});
+
+// ---- describing a guest for the migration pre-flight -------------------------
+
+// The QOM type of /machine, e.g. "pc-i440fx-7.2-machine": two QEMUs can
+// migrate only between identical machine types.
+Result<std::string> query_machine_type(Client& client, Timeout timeout = {});
+
+struct QomProperty {
+    std::string name;
+    std::string type;  // e.g. "child<virtio-blk-pci>"
+};
+// qom-list PATH, e.g. "/machine/peripheral" (the devices given an id).
+Result<std::vector<QomProperty>> qom_list(Client& client, const std::string& path,
+                                          Timeout timeout = {});
 
 // Starts measuring the guest's dirty rate for `seconds`. mode: "page-sampling"
 // (default), "dirty-ring", "dirty-bitmap".

@@ -1,0 +1,141 @@
+// `blockmig migrate`: live migration of a running guest into a destination
+// QEMU started with the same devices and `-incoming defer`.
+#include "blockmig/migrate.hpp"
+
+#include <fmt/core.h>
+#include <signal.h>
+
+#include <atomic>
+
+#include "commands.hpp"
+#include "qmp/client.hpp"
+
+namespace blockmig::cli {
+
+namespace {
+
+std::atomic<bool> g_interrupted{false};
+
+extern "C" void on_migrate_interrupt(int) { g_interrupted.store(true); }
+
+struct MigrateArgs {
+    std::string src_qmp, dst_qmp, dst_addr;
+    std::string copy_storage;
+    double bandwidth_mib = 0;
+    int max_downtime_ms = 300;
+    int timeout_s = 0;
+    bool keep_source = false;
+    std::string state_dir;
+};
+
+Result<std::unique_ptr<qmp::Client>> connect(const std::string& address, const char* side,
+                                             const MigrateOptions& o,
+                                             const GlobalOptions& globals) {
+    if (address.starts_with("tcp:"))
+        fmt::print(stderr,
+                   "blockmig: warning: the {} QMP {} is unauthenticated TCP: anyone who reaches "
+                   "it controls that QEMU\n",
+                   side, address);
+    qmp::ConnectOptions connect;
+    connect.default_timeout = o.qmp_timeout;  // no QMP call may block forever
+    if (globals.verbose)
+        connect.log = [side](qmp::LogLevel, std::string_view text) {
+            fmt::print(stderr, "qmp {}: {}\n", side, text);
+        };
+    auto client = qmp::Client::connect(address, connect);
+    if (!client)
+        return fail(
+            client.error().with_context(fmt::format("connect to the {} {}", side, address)));
+    return client;
+}
+
+Result<void> run_migrate_command(const MigrateArgs& args, const GlobalOptions& globals) {
+    MigrateOptions o;
+    o.src_qmp = args.src_qmp;
+    o.dst_qmp = args.dst_qmp;
+    o.dst_addr = args.dst_addr;
+    o.copy_storage = args.copy_storage == "all" ? CopyStorage::all : CopyStorage::none;
+    o.bandwidth = static_cast<std::uint64_t>(args.bandwidth_mib * 1024 * 1024);
+    o.max_downtime = std::chrono::milliseconds(args.max_downtime_ms);
+    o.timeout = std::chrono::seconds(args.timeout_s);
+    o.keep_source = args.keep_source;
+    o.jobs_dir = args.state_dir;
+    auto src = connect(args.src_qmp, "source", o, globals);
+    if (!src) return fail(src.error());
+    auto dst = connect(args.dst_qmp, "destination", o, globals);
+    if (!dst) return fail(dst.error());
+
+    auto progress =
+        globals.output == OutputFormat::json ? make_json_progress() : make_text_progress();
+    // Ctrl-C before the switchover cancels the migration instead of leaving it.
+    struct sigaction sa {};
+    sa.sa_handler = on_migrate_interrupt;
+    sigaction(SIGINT, &sa, nullptr);
+    sigaction(SIGTERM, &sa, nullptr);
+    auto report = run_migrate(**src, **dst, o, *progress, g_interrupted);
+    signal(SIGINT, SIG_DFL);
+    signal(SIGTERM, SIG_DFL);
+    if (!report) return fail(report.error());
+
+    const double seconds = report->duration.count() / 1000.0;
+    if (globals.output == OutputFormat::json) {
+        fmt::print("{}\n", nlohmann::json{{"event", "done"},
+                                          {"job", report->job},
+                                          {"seconds", seconds},
+                                          {"downtime_ms", report->downtime_ms},
+                                          {"ram_transferred", report->ram_transferred},
+                                          {"iterations", report->iterations},
+                                          {"bandwidth", report->bandwidth},
+                                          {"source_quit", report->source_quit}}
+                               .dump());
+        return {};
+    }
+    fmt::print("migrated to {} in {:.1f} s: {:.1f} MiB of RAM in {} pass{}, downtime {} ms; {}\n",
+               args.dst_qmp, seconds, static_cast<double>(report->ram_transferred) / (1 << 20),
+               report->iterations, report->iterations == 1 ? "" : "es", report->downtime_ms,
+               report->source_quit ? "the source QEMU quit" : "the source QEMU is left paused");
+    return {};
+}
+
+}  // namespace
+
+void add_migrate_command(CLI::App& app, Dispatch& dispatch) {
+    auto args = std::make_shared<MigrateArgs>();
+    auto* cmd = app.add_subcommand(
+        "migrate", "live-migrate a running guest into a destination QEMU (-incoming defer)");
+    cmd->add_option("--src-qmp", args->src_qmp, "the guest's QMP (path or tcp:HOST:PORT)")
+        ->required();
+    cmd->add_option("--dst-qmp", args->dst_qmp,
+                    "the destination QEMU's QMP (path or tcp:HOST:PORT); it runs with the same "
+                    "devices and -incoming defer")
+        ->required();
+    cmd->add_option("--dst-addr", args->dst_addr,
+                    "HOST[:PORT] the destination listens on for the migration stream (default "
+                    "127.0.0.1; port 0 or none = QEMU picks)")
+        ->default_str("127.0.0.1");
+    cmd->add_option("--copy-storage", args->copy_storage,
+                    "none: both QEMUs open the same volumes (shared storage); all: copy every "
+                    "disk (not implemented yet)")
+        ->required()
+        ->check(CLI::IsMember({"none", "all"}));
+    cmd->add_option("--bandwidth", args->bandwidth_mib,
+                    "MiB/s for the migration stream (default: unlimited, set explicitly)")
+        ->check(CLI::NonNegativeNumber);
+    cmd->add_option("--max-downtime", args->max_downtime_ms,
+                    "longest acceptable guest pause at the switchover, in ms (300)")
+        ->check(CLI::PositiveNumber);
+    cmd->add_option("--timeout", args->timeout_s,
+                    "cancel (guest stays on the source) if not switched over after SEC seconds")
+        ->check(CLI::NonNegativeNumber);
+    cmd->add_flag("--keep-source", args->keep_source,
+                  "leave the paused source QEMU running instead of quitting it");
+    add_state_dir_option(*cmd, args->state_dir);
+    cmd->callback([args, &dispatch] {
+        if (args->dst_addr.empty()) args->dst_addr = "127.0.0.1";
+        dispatch.action = [args, &dispatch] {
+            return run_migrate_command(*args, dispatch.globals);
+        };
+    });
+}
+
+}  // namespace blockmig::cli

@@ -1,0 +1,70 @@
+// `migrate`: live migration of a running guest to another QEMU (another
+// host), driven over both QEMUs' QMP monitors.
+//
+// This slice handles shared storage (copy_storage none: both QEMUs open the
+// same volumes, proven before anything is touched) with a destination QEMU
+// the user started with the same devices and `-incoming defer`. Sequence:
+// capabilities (events, pause-before-switchover, late-block-activate where
+// QEMU has it) and parameters (max-bandwidth always explicit, downtime-limit)
+// on both sides, migrate-incoming on the destination, migrate on the source,
+// MIGRATION events until pre-switchover, migrate-continue, completion, cont
+// on the destination, quit on the source. States and the recover decision:
+// docs/state-machines.md, "Migration".
+//
+// Failure before the switchover (timeout, destination gone, link down,
+// Ctrl-C): the migration is cancelled, the guest keeps running on the
+// source (resumed if it was paused), the source's migration settings are
+// restored, and the Error names the phase and the cause. After the
+// switchover nothing is rolled back: only what both QEMUs say decides, and
+// the journal stays for `blockmig recover` when they cannot tell.
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <filesystem>
+#include <string>
+#include <vector>
+
+#include "blockmig/progress.hpp"
+#include "qmp/client.hpp"
+#include "qmp/clock.hpp"
+
+namespace blockmig {
+
+enum class CopyStorage { none, all };
+
+struct MigrateOptions {
+    std::string src_qmp;  // addresses as given: the guests' identities in the journal
+    std::string dst_qmp;
+    std::string dst_addr;  // HOST[:PORT] the destination listens on; PORT 0/absent = QEMU picks
+    CopyStorage copy_storage = CopyStorage::none;
+    std::uint64_t bandwidth = 0;  // bytes/s; 0 = unlimited (still set explicitly)
+    std::chrono::milliseconds max_downtime{300};
+    std::chrono::seconds timeout{0};  // whole migration; 0 = none
+    bool keep_source = false;         // leave the paused source QEMU instead of quitting it
+    std::filesystem::path jobs_dir;   // journals; default jobs::default_state_dir()
+    std::chrono::milliseconds qmp_timeout{30'000};  // deadline of each QMP call
+    // How long the switchover (migrate-continue -> completed on both sides) may take.
+    std::chrono::milliseconds switchover_timeout{60'000};
+    // How often RAM progress is read (query-migrate) between MIGRATION events.
+    std::chrono::milliseconds progress_interval{1'000};
+    Clock* clock = &system_clock();  // the --timeout deadline
+};
+
+struct MigrateReport {
+    std::string job;
+    std::chrono::milliseconds duration{0};  // migrate sent -> destination running
+    std::int64_t downtime_ms = -1;          // QEMU's own count (query-migrate), -1 unknown
+    std::uint64_t ram_transferred = 0;
+    std::uint64_t iterations = 0;  // RAM passes (dirty-sync-count)
+    std::uint64_t bandwidth = 0;   // the max-bandwidth that was set, bytes/s
+    bool source_quit = false;
+};
+
+// Migrates the guest behind `src` into the QEMU behind `dst`. `cancel`
+// (SIGINT) aborts with rollback until the switchover. Blocks until done.
+Result<MigrateReport> run_migrate(qmp::Client& src, qmp::Client& dst, const MigrateOptions& options,
+                                  ProgressSink& progress, const std::atomic<bool>& cancel);
+
+}  // namespace blockmig

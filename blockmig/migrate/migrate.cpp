@@ -1,0 +1,359 @@
+// The live run of `blockmig migrate` (blockmig/migrate.hpp): pre-flight,
+// then every side effect journaled (intent before, outcome after), events
+// waited on with deadlines, and every ending — success, failure, Ctrl-C —
+// settled by settle.hpp from what both QEMUs say.
+#include "blockmig/migrate.hpp"
+
+#include <fmt/core.h>
+
+#include <cmath>
+
+#include "jobs/journal.hpp"
+#include "preflight.hpp"
+#include "qmp/commands.hpp"
+#include "qmp/migration.hpp"
+#include "settle.hpp"
+
+namespace blockmig {
+
+namespace {
+
+using jobs::EffectKind;
+using jobs::RecordState;
+using nlohmann::json;
+
+// QEMU's own default max-bandwidth is 128 MiB/s (32 MiB/s before 5.2); an
+// unlimited migration says so explicitly with a rate no link reaches.
+constexpr std::uint64_t k_unlimited = std::uint64_t{1} << 40;
+
+std::string human_mib(std::uint64_t bytes) {
+    return fmt::format("{:.1f} MiB", static_cast<double>(bytes) / (1 << 20));
+}
+
+// A QEMU error reply: the effect did not happen. A timeout or a lost
+// connection may hide one that did: the intent stands.
+bool definite(const Error& e) {
+    return e.code != ErrorCode::timeout && e.code != ErrorCode::interrupted &&
+           e.code != ErrorCode::protocol;
+}
+
+struct Failure {
+    std::string phase;
+    std::string cause;
+};
+
+class Run {
+  public:
+    Run(qmp::Client& src, qmp::Client& dst, const MigrateOptions& options, ProgressSink& progress,
+        const std::atomic<bool>& cancel)
+        : m_src(src), m_dst(dst), m_o(options), m_progress(progress), m_cancel(cancel) {}
+
+    Result<MigrateReport> run() {
+        auto facts = preflight();
+        if (!facts) return fail(facts.error());
+        if (auto r = open_journal(facts->first, facts->second); !r) return fail(r.error());
+        m_report.job = m_journal->job().id;
+        m_progress.event("job", {{"job", m_report.job}},
+                         fmt::format("job {} (recover with `{}` if blockmig dies)", m_report.job,
+                                     jobs::recover_command(jobs_dir(), m_report.job)));
+        if (auto f = drive(); f) return failed(*f);
+        return finish();
+    }
+
+  private:
+    std::filesystem::path jobs_dir() const {
+        return m_o.jobs_dir.empty() ? jobs::default_state_dir() : m_o.jobs_dir;
+    }
+
+    Result<std::pair<migrate::SideFacts, migrate::SideFacts>> preflight() {
+        if (m_o.copy_storage != CopyStorage::none)
+            return fail(ErrorCode::unsupported,
+                        "migrate: --copy-storage all is not implemented yet (it waits for "
+                        "blockmig/mirror/); use --copy-storage none with shared storage");
+        auto src = migrate::gather(m_src, m_o.src_qmp, "source", m_o.qmp_timeout);
+        if (!src) return fail(src.error());
+        auto dst = migrate::gather(m_dst, m_o.dst_qmp, "destination", m_o.qmp_timeout);
+        if (!dst) return fail(dst.error());
+        for (const auto* side : {&*src, &*dst})
+            if (auto r = jobs::refuse_if_unrecovered(jobs_dir(), side->identity); !r)
+                return fail(r.error());
+        if (auto r = migrate::check(*src, *dst, m_o.copy_storage); !r) return fail(r.error());
+        return std::pair{std::move(*src), std::move(*dst)};
+    }
+
+    Result<void> open_journal(const migrate::SideFacts& src, const migrate::SideFacts& dst) {
+        jobs::Job job;
+        job.kind = "migrate";
+        job.guest = src.identity;
+        jobs::MigrationFacts facts;
+        facts.destination = dst.identity;
+        facts.dst_addr = m_o.dst_addr;
+        facts.copy_storage = "none";
+        facts.keep_source = m_o.keep_source;
+        m_late_block_activate = dst.capabilities.contains("late-block-activate");
+        job.migration = std::move(facts);
+        auto journal = jobs::Journal::create(jobs_dir(), std::move(job));
+        if (!journal) return fail(journal.error());
+        m_journal.emplace(std::move(*journal));
+        return {};
+    }
+
+    // Intent, action, outcome. Returns the action's error.
+    Result<void> effect(EffectKind kind, const std::string& name,
+                        const std::function<Result<void>()>& act) {
+        auto seq = m_journal->intend({.effect = kind, .name = name});
+        if (!seq) return fail(seq.error());
+        auto r = act();
+        if (r) {
+            if (auto w = m_journal->outcome(*seq, RecordState::done); !w) return w;
+        } else if (definite(r.error())) {
+            if (auto w = m_journal->outcome(*seq, RecordState::failed, r.error().message); !w)
+                return w;
+        }
+        return r;
+    }
+
+    Result<void> phase(const std::string& name, const std::string& message) {
+        m_progress.event("phase", {{"phase", name}}, message);
+        return m_journal->update([&](jobs::Job& job) { job.migration->phase = name; });
+    }
+
+    // The whole run up to a completed migration; a Failure says where it stopped.
+    std::optional<Failure> drive() {
+        if (auto r = configure(); !r) return Failure{"configure", r.error().message};
+        auto uri = listen();
+        if (!uri) return Failure{"listen", uri.error().message};
+        if (auto f = migrate_ram(*uri); f) return f;
+        return switchover();
+    }
+
+    Result<void> configure() {
+        if (auto r = phase("configured", "setting migration capabilities and parameters"); !r)
+            return r;
+        std::vector<std::pair<std::string, bool>> dst_caps{{"events", true}};
+        // The destination takes its image locks only at `cont`: until then the
+        // source may still be resumed safely (QEMU >= 3.0; absent in some).
+        if (m_late_block_activate) dst_caps.emplace_back("late-block-activate", true);
+        if (auto r = effect(
+                EffectKind::migration_configured, "destination",
+                [&] { return qmp::migrate_set_capabilities(m_dst, dst_caps, m_o.qmp_timeout); });
+            !r)
+            return fail(r.error().with_context("destination capabilities"));
+        if (auto r = save_source_settings(); !r) return r;
+        m_report.bandwidth = m_o.bandwidth ? m_o.bandwidth : k_unlimited;
+        return effect(EffectKind::migration_configured, "source", [&]() -> Result<void> {
+            auto caps = qmp::migrate_set_capabilities(
+                m_src, {{"events", true}, {"pause-before-switchover", true}}, m_o.qmp_timeout);
+            if (!caps) return fail(caps.error().with_context("source capabilities"));
+            return qmp::migrate_set_parameters(m_src,
+                                               {{"max-bandwidth", m_report.bandwidth},
+                                                {"downtime-limit", m_o.max_downtime.count()}},
+                                               m_o.qmp_timeout);
+        });
+    }
+
+    // What the source had before, journaled before it is changed.
+    Result<void> save_source_settings() {
+        auto caps = qmp::query_migrate_capabilities(m_src, m_o.qmp_timeout);
+        if (!caps) return fail(caps.error().with_context("source capabilities"));
+        auto params = qmp::query_migrate_parameters(m_src, m_o.qmp_timeout);
+        if (!params) return fail(params.error().with_context("source parameters"));
+        json saved{{"capabilities", json::object()}, {"parameters", json::object()}};
+        for (const auto& [name, state] : *caps)
+            if (name == "events" || name == "pause-before-switchover")
+                saved["capabilities"][name] = state;
+        for (const char* p : {"max-bandwidth", "downtime-limit"})
+            if (params->contains(p)) saved["parameters"][p] = (*params)[p];
+        return m_journal->update([&](jobs::Job& job) { job.migration->source_saved = saved; });
+    }
+
+    // migrate-incoming on the destination; the URI the source must dial.
+    Result<std::string> listen() {
+        std::string host = m_o.dst_addr, port = "0";
+        if (auto colon = host.rfind(':'); colon != std::string::npos && host.back() != ']') {
+            port = host.substr(colon + 1);
+            host = host.substr(0, colon);
+        }
+        const std::string uri = fmt::format("tcp:{}:{}", host, port);
+        if (auto r = effect(EffectKind::incoming_started, uri,
+                            [&] { return qmp::migrate_incoming(m_dst, uri, m_o.qmp_timeout); });
+            !r)
+            return fail(r.error().with_context("migrate-incoming " + uri));
+        if (port != "0") return uri;
+        // Port 0: QEMU picked a free one and reports it (socket-address).
+        auto info = qmp::query_migrate(m_dst, m_o.qmp_timeout);
+        if (!info) return fail(info.error().with_context("destination query-migrate"));
+        if (info->listen_ports.empty())
+            return fail(ErrorCode::unsupported,
+                        "the destination QEMU does not report its listening port; give "
+                        "--dst-addr HOST:PORT");
+        return fmt::format("tcp:{}:{}", host, info->listen_ports.front());
+    }
+
+    std::optional<Failure> migrate_ram(const std::string& uri) {
+        auto sub = m_src.subscribe(
+            qmp::EventFilter(std::vector<std::string>{"MIGRATION", "MIGRATION_PASS"}));
+        if (auto r = phase("ram", fmt::format("migrating RAM to {} at {}", uri,
+                                              m_o.bandwidth ? human_mib(m_o.bandwidth) + "/s"
+                                                            : std::string("full speed")));
+            !r)
+            return Failure{"ram", r.error().message};
+        m_started = m_o.clock->now();
+        if (auto r = effect(EffectKind::migration_started, uri,
+                            [&] { return qmp::migrate(m_src, uri, m_o.qmp_timeout); });
+            !r)
+            return Failure{"ram", "migrate: " + r.error().message};
+        const auto deadline = deadline_after(*m_o.clock, m_o.timeout);
+        for (;;) {
+            if (m_cancel.load()) return Failure{"ram", "interrupted"};
+            if (m_o.clock->now() > deadline)
+                return Failure{"ram", fmt::format("timed out after {} s", m_o.timeout.count())};
+            if (m_dst.state() == qmp::State::dead)
+                return Failure{"ram", "lost the destination's QMP connection (" +
+                                          m_dst.dead_reason().message + ")"};
+            auto ev = sub.next(m_o.progress_interval);
+            if (!ev) {
+                if (ev.error().code != ErrorCode::timeout)
+                    return Failure{"ram",
+                                   "lost the source's QMP connection (" + ev.error().message + ")"};
+                report_progress();
+                continue;
+            }
+            if (ev->name == "MIGRATION_PASS") continue;
+            const std::string status = ev->data.value("status", "");
+            if (status == "pre-switchover") return std::nullopt;
+            if (status == "failed" || status == "cancelled" || status == "completed")
+                return Failure{"ram", why_ended(status)};
+        }
+    }
+
+    std::string why_ended(const std::string& status) {
+        auto info = qmp::query_migrate(m_src, m_o.qmp_timeout);
+        std::string desc = info && info->error_desc ? *info->error_desc : "";
+        if (status == "completed")
+            return "the migration completed without pausing for the switchover";
+        return fmt::format("the migration {}{}", status, desc.empty() ? "" : ": " + desc);
+    }
+
+    void report_progress() {
+        auto info = qmp::query_migrate(m_src, m_o.qmp_timeout);
+        if (!info || !info->ram) return;
+        const auto& ram = *info->ram;
+        const double rate = ram.mbps * 1e6 / 8;
+        m_progress.event(
+            "ram",
+            {{"status", info->status},
+             {"transferred", ram.transferred},
+             {"remaining", ram.remaining},
+             {"total", ram.total},
+             {"rate", std::llround(rate)},
+             {"iteration", ram.dirty_sync_count},
+             {"dirty_pages_rate", ram.dirty_pages_rate},
+             {"expected_downtime_ms", info->expected_downtime_ms.value_or(-1)}},
+            fmt::format("ram: pass {}, {} sent, {} remaining, {}/s", ram.dirty_sync_count,
+                        human_mib(ram.transferred), human_mib(ram.remaining),
+                        human_mib(static_cast<std::uint64_t>(rate))));
+    }
+
+    // At pre-switchover the source's vCPUs are stopped: the barrier is
+    // journaled, then migrate-continue sends the final state.
+    std::optional<Failure> switchover() {
+        auto sub = m_src.subscribe("MIGRATION");
+        if (auto r = phase("switchover", "switching over"); !r)
+            return Failure{"switchover", r.error().message};
+        if (auto r = effect(
+                EffectKind::switchover_sent, "migrate-continue",
+                [&] { return qmp::migrate_continue(m_src, "pre-switchover", m_o.qmp_timeout); });
+            !r)
+            return Failure{"switchover", "migrate-continue: " + r.error().message};
+        auto done = sub.wait(
+            [](const qmp::Event& e) {
+                const std::string s = e.data.value("status", "");
+                return s == "completed" || s == "failed" || s == "cancelled";
+            },
+            m_o.switchover_timeout);
+        if (!done) return Failure{"switchover", "waiting for completion: " + done.error().message};
+        const std::string status = done->data.value("status", "");
+        if (status != "completed") return Failure{"switchover", why_ended(status)};
+        record_stats();
+        return std::nullopt;
+    }
+
+    void record_stats() {
+        auto info = qmp::query_migrate(m_src, m_o.qmp_timeout);
+        if (!info) return;
+        m_report.downtime_ms = info->downtime_ms.value_or(-1);
+        if (info->ram) {
+            m_report.ram_transferred = info->ram->transferred;
+            m_report.iterations = info->ram->dirty_sync_count;
+        }
+    }
+
+    // Success: the same forward steps a recovery takes (cont on the
+    // destination once its side completed, quit the source).
+    Result<MigrateReport> finish() {
+        if (auto r =
+                phase("completed", "migration completed; starting the guest on the destination");
+            !r)
+            return fail(r.error());
+        auto s = migrate::settle(*m_journal, &m_src, &m_dst, m_o.qmp_timeout);
+        if (!s) return fail(s.error());
+        m_report.duration =
+            std::chrono::duration_cast<std::chrono::milliseconds>(m_o.clock->now() - m_started);
+        if (!s->settled || !s->left_behind.empty() || s->verdict != migrate::Verdict::forward)
+            return fail(ErrorCode::invalid_state,
+                        fmt::format("migrate: the migration completed but {}; run `{}`",
+                                    s->left_behind.empty() ? s->reason : s->left_behind.front(),
+                                    jobs::recover_command(jobs_dir(), m_report.job)));
+        for (const auto& a : s->actions)
+            if (a.starts_with("quit")) m_report.source_quit = true;
+        if (auto r = m_journal->remove(); !r) return fail(r.error());
+        return m_report;
+    }
+
+    // Any failure: settle from the truth, then one line naming phase and cause.
+    Result<MigrateReport> failed(const Failure& f) {
+        auto s =
+            migrate::settle(*m_journal, &m_src,
+                            m_dst.state() == qmp::State::dead ? nullptr : &m_dst, m_o.qmp_timeout);
+        if (!s) return fail(s.error());
+        if (s->verdict == migrate::Verdict::forward && s->settled && s->left_behind.empty()) {
+            // The migration got through after all (e.g. completed while being cancelled).
+            record_stats();
+            if (auto r = m_journal->remove(); !r) return fail(r.error());
+            return m_report;
+        }
+        if (s->verdict == migrate::Verdict::undo && s->settled && s->left_behind.empty()) {
+            if (auto r = m_journal->remove(); !r) return fail(r.error());
+            return fail(ErrorCode::io_error,
+                        fmt::format("migrate failed in phase {}: {}; migration cancelled, the "
+                                    "guest keeps running on the source",
+                                    f.phase, f.cause));
+        }
+        std::string state = s->left_behind.empty() ? s->reason : s->left_behind.front();
+        return fail(
+            ErrorCode::invalid_state,
+            fmt::format("migrate failed in phase {}: {}; {}; nothing unsafe was done: run "
+                        "`{}`",
+                        f.phase, f.cause, state, jobs::recover_command(jobs_dir(), m_report.job)));
+    }
+
+    qmp::Client& m_src;
+    qmp::Client& m_dst;
+    const MigrateOptions& m_o;
+    ProgressSink& m_progress;
+    const std::atomic<bool>& m_cancel;
+    std::optional<jobs::Journal> m_journal;
+    bool m_late_block_activate = false;
+    Clock::time_point m_started{};
+    MigrateReport m_report;
+};
+
+}  // namespace
+
+Result<MigrateReport> run_migrate(qmp::Client& src, qmp::Client& dst, const MigrateOptions& options,
+                                  ProgressSink& progress, const std::atomic<bool>& cancel) {
+    return Run(src, dst, options, progress, cancel).run();
+}
+
+}  // namespace blockmig

@@ -1,0 +1,196 @@
+#include "preflight.hpp"
+
+#include <fmt/core.h>
+#include <sys/stat.h>
+
+#include <algorithm>
+#include <filesystem>
+
+#include "jobs/guest.hpp"
+#include "qmp/commands.hpp"
+#include "qmp/migration.hpp"
+
+namespace blockmig::migrate {
+
+namespace {
+
+namespace fs = std::filesystem;
+
+// The file `filename` names for process `pid`: through its root (another
+// mount namespace) and, for a relative name, its working directory.
+std::optional<FileIdentity> identity_of(std::string_view filename, std::optional<int> pid) {
+    if (!pid || filename.empty() || is_network_filename(filename)) return std::nullopt;
+    const fs::path proc = fs::path("/proc") / std::to_string(*pid);
+    fs::path path = filename.front() == '/' ? proc / "root" / fs::path(filename).relative_path()
+                                            : proc / "cwd" / fs::path(filename);
+    struct stat st {};
+    if (::stat(path.c_str(), &st) != 0) return std::nullopt;
+    return FileIdentity{st.st_dev, st.st_ino};
+}
+
+std::string device_id(const qmp::BlockInfo& b) {
+    if (b.qdev) {
+        // "/machine/peripheral/disk0/virtio-backend" -> "disk0"; a plain id stays.
+        const std::string& q = *b.qdev;
+        const std::string_view prefix = "/machine/peripheral/";
+        if (q.starts_with(prefix)) {
+            std::string rest = q.substr(prefix.size());
+            return rest.substr(0, rest.find('/'));
+        }
+        if (q.find('/') == std::string::npos) return q;
+    }
+    return b.device.empty() ? b.qdev.value_or("") : b.device;
+}
+
+Result<void> gather_devices(qmp::Client& client, SideFacts& f, qmp::Milliseconds timeout) {
+    for (const char* path : {"/machine/peripheral", "/machine/peripheral-anon"}) {
+        auto props = qmp::qom_list(client, path, timeout);
+        if (!props) return fail(props.error());
+        for (const auto& p : *props)
+            if (p.type.starts_with("child<"))
+                f.devices.emplace(std::string(path).ends_with("anon") ? "" : p.name, p.type);
+    }
+    return {};
+}
+
+}  // namespace
+
+bool is_network_filename(std::string_view filename) {
+    return filename.find("://") != std::string_view::npos || filename.starts_with("json:") ||
+           filename.starts_with("nbd:");
+}
+
+Result<SideFacts> gather(qmp::Client& client, std::string_view address, std::string_view side,
+                         qmp::Milliseconds timeout) {
+    auto ctx = [&](const Error& e) { return fail(e.with_context(fmt::format("{} QEMU", side))); };
+    SideFacts f;
+    f.address = std::string(address);
+    auto identity = jobs::identify_guest(client, address, client.peer_pid().value_or(-1), timeout);
+    if (!identity) return ctx(identity.error());
+    f.identity = *identity;
+    auto status = qmp::query_status(client, timeout);
+    if (!status) return ctx(status.error());
+    f.run_state = status->status;
+    auto migration = qmp::query_migrate(client, timeout);
+    if (!migration) return ctx(migration.error());
+    f.migration_status = migration->status;
+    auto machine = qmp::query_machine_type(client, timeout);
+    if (!machine) return ctx(machine.error());
+    f.machine_type = *machine;
+    auto memory = qmp::query_memory_size_summary(client, timeout);
+    if (!memory) return ctx(memory.error());
+    f.memory = memory->base_memory + memory->plugged_memory.value_or(0);
+    if (auto r = gather_devices(client, f, timeout); !r) return ctx(r.error());
+    auto blocks = qmp::query_block(client, timeout);
+    if (!blocks) return ctx(blocks.error());
+    for (const auto& b : *blocks) {
+        if (!b.inserted) continue;  // an empty drive has nothing to share
+        f.disks.push_back(
+            {device_id(b), b.inserted->file, identity_of(b.inserted->file, client.peer_pid())});
+    }
+    auto jobs = qmp::query_block_jobs(client, timeout);
+    if (!jobs) return ctx(jobs.error());
+    for (const auto& j : *jobs) f.block_jobs.push_back(j.id);
+    auto caps = qmp::query_migrate_capabilities(client, timeout);
+    if (!caps) return ctx(caps.error());
+    for (const auto& [name, state] : *caps) f.capabilities.insert(name);
+    return f;
+}
+
+namespace {
+
+std::unexpected<Error> refuse(std::string text) {
+    return fail(ErrorCode::invalid_state, "migrate pre-flight: " + std::move(text));
+}
+
+std::string describe(const std::set<std::pair<std::string, std::string>>& devices) {
+    std::string out;
+    for (const auto& [id, type] : devices)
+        out += fmt::format("{}{}{}", out.empty() ? "" : ", ", id.empty() ? "(anonymous)" : id,
+                           " " + type);
+    return out.empty() ? "none" : out;
+}
+
+// Both sides open the same volume: same network URL, or the same file.
+Result<void> check_same_volume(const DiskFacts& s, const DiskFacts& d) {
+    if (is_network_filename(s.filename) || is_network_filename(d.filename)) {
+        if (s.filename == d.filename) return {};
+        return refuse(
+            fmt::format("disk {}: the source opens {} but the destination opens {}; with "
+                        "--copy-storage none both must open the same volume",
+                        s.device, s.filename, d.filename));
+    }
+    if (!s.identity || !d.identity)
+        return refuse(fmt::format(
+            "disk {}: cannot prove both QEMUs open the same file ({} / {}): a local file is "
+            "compared by identity, which needs both QMP sockets local (Unix sockets) and the "
+            "files visible from here; use a network volume URL, or --copy-storage all",
+            s.device, s.filename, d.filename));
+    if (*s.identity != *d.identity)
+        return refuse(
+            fmt::format("disk {}: the source's {} and the destination's {} are different "
+                        "files; with --copy-storage none both must open the same volume",
+                        s.device, s.filename, d.filename));
+    return {};
+}
+
+Result<void> check_disks(const SideFacts& src, const SideFacts& dst, CopyStorage copy_storage) {
+    for (const auto& s : src.disks) {
+        auto it = std::find_if(dst.disks.begin(), dst.disks.end(),
+                               [&](const DiskFacts& d) { return d.device == s.device; });
+        if (it == dst.disks.end())
+            return refuse(
+                fmt::format("disk {} has no counterpart in the destination QEMU", s.device));
+        if (copy_storage == CopyStorage::none) {
+            if (auto r = check_same_volume(s, *it); !r) return r;
+        } else if (s.identity && it->identity && *s.identity == *it->identity) {
+            return refuse(
+                fmt::format("disk {}: both QEMUs open the same file {}; copying it "
+                            "onto itself would destroy it (use --copy-storage none)",
+                            s.device, s.filename));
+        }
+    }
+    if (dst.disks.size() != src.disks.size())
+        return refuse(fmt::format("the destination has {} disks, the source {}", dst.disks.size(),
+                                  src.disks.size()));
+    return {};
+}
+
+}  // namespace
+
+Result<void> check(const SideFacts& src, const SideFacts& dst, CopyStorage copy_storage) {
+    if (src.identity.same_guest(dst.identity))
+        return refuse(fmt::format("{} and {} are the same QEMU", src.address, dst.address));
+    if (src.run_state != "running")
+        return refuse(fmt::format("the source guest is {}, not running", src.run_state));
+    if (dst.run_state != "inmigrate")
+        return refuse(fmt::format(
+            "the destination QEMU is {}, not waiting for a migration (start it with the same "
+            "devices and -incoming defer)",
+            dst.run_state));
+    for (const auto* side : {&src, &dst}) {
+        const std::string_view s = side->migration_status;
+        if (s != "none" && s != "completed" && s != "failed" && s != "cancelled")
+            return refuse(fmt::format("{} already has a migration in state {}", side->address, s));
+    }
+    if (!src.block_jobs.empty())
+        return refuse(fmt::format("the source has a block job running ({}); wait for it or end it",
+                                  src.block_jobs.front()));
+    if (src.machine_type != dst.machine_type)
+        return refuse(fmt::format("machine types differ: source {}, destination {}",
+                                  src.machine_type, dst.machine_type));
+    if (src.memory != dst.memory)
+        return refuse(fmt::format("memory sizes differ: source {} MiB, destination {} MiB",
+                                  src.memory >> 20, dst.memory >> 20));
+    if (src.devices != dst.devices)
+        return refuse(fmt::format("device sets differ: source [{}], destination [{}]",
+                                  describe(src.devices), describe(dst.devices)));
+    for (const char* cap : {"events", "pause-before-switchover"})
+        for (const auto* side : {&src, &dst})
+            if (!side->capabilities.contains(cap))
+                return refuse(
+                    fmt::format("{} lacks the migration capability {}", side->address, cap));
+    return check_disks(src, dst, copy_storage);
+}
+
+}  // namespace blockmig::migrate

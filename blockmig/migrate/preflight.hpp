@@ -1,0 +1,60 @@
+// The migration pre-flight: what each QEMU says about itself, gathered with
+// queries only, and the pure comparison that refuses a migration (one
+// explained reason) before anything is touched.
+#pragma once
+
+#include <sys/types.h>
+
+#include <cstdint>
+#include <optional>
+#include <set>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "blockmig/migrate.hpp"
+#include "jobs/journal.hpp"
+#include "qmp/client.hpp"
+
+namespace blockmig::migrate {
+
+struct FileIdentity {
+    dev_t dev = 0;
+    ino_t ino = 0;
+    bool operator==(const FileIdentity&) const = default;
+};
+
+struct DiskFacts {
+    std::string device;    // qdev id (or drive id)
+    std::string filename;  // what QEMU reports for the device's top node
+    // The file behind a local filename, as that QEMU process sees it
+    // (/proc/PID/root + its cwd); nullopt when not local or not known.
+    std::optional<FileIdentity> identity;
+};
+
+struct SideFacts {
+    std::string address;
+    jobs::GuestIdentity identity;
+    std::string run_state;                                  // query-status
+    std::string migration_status;                           // query-migrate
+    std::string machine_type;                               // qom-get /machine type
+    std::uint64_t memory = 0;                               // base + plugged
+    std::set<std::pair<std::string, std::string>> devices;  // (id, qom type) of named devices
+    std::vector<DiskFacts> disks;
+    std::vector<std::string> block_jobs;
+    std::set<std::string> capabilities;  // migration capabilities this QEMU knows
+};
+
+// Queries only. Errors: those of the QMP calls, with the side named.
+Result<SideFacts> gather(qmp::Client& client, std::string_view address, std::string_view side,
+                         qmp::Milliseconds timeout);
+
+// Whether a local filename names a URL-like (network) volume rather than a
+// path on the QEMU host ("nfs://", "iscsi://", "json:{...}", "nbd:...").
+bool is_network_filename(std::string_view filename);
+
+// Pure: the first reason the migration may not start, as one line
+// (invalid_state / invalid_argument), or success.
+Result<void> check(const SideFacts& src, const SideFacts& dst, CopyStorage copy_storage);
+
+}  // namespace blockmig::migrate

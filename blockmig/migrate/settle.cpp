@@ -1,0 +1,308 @@
+#include "settle.hpp"
+
+#include <fmt/core.h>
+
+#include <algorithm>
+
+#include "qmp/commands.hpp"
+#include "qmp/migration.hpp"
+
+namespace blockmig::migrate {
+
+namespace {
+
+using jobs::EffectKind;
+using jobs::RecordState;
+
+SideNow observe_side(qmp::Client* client, qmp::Milliseconds timeout) {
+    SideNow s;
+    if (!client) {
+        s.error = "not connected";
+        return s;
+    }
+    auto status = qmp::query_status(*client, timeout);
+    if (!status) {
+        s.error = status.error().message;
+        return s;
+    }
+    auto migration = qmp::query_migrate(*client, timeout);
+    if (!migration) {
+        s.error = migration.error().message;
+        return s;
+    }
+    s.reachable = true;
+    s.run_state = status->status;
+    s.migration = migration->status;
+    s.error = migration->error_desc.value_or("");
+    return s;
+}
+
+bool live(const jobs::Record& r) {
+    return r.state == RecordState::intent || r.state == RecordState::done;
+}
+
+bool switchover_sent(const jobs::Job& job) {
+    return std::any_of(job.records.begin(), job.records.end(), [](const jobs::Record& r) {
+        return r.effect == EffectKind::switchover_sent && live(r);
+    });
+}
+
+bool is_one_of(std::string_view s, std::initializer_list<std::string_view> set) {
+    return std::find(set.begin(), set.end(), s) != set.end();
+}
+
+// Marks every live record of `effect` with `state`.
+Result<void> mark(jobs::Journal& journal, EffectKind effect, RecordState state,
+                  const std::string& note) {
+    std::vector<std::uint64_t> seqs;
+    for (const auto& r : journal.job().records)
+        if (r.effect == effect && live(r)) seqs.push_back(r.seq);
+    for (auto seq : seqs)
+        if (auto w = journal.outcome(seq, state, note); !w) return w;
+    return {};
+}
+
+Result<void> set_phase(jobs::Journal& journal, const std::string& phase) {
+    return journal.update([&](jobs::Job& job) {
+        if (job.migration) job.migration->phase = phase;
+    });
+}
+
+}  // namespace
+
+Observation observe(qmp::Client* src, qmp::Client* dst, qmp::Milliseconds timeout) {
+    return {observe_side(src, timeout), observe_side(dst, timeout)};
+}
+
+std::string_view to_string(Verdict verdict) {
+    switch (verdict) {
+        case Verdict::forward:
+            return "forward";
+        case Verdict::undo:
+            return "undo";
+        case Verdict::cancel_first:
+            return "cancel";
+        case Verdict::again:
+            return "again";
+        case Verdict::wait:
+            return "wait";
+    }
+    return "wait";
+}
+
+Decision decide(const jobs::Job& job, const Observation& now) {
+    const SideNow& s = now.src;
+    const SideNow& d = now.dst;
+    if (d.reachable && (d.run_state == "running" || d.migration == "completed"))
+        return {Verdict::forward, fmt::format("the destination has the guest (it is {}, migration "
+                                              "{})",
+                                              d.run_state, d.migration)};
+    if (!s.reachable)
+        return {Verdict::wait,
+                fmt::format("the source QEMU does not answer ({}) and the destination does not "
+                            "run the guest",
+                            s.error)};
+    if (s.migration == "completed") return {Verdict::forward, "the source completed the migration"};
+    if (is_one_of(s.migration, {"setup", "active", "pre-switchover", "wait-unplug"}))
+        return {Verdict::cancel_first, fmt::format("the migration is still {}", s.migration)};
+    if (is_one_of(s.migration, {"failed", "cancelled", "none"})) {
+        if (switchover_sent(job) && !d.reachable)
+            return {Verdict::wait,
+                    fmt::format("the migration {} after the switchover was sent and the "
+                                "destination does not answer ({}): it cannot be proven that the "
+                                "destination did not start the guest",
+                                s.migration, d.error)};
+        return {Verdict::undo, fmt::format("the migration {}{}",
+                                           s.migration == "none" ? "never started" : s.migration,
+                                           s.error.empty() ? "" : ": " + s.error)};
+    }
+    // device, cancelling, postcopy-*, colo: passes on its own.
+    return {Verdict::again, fmt::format("the migration is {}", s.migration)};
+}
+
+namespace {
+
+class Settler {
+  public:
+    Settler(jobs::Journal& journal, qmp::Client* src, qmp::Client* dst, qmp::Milliseconds timeout)
+        : m_journal(journal), m_src(src), m_dst(dst), m_timeout(timeout) {}
+
+    Result<SettleResult> run() {
+        // A bound on the rounds: cancel -> ended -> undo is three; a
+        // transient state (device, cancelling) gets a few waits.
+        for (int round = 0; round < 8; ++round) {
+            Observation now = observe(m_src, m_dst, m_timeout);
+            Decision d = decide(m_journal.job(), now);
+            m_result.reason = d.reason;
+            switch (d.verdict) {
+                case Verdict::forward:
+                    return finish(forward(now));
+                case Verdict::undo:
+                    return finish(undo(now));
+                case Verdict::wait:
+                    m_result.verdict = Verdict::wait;
+                    return m_result;
+                case Verdict::cancel_first:
+                    cancel();
+                    break;
+                case Verdict::again:
+                    wait_for_end();
+                    break;
+            }
+        }
+        m_result.verdict = Verdict::wait;
+        m_result.reason += " (it did not end in time)";
+        return m_result;
+    }
+
+  private:
+    Result<SettleResult> finish(Result<void> r) {
+        if (!r) return fail(r.error());
+        return m_result;
+    }
+
+    // Subscribed before acting, so the end of the migration is not missed.
+    void wait_for_end(qmp::EventSubscription* sub = nullptr) {
+        qmp::EventSubscription own;
+        if (!sub) {
+            own = m_src->subscribe("MIGRATION");
+            sub = &own;
+            auto info = qmp::query_migrate(*m_src, m_timeout);
+            if (!info || is_one_of(info->status, {"completed", "failed", "cancelled"})) return;
+        }
+        (void)sub->wait(
+            [](const qmp::Event& e) {
+                return is_one_of(e.data.value("status", ""), {"completed", "failed", "cancelled"});
+            },
+            m_timeout);
+    }
+
+    void cancel() {
+        auto sub = m_src->subscribe("MIGRATION");
+        auto r = qmp::migrate_cancel(*m_src, m_timeout);
+        m_result.actions.push_back(r ? "migrate_cancel on the source"
+                                     : "migrate_cancel failed: " + r.error().message);
+        if (r) wait_for_end(&sub);
+    }
+
+    Result<void> forward(const Observation& now) {
+        m_result.verdict = Verdict::forward;
+        const auto& facts = *m_journal.job().migration;
+        if (now.dst.reachable && now.dst.run_state != "running") {
+            // The destination has all of the guest once its incoming side
+            // completed; only then may it run (never two running copies).
+            if (now.dst.migration != "completed" && now.src.migration == "completed")
+                wait_destination();
+            auto seq = m_journal.intend(
+                {.effect = EffectKind::destination_resumed, .name = facts.destination.qmp});
+            if (!seq) return fail(seq.error());
+            auto r = qmp::cont(*m_dst, m_timeout);
+            if (auto w = m_journal.outcome(*seq, r ? RecordState::done : RecordState::failed,
+                                           r ? "" : r.error().message);
+                !w)
+                return w;
+            if (!r) {
+                m_result.left_behind.push_back("the destination did not resume: " +
+                                               r.error().message);
+                return {};
+            }
+            m_result.actions.push_back("cont on the destination: the guest runs there");
+        } else if (!now.dst.reachable) {
+            m_result.left_behind.push_back("the destination QEMU does not answer (" +
+                                           now.dst.error + "): cannot resume it");
+            return {};
+        }
+        if (m_src && now.src.reachable && !facts.keep_source && now.src.run_state != "running") {
+            auto seq = m_journal.intend(
+                {.effect = EffectKind::source_quit, .name = m_journal.job().guest.qmp});
+            if (!seq) return fail(seq.error());
+            auto r = qmp::quit(*m_src, m_timeout);
+            // QEMU may close the connection before or after its reply.
+            const bool ok = r || r.error().code == ErrorCode::interrupted;
+            if (auto w = m_journal.outcome(*seq, ok ? RecordState::done : RecordState::failed); !w)
+                return w;
+            m_result.actions.push_back(ok ? "quit the source QEMU"
+                                          : "the source QEMU did not quit: " + r.error().message);
+        }
+        m_result.settled = true;
+        return set_phase(m_journal, "done");
+    }
+
+    void wait_destination() {
+        auto sub = m_dst->subscribe("MIGRATION");
+        auto info = qmp::query_migrate(*m_dst, m_timeout);
+        if (!info || info->status == "completed" || info->status == "failed") return;
+        (void)sub.wait(
+            [](const qmp::Event& e) {
+                return is_one_of(e.data.value("status", ""), {"completed", "failed"});
+            },
+            m_timeout);
+    }
+
+    Result<void> undo(const Observation& now) {
+        m_result.verdict = Verdict::undo;
+        if (auto w = mark(m_journal, EffectKind::switchover_sent, RecordState::failed,
+                          "the source kept the guest");
+            !w)
+            return w;
+        if (now.src.run_state != "running") {
+            auto r = qmp::cont(*m_src, m_timeout);
+            if (!r) {
+                m_result.left_behind.push_back("the source guest is " + now.src.run_state +
+                                               " and did not resume: " + r.error().message);
+                return {};
+            }
+            m_result.actions.push_back("resumed the guest on the source (it was " +
+                                       now.src.run_state + ")");
+        }
+        restore_settings();
+        for (auto effect : {EffectKind::migration_started, EffectKind::incoming_started,
+                            EffectKind::migration_configured})
+            if (auto w = mark(m_journal, effect, RecordState::undone, "migration cancelled"); !w)
+                return w;
+        m_result.settled = true;
+        return set_phase(m_journal, "rolled_back");
+    }
+
+    // The source's migration capabilities and parameters as they were before
+    // the job, so a later migration (by anyone) starts from them.
+    void restore_settings() {
+        const nlohmann::json& saved = m_journal.job().migration->source_saved;
+        std::vector<std::pair<std::string, bool>> caps;
+        const nlohmann::json saved_caps = saved.value("capabilities", nlohmann::json::object());
+        for (auto it = saved_caps.begin(); it != saved_caps.end(); ++it)
+            if (it->is_boolean()) caps.emplace_back(it.key(), it->get<bool>());
+        if (!caps.empty()) {
+            auto r = qmp::migrate_set_capabilities(*m_src, caps, m_timeout);
+            if (!r)
+                m_result.left_behind.push_back("source capabilities not restored: " +
+                                               r.error().message);
+        }
+        const auto params = saved.value("parameters", nlohmann::json::object());
+        if (!params.empty()) {
+            auto r = qmp::migrate_set_parameters(*m_src, params, m_timeout);
+            if (!r)
+                m_result.left_behind.push_back("source parameters not restored: " +
+                                               r.error().message);
+        }
+        if (!caps.empty() || !params.empty())
+            m_result.actions.push_back("restored the source's migration settings");
+    }
+
+    jobs::Journal& m_journal;
+    qmp::Client* m_src;
+    qmp::Client* m_dst;
+    qmp::Milliseconds m_timeout;
+    SettleResult m_result;
+};
+
+}  // namespace
+
+Result<SettleResult> settle(jobs::Journal& journal, qmp::Client* src, qmp::Client* dst,
+                            qmp::Milliseconds timeout) {
+    if (!journal.job().migration)
+        return fail(ErrorCode::invalid_argument, "settle: not a migrate job");
+    return Settler(journal, src, dst, timeout).run();
+}
+
+}  // namespace blockmig::migrate

@@ -1,0 +1,511 @@
+// `migrate` against two fake QEMUs behind the scripted QMP transport: the
+// pre-flight refusals (nothing touched), the phase logic of a live run
+// (success, destination lost, timeout) and recovery from a journal.
+#include "blockmig/migrate.hpp"
+
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <fstream>
+#include <mutex>
+
+#include "jobs/journal.hpp"
+#include "jobs_test_util.hpp"
+#include "migrate/preflight.hpp"
+#include "migrate/recover.hpp"
+#include "migrate/settle.hpp"
+#include "qmp/testing/scripted_transport.hpp"
+
+using namespace blockmig;
+using namespace std::chrono_literals;
+using jobs_test::json;
+namespace fs = std::filesystem;
+
+namespace {
+
+// One QEMU of a migration, as far as blockmig talks to it.
+struct FakeSide {
+    enum class Ram { reaches_switchover, fails, never_ends };
+
+    std::mutex mutex;
+    std::string run_state = "running";
+    std::string migration = "none";
+    std::string machine = "pc-i440fx-7.2-machine";
+    std::uint64_t memory = 256 << 20;
+    std::map<std::string, std::string> disks;  // device id -> filename
+    std::map<std::string, bool> caps{
+        {"events", false}, {"pause-before-switchover", false}, {"late-block-activate", false}};
+    json params{{"max-bandwidth", 134217728}, {"downtime-limit", 300}};
+    std::vector<std::string> commands;
+    Ram ram = Ram::reaches_switchover;
+    bool resume_on_cancel = true;  // QEMU resumes a source whose migration ended
+    FakeSide* peer = nullptr;      // the destination, for the source
+    blockmig::qmp::testing::Script* script = nullptr;
+
+    bool got(const std::string& command, const std::string& arg = "") {
+        std::lock_guard lock(mutex);
+        for (const auto& c : commands)
+            if (c.starts_with(command + " ") && c.find(arg) != std::string::npos) return true;
+        return false;
+    }
+
+    void event(const std::string& status) {
+        migration = status;
+        script->push_event("MIGRATION", {{"status", status}});
+    }
+
+    void respond(const json& m, blockmig::qmp::testing::Script& s) {
+        std::unique_lock lock(mutex);
+        const std::string cmd = m.value("execute", "");
+        const json args = m.value("arguments", json::object());
+        commands.push_back(cmd + " " + args.dump());
+        auto reply = [&](json v) { s.push({{"return", v}, {"id", m["id"]}}); };
+        if (cmd == "query-uuid") return reply({{"UUID", "00000000-0000-0000-0000-000000000000"}});
+        if (cmd == "query-name") return reply(json::object());
+        if (cmd == "query-status")
+            return reply({{"status", run_state}, {"running", run_state == "running"}});
+        if (cmd == "query-migrate") {
+            json r{{"status", migration}};
+            if (migration != "none")
+                r["ram"] = {
+                    {"transferred", 1 << 20}, {"remaining", 2 << 20}, {"total", 3 << 20},
+                    {"duplicate", 0},         {"normal", 256},        {"dirty-pages-rate", 0},
+                    {"dirty-sync-count", 2},  {"page-size", 4096},    {"mbps", 80.0}};
+            if (migration == "completed") r["downtime"] = 42;
+            if (migration == "failed") r["error-desc"] = "Connection reset by peer";
+            r["socket-address"] =
+                json::array({{{"type", "inet"}, {"host", "10.0.0.2"}, {"port", "4444"}}});
+            return reply(r);
+        }
+        if (cmd == "qom-get") return reply(machine);
+        if (cmd == "qom-list") {
+            json out = json::array();
+            if (args.value("path", "") == "/machine/peripheral")
+                for (auto& [id, file] : disks)
+                    out.push_back({{"name", id}, {"type", "child<virtio-blk-pci>"}});
+            return reply(out);
+        }
+        if (cmd == "query-memory-size-summary") return reply({{"base-memory", memory}});
+        if (cmd == "query-block") {
+            json out = json::array();
+            for (auto& [id, file] : disks)
+                out.push_back(
+                    {{"device", ""},
+                     {"qdev", "/machine/peripheral/" + id + "/virtio-backend"},
+                     {"locked", false},
+                     {"removable", false},
+                     {"inserted",
+                      {{"node-name", id + "-fmt"},
+                       {"drv", "raw"},
+                       {"ro", false},
+                       {"encrypted", false},
+                       {"file", file},
+                       {"backing_file_depth", 0},
+                       {"image",
+                        {{"filename", file}, {"format", "raw"}, {"virtual-size", 4096}}}}}});
+            return reply(out);
+        }
+        if (cmd == "query-block-jobs") return reply(json::array());
+        if (cmd == "query-migrate-capabilities") {
+            json out = json::array();
+            for (auto& [c, on] : caps) out.push_back({{"capability", c}, {"state", on}});
+            return reply(out);
+        }
+        if (cmd == "query-migrate-parameters") return reply(params);
+        if (cmd == "migrate-set-capabilities") {
+            for (const auto& c : args["capabilities"]) caps[c["capability"]] = c["state"];
+            return reply(json::object());
+        }
+        if (cmd == "migrate-set-parameters") {
+            for (auto it = args.begin(); it != args.end(); ++it) params[it.key()] = *it;
+            return reply(json::object());
+        }
+        if (cmd == "migrate-incoming") {
+            run_state = "inmigrate";
+            migration = "setup";
+            return reply(json::object());
+        }
+        if (cmd == "migrate") {
+            reply(json::object());
+            event("setup");
+            event("active");
+            if (ram == Ram::fails) {
+                event("failed");
+            } else if (ram == Ram::reaches_switchover) {
+                run_state = "finish-migrate";
+                event("pre-switchover");
+            }
+            return;
+        }
+        if (cmd == "migrate-continue") {
+            reply(json::object());
+            run_state = "postmigrate";
+            event("device");
+            event("completed");
+            lock.unlock();
+            std::lock_guard peer_lock(peer->mutex);
+            peer->run_state = "paused";  // -S / late-block-activate: waits for cont
+            peer->event("completed");
+            return;
+        }
+        if (cmd == "migrate_cancel") {
+            reply(json::object());
+            event("cancelled");
+            if (resume_on_cancel) run_state = "running";
+            return;
+        }
+        if (cmd == "cont") {
+            run_state = "running";
+            return reply(json::object());
+        }
+        if (cmd == "quit") {
+            reply(json::object());
+            s.push_disconnect();
+            return;
+        }
+        s.push({{"error", {{"class", "CommandNotFound"}, {"desc", cmd}}}, {"id", m["id"]}});
+    }
+};
+
+struct FakeQemu {
+    std::shared_ptr<blockmig::qmp::testing::Script> script =
+        std::make_shared<blockmig::qmp::testing::Script>();
+    std::shared_ptr<FakeSide> side = std::make_shared<FakeSide>();
+    std::unique_ptr<qmp::Client> client;
+
+    void connect(int pid) {
+        script->push_greeting();
+        script->expect("qmp_capabilities").reply(json::object());
+        script->set_peer_pid(pid);
+        side->script = script.get();
+        auto s = side;
+        script->set_responder([s](const json& m, auto& sc) { s->respond(m, sc); });
+        qmp::ConnectOptions options;
+        options.default_timeout = 500ms;
+        auto c = qmp::Client::connect(std::make_unique<qmp::testing::ScriptedTransport>(script),
+                                      options);
+        ASSERT_TRUE(c) << c.error().message;
+        client = std::move(*c);
+    }
+};
+
+class MigrateTest : public ::testing::Test {
+  protected:
+    void SetUp() override {
+        fs::create_directories(dir);
+        std::ofstream(disk) << "disk";
+        src.side->disks["disk0"] = disk.string();
+        dst.side->disks["disk0"] = disk.string();
+        dst.side->run_state = "inmigrate";
+        src.side->peer = dst.side.get();
+        // Two distinct local processes, so file identity can be proven.
+        src.connect(getpid());
+        dst.connect(getppid());
+        options.src_qmp = "/run/src.qmp";
+        options.dst_qmp = "/run/dst.qmp";
+        options.dst_addr = "10.0.0.2";
+        options.jobs_dir = dir / "jobs";
+        options.qmp_timeout = 500ms;
+        options.switchover_timeout = 2s;
+        options.progress_interval = 20ms;
+    }
+    void TearDown() override { fs::remove_all(dir); }
+
+    Result<MigrateReport> migrate() {
+        return run_migrate(*src.client, *dst.client, options, *progress, cancel);
+    }
+    std::size_t journals() {
+        auto l = jobs::list_jobs(options.jobs_dir);
+        return l ? l->size() : 999;
+    }
+
+    fs::path dir = jobs_test::temp_dir("migrate");
+    fs::path disk = dir / "shared.raw";
+    FakeQemu src, dst;
+    MigrateOptions options;
+    std::unique_ptr<ProgressSink> progress = make_null_progress();
+    std::atomic<bool> cancel{false};
+};
+
+TEST_F(MigrateTest, SharedStorageMigrationEndsWithTheGuestOnTheDestination) {
+    auto r = migrate();
+    ASSERT_TRUE(r) << r.error().message;
+    auto& s = *src.side;
+    auto& d = *dst.side;
+    EXPECT_TRUE(d.got("migrate-set-capabilities", R"("events")"));
+    EXPECT_TRUE(d.got("migrate-set-capabilities", "late-block-activate"));
+    EXPECT_TRUE(s.got("migrate-set-capabilities", "pause-before-switchover"));
+    // Unlimited is set explicitly: never QEMU's 128 MiB/s default by accident.
+    EXPECT_TRUE(s.got("migrate-set-parameters", R"("max-bandwidth":1099511627776)"));
+    EXPECT_TRUE(s.got("migrate-set-parameters", R"("downtime-limit":300)"));
+    EXPECT_TRUE(d.got("migrate-incoming", "tcp:10.0.0.2:0"));
+    EXPECT_TRUE(s.got("migrate", "tcp:10.0.0.2:4444")) << "the port QEMU picked";
+    EXPECT_TRUE(s.got("migrate-continue", "pre-switchover"));
+    EXPECT_TRUE(d.got("cont"));
+    EXPECT_TRUE(s.got("quit"));
+    EXPECT_FALSE(s.got("cont")) << "the source is never resumed once the destination has it";
+    EXPECT_EQ(r->downtime_ms, 42);
+    EXPECT_TRUE(r->source_quit);
+    EXPECT_EQ(journals(), 0u);
+}
+
+TEST_F(MigrateTest, BandwidthAndKeepSourceAreHonoured) {
+    options.bandwidth = 8 << 20;
+    options.keep_source = true;
+    auto r = migrate();
+    ASSERT_TRUE(r) << r.error().message;
+    EXPECT_TRUE(src.side->got("migrate-set-parameters", R"("max-bandwidth":8388608)"));
+    EXPECT_FALSE(src.side->got("quit"));
+    EXPECT_FALSE(r->source_quit);
+}
+
+TEST_F(MigrateTest, DestinationLostDuringRamLeavesTheGuestOnTheSource) {
+    src.side->ram = FakeSide::Ram::fails;
+    auto r = migrate();
+    ASSERT_FALSE(r);
+    EXPECT_NE(r.error().message.find("phase ram"), std::string::npos) << r.error().message;
+    EXPECT_NE(r.error().message.find("Connection reset by peer"), std::string::npos);
+    EXPECT_NE(r.error().message.find("keeps running on the source"), std::string::npos);
+    EXPECT_EQ(src.side->run_state, "running");
+    EXPECT_FALSE(dst.side->got("cont"));
+    // The source's settings are back as they were.
+    EXPECT_FALSE(src.side->caps["pause-before-switchover"]);
+    EXPECT_EQ(src.side->params["max-bandwidth"], 134217728);
+    EXPECT_EQ(journals(), 0u);
+}
+
+TEST_F(MigrateTest, TimeoutCancelsAndResumes) {
+    src.side->ram = FakeSide::Ram::never_ends;
+    options.timeout = 1s;
+    auto r = migrate();
+    ASSERT_FALSE(r);
+    EXPECT_NE(r.error().message.find("timed out"), std::string::npos) << r.error().message;
+    EXPECT_TRUE(src.side->got("migrate_cancel"));
+    EXPECT_EQ(src.side->run_state, "running");
+    EXPECT_EQ(journals(), 0u);
+}
+
+TEST_F(MigrateTest, InterruptBeforeSwitchoverCancels) {
+    src.side->ram = FakeSide::Ram::never_ends;
+    cancel = true;
+    auto r = migrate();
+    ASSERT_FALSE(r);
+    EXPECT_NE(r.error().message.find("interrupted"), std::string::npos);
+    EXPECT_TRUE(src.side->got("migrate_cancel"));
+}
+
+TEST_F(MigrateTest, PreflightRefusalTouchesNothing) {
+    dst.side->run_state = "running";  // not started with -incoming defer
+    auto r = migrate();
+    ASSERT_FALSE(r);
+    EXPECT_NE(r.error().message.find("not waiting for a migration"), std::string::npos)
+        << r.error().message;
+    for (auto* side : {src.side.get(), dst.side.get()})
+        for (const auto& c : side->commands)
+            EXPECT_TRUE(c.starts_with("query") || c.starts_with("qom")) << c;
+    EXPECT_EQ(journals(), 0u);
+}
+
+TEST_F(MigrateTest, CopyStorageAllIsRefusedAsNotImplemented) {
+    options.copy_storage = CopyStorage::all;
+    auto r = migrate();
+    ASSERT_FALSE(r);
+    EXPECT_EQ(r.error().code, ErrorCode::unsupported);
+    EXPECT_TRUE(src.side->commands.empty());
+}
+
+// ---- pre-flight (pure) ----------------------------------------------------------
+
+migrate::SideFacts side(std::string address, int pid, std::string state) {
+    migrate::SideFacts f;
+    f.address = address;
+    f.identity.qmp = address;
+    f.identity.pid = pid;
+    f.run_state = std::move(state);
+    f.migration_status = "none";
+    f.machine_type = "pc-q35-7.2-machine";
+    f.memory = 1 << 30;
+    f.devices = {{"disk0", "child<virtio-blk-pci>"}};
+    f.disks = {{"disk0", "/shared/vm.raw", migrate::FileIdentity{1, 2}}};
+    f.capabilities = {"events", "pause-before-switchover"};
+    return f;
+}
+
+struct Preflight : ::testing::Test {
+    migrate::SideFacts src = side("/run/a", 10, "running");
+    migrate::SideFacts dst = side("/run/b", 20, "inmigrate");
+    std::string refusal() {
+        auto r = migrate::check(src, dst, CopyStorage::none);
+        return r ? "" : r.error().message;
+    }
+};
+
+TEST_F(Preflight, AcceptsTwoMatchingQemusOnOneFile) { EXPECT_EQ(refusal(), ""); }
+
+TEST_F(Preflight, RefusesTheSameQemuTwice) {
+    dst.identity.pid = 10;
+    EXPECT_NE(refusal().find("same QEMU"), std::string::npos);
+}
+
+TEST_F(Preflight, RefusesAPausedSource) {
+    src.run_state = "paused";
+    EXPECT_NE(refusal().find("paused, not running"), std::string::npos);
+}
+
+TEST_F(Preflight, RefusesADestinationNotWaiting) {
+    dst.run_state = "prelaunch";
+    EXPECT_NE(refusal().find("-incoming defer"), std::string::npos);
+}
+
+TEST_F(Preflight, RefusesAnActiveBlockJob) {
+    src.block_jobs = {"mirror0"};
+    EXPECT_NE(refusal().find("block job"), std::string::npos);
+}
+
+TEST_F(Preflight, RefusesMachineMemoryAndDeviceDifferences) {
+    dst.machine_type = "pc-q35-10.0-machine";
+    EXPECT_NE(refusal().find("machine types differ"), std::string::npos);
+    dst.machine_type = src.machine_type;
+    dst.memory = 2u << 30;
+    EXPECT_NE(refusal().find("memory sizes differ: source 1024 MiB, destination 2048 MiB"),
+              std::string::npos);
+    dst.memory = src.memory;
+    dst.devices.insert({"net0", "child<virtio-net-pci>"});
+    EXPECT_NE(refusal().find("device sets differ"), std::string::npos);
+}
+
+TEST_F(Preflight, RefusesDifferentFilesAndUnprovableOnes) {
+    dst.disks[0].identity = migrate::FileIdentity{1, 3};
+    EXPECT_NE(refusal().find("different files"), std::string::npos);
+    dst.disks[0].identity.reset();  // e.g. the destination's QMP is TCP
+    EXPECT_NE(refusal().find("cannot prove"), std::string::npos);
+}
+
+TEST_F(Preflight, NetworkVolumesMatchByUrl) {
+    src.disks[0] = {"disk0", "nfs://10.0.0.5/export/vm.qcow2", std::nullopt};
+    dst.disks[0] = src.disks[0];
+    EXPECT_EQ(refusal(), "");
+    dst.disks[0].filename = "nfs://10.0.0.6/export/vm.qcow2";
+    EXPECT_NE(refusal().find("both must open the same volume"), std::string::npos);
+}
+
+TEST_F(Preflight, RefusesAMissingCapability) {
+    dst.capabilities.erase("pause-before-switchover");
+    EXPECT_NE(refusal().find("pause-before-switchover"), std::string::npos);
+}
+
+// ---- the settle decision (pure) ---------------------------------------------------
+
+jobs::Job migrate_job(bool switchover_sent) {
+    jobs::Job job;
+    job.kind = "migrate";
+    job.migration = jobs::MigrationFacts{};
+    if (switchover_sent)
+        job.records.push_back({.seq = 1,
+                               .effect = jobs::EffectKind::switchover_sent,
+                               .name = "migrate-continue",
+                               .state = jobs::RecordState::intent});
+    return job;
+}
+
+migrate::Observation seen(std::string src_run, std::string src_mig, std::string dst_run,
+                          std::string dst_mig, bool dst_reachable = true) {
+    return {{true, src_run, src_mig, ""}, {dst_reachable, dst_run, dst_mig, ""}};
+}
+
+TEST(MigrateDecide, FollowsWhatBothQemusSay) {
+    using migrate::Verdict;
+    auto v = [](const jobs::Job& j, const migrate::Observation& o) {
+        return migrate::decide(j, o).verdict;
+    };
+    const auto before = migrate_job(false), after = migrate_job(true);
+    EXPECT_EQ(v(before, seen("running", "active", "inmigrate", "active")), Verdict::cancel_first);
+    EXPECT_EQ(v(before, seen("finish-migrate", "pre-switchover", "inmigrate", "active")),
+              Verdict::cancel_first);
+    EXPECT_EQ(v(before, seen("running", "failed", "", "", false)), Verdict::undo);
+    EXPECT_EQ(v(after, seen("postmigrate", "completed", "paused", "completed")), Verdict::forward);
+    EXPECT_EQ(v(after, seen("postmigrate", "device", "inmigrate", "active")), Verdict::again);
+    // The destination runs the guest: forward, whatever the source says.
+    EXPECT_EQ(v(before, seen("paused", "failed", "running", "completed")), Verdict::forward);
+    // Failed after the switchover was sent, destination silent: cannot prove it did not start.
+    EXPECT_EQ(v(after, seen("paused", "failed", "", "", false)), Verdict::wait);
+    migrate::Observation gone = seen("", "", "inmigrate", "active");
+    gone.src.reachable = false;
+    EXPECT_EQ(v(before, gone), Verdict::wait);
+}
+
+// ---- recover ----------------------------------------------------------------------
+
+class MigrateRecover : public MigrateTest {
+  protected:
+    jobs::Journal journal(const std::string& phase, bool switchover_sent) {
+        jobs::Job job = migrate_job(switchover_sent);
+        job.guest.qmp = "/run/src.qmp";
+        job.migration->destination.qmp = "/run/dst.qmp";
+        job.migration->phase = phase;
+        job.migration->source_saved = {{"capabilities", {{"pause-before-switchover", false}}},
+                                       {"parameters", {{"max-bandwidth", 134217728}}}};
+        auto j = jobs::Journal::create(options.jobs_dir, job);
+        EXPECT_TRUE(j);
+        return std::move(*j);
+    }
+};
+
+TEST_F(MigrateRecover, RamPhaseIsCancelledAndTheSourceKeepsTheGuest) {
+    src.side->migration = "active";
+    src.side->caps["pause-before-switchover"] = true;
+    auto j = journal("ram", false);
+    auto r =
+        migrate::recover_migration(j, src.client.get(), dst.client.get(), 500ms, options.jobs_dir);
+    ASSERT_TRUE(r) << r.error().message;
+    ASSERT_EQ(r->disks.size(), 1u);
+    EXPECT_EQ(r->disks[0].direction, jobs::Direction::undo) << r->disks[0].reason;
+    EXPECT_TRUE(src.side->got("migrate_cancel"));
+    EXPECT_FALSE(src.side->caps["pause-before-switchover"]);
+    EXPECT_TRUE(r->journal_removed);
+    EXPECT_EQ(journals(), 0u);
+}
+
+TEST_F(MigrateRecover, PausedAtPreSwitchoverIsResumedOnTheSource) {
+    src.side->migration = "pre-switchover";
+    src.side->run_state = "finish-migrate";
+    src.side->resume_on_cancel = false;  // blockmig must resume it itself
+    auto j = journal("ram", false);
+    auto r =
+        migrate::recover_migration(j, src.client.get(), dst.client.get(), 500ms, options.jobs_dir);
+    ASSERT_TRUE(r);
+    EXPECT_EQ(r->disks[0].direction, jobs::Direction::undo);
+    EXPECT_TRUE(src.side->got("cont"));
+    EXPECT_EQ(src.side->run_state, "running");
+}
+
+TEST_F(MigrateRecover, CompletedMigrationIsFinishedForward) {
+    src.side->migration = "completed";
+    src.side->run_state = "postmigrate";
+    dst.side->migration = "completed";
+    dst.side->run_state = "paused";
+    auto j = journal("switchover", true);
+    auto r =
+        migrate::recover_migration(j, src.client.get(), dst.client.get(), 500ms, options.jobs_dir);
+    ASSERT_TRUE(r);
+    EXPECT_EQ(r->disks[0].direction, jobs::Direction::forward) << r->disks[0].reason;
+    EXPECT_TRUE(dst.side->got("cont"));
+    EXPECT_TRUE(src.side->got("quit"));
+    EXPECT_FALSE(src.side->got("cont"));
+    EXPECT_TRUE(r->journal_removed);
+}
+
+TEST_F(MigrateRecover, UnreachableSourceWithIdleDestinationWaits) {
+    dst.side->migration = "active";
+    auto j = journal("ram", false);
+    auto r = migrate::recover_migration(j, nullptr, dst.client.get(), 500ms, options.jobs_dir);
+    ASSERT_TRUE(r);
+    EXPECT_EQ(r->disks[0].direction, jobs::Direction::wait);
+    EXPECT_FALSE(r->journal_removed);
+    EXPECT_FALSE(dst.side->got("cont"));
+    EXPECT_NE(r->next_step.find("blockmig recover"), std::string::npos);
+    EXPECT_EQ(journals(), 1u);
+    EXPECT_TRUE(j.job().needs_recovery());
+}
+
+}  // namespace
