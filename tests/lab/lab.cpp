@@ -293,6 +293,28 @@ Guest::~Guest() { stop(); }
 
 bool Guest::running() const { return m_pid > 0 && kill(m_pid, 0) == 0; }
 
+bool Guest::wait_exit(std::chrono::milliseconds timeout) {
+    if (m_pid <= 0) return true;
+    const auto deadline = Clock::now() + timeout;
+    while (Clock::now() < deadline) {
+        int st = 0;
+        if (waitpid(m_pid, &st, WNOHANG) == m_pid) {
+            m_pid = -1;  // reaped: stop() has nothing left to kill
+            if (m_reader.joinable()) m_reader.join();
+            return true;
+        }
+        std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+    return false;
+}
+
+GuestConfig incoming_config(const GuestConfig& source, const std::string& netns) {
+    GuestConfig c = source;
+    c.netns = netns;
+    c.extra_args.insert(c.extra_args.end(), {"-incoming", "defer"});
+    return c;
+}
+
 void Guest::stop() {
     if (m_pid > 0) {
         terminate(m_pid, std::chrono::seconds(3));

@@ -186,6 +186,9 @@ class Guest {
     const fs::path& qmp_socket() const { return m_qmp; }
     int pid() const { return m_pid; }
     bool running() const;
+    // Waits until QEMU exits by itself (e.g. `quit` after a migration) and
+    // reaps it; true if it did within `timeout`.
+    bool wait_exit(std::chrono::milliseconds timeout);
 
     // Waits until a console line contains `needle`; false on timeout.
     bool wait_for_line(const std::string& needle, std::chrono::milliseconds timeout);
@@ -218,6 +221,12 @@ class Guest {
     std::vector<Clock::time_point> m_heartbeats;
     std::map<std::string, Ack> m_acks;
 };
+
+// The destination of a live migration of a guest started with `source`:
+// the same disks, devices and memory, `-incoming defer`, in namespace
+// `netns` (another lab host). Start it as a Guest; its console shows the
+// guest's output once the guest runs there.
+GuestConfig incoming_config(const GuestConfig& source, const std::string& netns);
 
 // ---- verification -----------------------------------------------------------
 

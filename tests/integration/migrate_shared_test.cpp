@@ -1,0 +1,195 @@
+// blockmig migrate --copy-storage none between two lab hosts (network
+// namespaces joined by a rate-limited veth): a writing guest on host A, a
+// destination QEMU with the same devices and -incoming defer on host B, both
+// opening the same disk file (one mount namespace: shared storage).
+// - success: the guest runs and keeps writing on B, the source QEMU is gone,
+//   every block verifies;
+// - the destination QEMU killed during the RAM phase: one clear line, the
+//   guest keeps running on A, no journal, the source's settings restored;
+// - blockmig SIGKILLed during the RAM phase: `blockmig jobs` shows it,
+//   `blockmig recover` cancels, the guest keeps running on A.
+// QEMU's monitor serves one client at a time, so while blockmig runs the
+// test watches the journal (`blockmig jobs`), never QMP.
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "move_test_util.hpp"
+
+using namespace move_test;
+using blockmig::lab::HostPair;
+
+namespace {
+
+constexpr std::uint64_t k_blocks = 8192;  // 32 MiB stamped
+
+class MigrateShared : public ::testing::Test {
+  protected:
+    void SetUp() override {
+        LAB_REQUIRE();
+        hosts = std::make_unique<HostPair>("200mbit");
+        blockmig::lab::run_ok({"truncate", "-s", "64M", disk.string()});
+        config = GuestConfig{
+            .disks = {{"disk0", disk, "raw"}}, .stamp_blocks = k_blocks, .netns = hosts->ns_a()};
+        src = std::make_unique<Guest>(config);
+        ASSERT_TRUE(src->wait_for_line("GUEST-UP", 120s)) << src->console();
+        ASSERT_TRUE(src->wait_for_ack("vda", 1, 120s)) << src->console();
+        dst = std::make_unique<Guest>(blockmig::lab::incoming_config(config, hosts->ns_b()));
+    }
+
+    std::vector<std::string> migrate_args(std::vector<std::string> extra = {}) {
+        std::vector<std::string> a{"migrate",
+                                   "--src-qmp",
+                                   src->qmp_socket().string(),
+                                   "--dst-qmp",
+                                   dst->qmp_socket().string(),
+                                   "--dst-addr",
+                                   HostPair::k_addr_b,
+                                   "--copy-storage",
+                                   "none",
+                                   "--state-dir",
+                                   state.string()};
+        a.insert(a.end(), extra.begin(), extra.end());
+        return a;
+    }
+
+    json jobs_listing() {
+        auto r = blockmig_cli({"--output", "json", "jobs", "--state-dir", state.string()});
+        EXPECT_EQ(r.status, 0) << r.out;
+        auto j = json::parse(r.out.substr(r.out.find('{')), nullptr, false);
+        return j.is_discarded() ? json::object() : j;
+    }
+
+    // Waits until the journal says the RAM is being sent (blockmig is connected
+    // to both monitors, so the journal is the only window).
+    bool wait_for_ram_phase(std::chrono::milliseconds timeout) {
+        const auto deadline = Clock::now() + timeout;
+        while (Clock::now() < deadline) {
+            json l = jobs_listing();
+            if (!l["jobs"].empty() && l["jobs"][0].contains("migration") &&
+                l["jobs"][0]["migration"].value("phase", "") == "ram")
+                return true;
+            std::this_thread::sleep_for(100ms);
+        }
+        return false;
+    }
+
+    // The guest is alive on the source, its migration over, nothing left.
+    void expect_guest_on_source() {
+        EXPECT_EQ(qmp_return(*src, R"({"execute":"query-status"})")["status"], "running");
+        const json caps = qmp_return(*src, R"({"execute":"query-migrate-capabilities"})");
+        for (const auto& c : caps) {
+            if (c["capability"] == "pause-before-switchover") {
+                EXPECT_FALSE(c["state"].get<bool>()) << "the source's settings are restored";
+            }
+        }
+        EXPECT_EQ(jobs_listing()["jobs"].size(), 0u);
+        ASSERT_TRUE(guest_keeps_writing(*src));
+        auto v = pause_and_verify(*src, disk.string(), "raw", k_blocks);
+        EXPECT_TRUE(v.intact()) << v.output;
+    }
+
+    std::unique_ptr<HostPair> hosts;
+    blockmig::lab::TempDir dir{"migrate"};
+    fs::path disk = dir / "shared.raw";
+    fs::path state = dir / "jobs";
+    GuestConfig config;
+    std::unique_ptr<Guest> src, dst;
+};
+
+TEST_F(MigrateShared, GuestRunsOnTheDestinationAndEveryBlockVerifies) {
+    auto r = blockmig_cli_split(migrate_args({"--output", "json"}), dir.path());
+    ASSERT_EQ(r.status, 0) << r.out << r.err;
+    EXPECT_TRUE(r.err.empty()) << r.err;
+    auto lines = lines_of(r.out);
+    ASSERT_FALSE(lines.empty());
+    bool saw_ram = false;
+    for (const auto& l : lines) {
+        json j = json::parse(l, nullptr, false);
+        ASSERT_FALSE(j.is_discarded()) << "not JSON: " << l;
+        if (j["event"] == "ram") {
+            saw_ram = true;
+            EXPECT_TRUE(j.contains("remaining") && j.contains("iteration")) << l;
+        }
+    }
+    EXPECT_TRUE(saw_ram) << r.out;
+    json done = json::parse(lines.back());
+    EXPECT_EQ(done["event"], "done");
+    EXPECT_TRUE(done["source_quit"].get<bool>());
+    EXPECT_GE(done["downtime_ms"].get<std::int64_t>(), 0);
+    EXPECT_GT(done["ram_transferred"].get<std::uint64_t>(), 0u);
+
+    EXPECT_TRUE(src->wait_exit(15s)) << "the source QEMU quits";
+    EXPECT_EQ(qmp_return(*dst, R"({"execute":"query-status"})")["status"], "running");
+    ASSERT_TRUE(dst->wait_for_ack("vda", 1, 60s)) << dst->console();
+    ASSERT_TRUE(guest_keeps_writing(*dst)) << "the guest keeps writing on the destination";
+    EXPECT_EQ(jobs_listing()["jobs"].size(), 0u);
+    auto v = pause_and_verify(*dst, disk.string(), "raw", k_blocks);
+    EXPECT_TRUE(v.intact()) << v.output;
+}
+
+TEST_F(MigrateShared, DestinationKilledDuringRamLeavesTheGuestOnTheSource) {
+    // 2 MiB/s: the ~100 MiB of RAM takes long enough to be interrupted.
+    BackgroundCli cli(migrate_args({"--bandwidth", "2"}), src->qmp_socket().string());
+    ASSERT_TRUE(wait_for_ram_phase(60s));
+    std::this_thread::sleep_for(1s);
+    const auto killed = Clock::now();
+    kill(dst->pid(), SIGKILL);
+    ASSERT_TRUE(cli.wait(60s)) << "blockmig ends after the destination died";
+    const auto& r = cli.result();
+    EXPECT_EQ(r.status, 1) << r.out;
+    EXPECT_LT(cli.finished() - killed, 20s);
+    std::size_t errors = 0;
+    for (const auto& l : lines_of(r.out))
+        if (l.starts_with("blockmig: error:")) {
+            ++errors;
+            EXPECT_NE(l.find("phase ram"), std::string::npos) << l;
+            EXPECT_NE(l.find("keeps running on the source"), std::string::npos) << l;
+        }
+    EXPECT_EQ(errors, 1u) << r.out;
+    expect_guest_on_source();
+}
+
+TEST_F(MigrateShared, KilledBlockmigIsRecoveredOntoTheSource) {
+    std::vector<std::string> args = migrate_args({"--bandwidth", "2"});
+    args.insert(args.begin(), BLOCKMIG_BINARY);
+    pid_t pid = fork();
+    if (pid == 0) {
+        std::vector<char*> argv;
+        for (auto& a : args) argv.push_back(a.data());
+        argv.push_back(nullptr);
+        execv(argv[0], argv.data());
+        _exit(127);
+    }
+    const bool in_ram = wait_for_ram_phase(60s);
+    std::this_thread::sleep_for(1s);
+    kill(pid, SIGKILL);
+    waitpid(pid, nullptr, 0);
+    ASSERT_TRUE(in_ram);
+
+    json listing = jobs_listing();
+    ASSERT_EQ(listing["jobs"].size(), 1u) << listing.dump();
+    const json job = listing["jobs"][0];
+    EXPECT_EQ(job["kind"], "migrate");
+    EXPECT_EQ(job["state"], "needs-recovery");
+    // QEMU migrates on without blockmig: a new migration of this guest is
+    // refused with the command that recovers the old one.
+    auto refused = blockmig_cli(migrate_args());
+    EXPECT_EQ(refused.status, 1);
+    EXPECT_NE(refused.out.find("blockmig recover --state-dir " + state.string() + " " +
+                               job["id"].get<std::string>()),
+              std::string::npos)
+        << refused.out;
+
+    auto r = blockmig_cli({"recover", "--state-dir", state.string(), "--all"});
+    ASSERT_EQ(r.status, 0) << r.out;
+    EXPECT_NE(r.out.find("undo"), std::string::npos) << r.out;
+    EXPECT_NE(r.out.find("migrate_cancel"), std::string::npos) << r.out;
+    EXPECT_EQ(qmp_return(*src, R"({"execute":"query-migrate"})")["status"], "cancelled");
+    // The destination's incoming migration failed: QEMU exits by itself.
+    EXPECT_TRUE(dst->wait_exit(30s)) << dst->console();
+    expect_guest_on_source();
+}
+
+}  // namespace
