@@ -246,6 +246,10 @@ HostPair::HostPair(const std::string& rate) {
 
 HostPair::~HostPair() { run({script("hosts.sh"), "down", m_name}); }
 
+void HostPair::set_link(bool up) {
+    run_ok({script("hosts.sh"), "link", m_name, up ? "up" : "down"});
+}
+
 // ---- guest -----------------------------------------------------------------
 
 Guest::Guest(GuestConfig config) : m_config(std::move(config)), m_qmp(m_dir / "qmp.sock") {

@@ -144,6 +144,8 @@ class HostPair {
 
     const std::string& ns_a() const { return m_a; }
     const std::string& ns_b() const { return m_b; }
+    // Takes the link between the two hosts down (a pulled cable) or up again.
+    void set_link(bool up);
     static constexpr const char* k_addr_a = "10.77.0.1";
     static constexpr const char* k_addr_b = "10.77.0.2";
 
