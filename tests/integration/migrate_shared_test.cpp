@@ -160,12 +160,19 @@ TEST_F(MigrateShared, LinkDownDuringRamIsCancelled) {
     ASSERT_TRUE(wait_for_ram_phase(60s));
     std::this_thread::sleep_for(1s);
     hosts->set_link(false);
+    const auto cut = Clock::now();
     ASSERT_TRUE(cli.wait(90s)) << "blockmig ends within its timeout plus a bounded cancel";
     const auto& r = cli.result();
     EXPECT_EQ(r.status, 1) << r.out;
     EXPECT_NE(r.out.find("blockmig: error: migrate failed in phase ram"), std::string::npos)
         << r.out;
     EXPECT_NE(r.out.find("keeps running on the source"), std::string::npos) << r.out;
+    // At the latest: the rest of --timeout, then a cancel that does not wait on the dead link.
+    EXPECT_LT(cli.finished() - cut, 30s) << r.out;
+    std::cerr << "link down -> blockmig ended: "
+              << std::chrono::duration_cast<std::chrono::milliseconds>(cli.finished() - cut).count()
+              << " ms\n"
+              << r.out;
     expect_guest_on_source();
 }
 
