@@ -182,6 +182,9 @@ Result<void> DiskMove::attach_target() {
     if (!chain) return fail(chain.error().with_context("describe target for QEMU"));
     m_chain = *chain;
     m_top_node = m_chain.format_node;
+    // A LUN may be larger than the disk, and a mirror needs equal sizes: the
+    // raw node shows exactly the disk's size (QEMU's raw "size" option).
+    if (m_plan.format == pools::ImageFormat::raw) m_chain.format["size"] = m_source.virtual_size;
     // A shallow target shares the guest's backing node; naming it here also
     // keeps it across the blockdev-reopen after the pivot.
     if (shallow()) m_chain.format["backing"] = m_source.backing_node;
