@@ -199,6 +199,8 @@ class Guest {
     std::optional<Ack> last_ack(const std::string& dev) const;
     // Longest gap between consecutive heartbeat lines (any disk) that arrived after `since`.
     std::chrono::milliseconds max_heartbeat_gap(Clock::time_point since) const;
+    // Heartbeat lines that arrived after `since`.
+    std::size_t heartbeats_since(Clock::time_point since) const;
     std::string console() const;
 
     // Sends one QMP command (raw JSON object text) and returns the reply line.
