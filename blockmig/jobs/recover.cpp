@@ -273,6 +273,7 @@ Result<QemuNow> observe_qemu(qmp::Client& client, const Job& job, qmp::Milliseco
     if (!jobs) return fail(jobs.error().with_context("query-block-jobs"));
     for (const auto& n : *nodes) now.nodes.insert(n.node_name);
     now.jobs = std::move(*jobs);
+    now.qemu_pid = client.peer_pid();
     for (const auto& disk : job.disks) {
         DeviceNow dev;
         for (const auto& b : *blocks) {
@@ -328,6 +329,16 @@ Decision decide(const Job& job, const JobDisk& disk, const QemuNow* now, Intent 
 
     if (phase == "rolled_back" || phase == "copied")
         return {Direction::undo, "retry what was left behind"};
+    // Once block-job-complete was sent the target may have become the
+    // guest's disk; a QEMU restarted since then started from whatever its
+    // command line names, and its node graph says nothing about where the
+    // newest data is. Nothing is deleted: a person must look.
+    if (!before_complete(phase) && now->restarted(job))
+        return wait(fmt::format(
+            "QEMU was restarted (pid {} now, {} when the job ran) after block-job-complete "
+            "was sent: {} may hold the guest's newest data; nothing is deleted. Check which "
+            "image the guest runs from",
+            *now->qemu_pid, job.guest.pid, disk.target));
     if (phase == "pivoted" || phase == "done") {
         if (on_target) return {Direction::forward, "the guest runs on the target: finish the move"};
         return wait(fmt::format(

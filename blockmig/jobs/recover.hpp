@@ -37,7 +37,13 @@ struct QemuNow {
     std::map<std::string, DeviceNow> devices;  // by JobDisk::disk
     std::set<std::string> nodes;
     std::vector<qmp::BlockJobInfo> jobs;
+    // The QEMU process answering now (SO_PEERCRED), when the transport can tell.
+    std::optional<int> qemu_pid;
     const qmp::BlockJobInfo* job(std::string_view id) const;
+    // The journal named another QEMU process: this one was restarted since.
+    bool restarted(const Job& job) const {
+        return job.guest.pid > 0 && qemu_pid && *qemu_pid > 0 && *qemu_pid != job.guest.pid;
+    }
 };
 Result<QemuNow> observe_qemu(qmp::Client& client, const Job& job, qmp::Milliseconds timeout);
 

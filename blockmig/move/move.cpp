@@ -15,6 +15,7 @@
 #include "jobs/guest.hpp"
 #include "jobs/journal.hpp"
 #include "jobs/recover.hpp"
+#include "mirror/group.hpp"
 #include "pools/pools.hpp"
 #include "qmp/commands.hpp"
 #include "qmp/features.hpp"
@@ -134,6 +135,13 @@ Result<void> preflight(const SourceDisk& source, TargetPlan& plan, const MoveOpt
         return fail(ErrorCode::invalid_argument,
                     fmt::format("{}: --delete-source: cannot tell which volume '{}' is", source.id,
                                 source.filename));
+    // Refused here, before anything is created, rather than after the copy
+    // with the guest paused: there is nothing to compare the target with.
+    if (options.verify && source.location.empty())
+        return fail(ErrorCode::invalid_argument,
+                    fmt::format("{}: --verify: cannot tell which volume '{}' is, so there is "
+                                "nothing to compare the copy with",
+                                source.id, source.filename));
     if (!plan.volume.empty() && plan.pool->type() != "iscsi") {
         if (plan.pool->stat(plan.volume))
             return fail(ErrorCode::already_exists,
@@ -278,8 +286,9 @@ class MoveRun {
     // The journal starts before the first side effect (docs/state-machines.md,
     // "Job journal"); a guest with an unrecovered job gets no new one.
     Result<void> begin_job() {
-        auto guest =
-            jobs::identify_guest(m_client, m_options.qmp_address, -1, m_options.qmp_timeout);
+        // QEMU's pid (SO_PEERCRED) lets recover tell a restarted QEMU from this one.
+        auto guest = jobs::identify_guest(m_client, m_options.qmp_address,
+                                          m_client.peer_pid().value_or(-1), m_options.qmp_timeout);
         if (!guest) return fail(guest.error());
         if (auto r = jobs::refuse_if_unrecovered(m_jobs_dir, *guest); !r) return r;
         jobs::Job job;
@@ -308,17 +317,13 @@ class MoveRun {
     }
 
     // Removes the journal when nothing of the job is left to recover;
-    // otherwise names what was left behind and which command finishes the job.
+    // otherwise says which command finishes the job.
     Error end_job(Error error) {
         if (!m_journal) return error;
         if (!m_journal->job().needs_recovery()) {
             (void)m_journal->remove();
             return error;
         }
-        for (const auto& r : m_journal->job().records)
-            if (r.state == jobs::RecordState::left_behind && !r.note.empty() &&
-                !error.message.empty() && error.message.find(r.note) == std::string::npos)
-                error.message += "; " + r.note;
         if (!error.message.empty() && error.message.find("blockmig recover") == std::string::npos)
             error.message += fmt::format(" (job {} is kept: run `{}`)", m_journal->job().id,
                                          jobs::recover_command(m_jobs_dir, m_journal->job().id));
@@ -415,14 +420,6 @@ class MoveRun {
         return {};
     }
 
-    std::uint64_t speed_per_job() const {
-        if (m_options.bandwidth == 0) return 0;
-        std::size_t active = 0;
-        for (const auto& m : m_moves)
-            if (m->state() == DiskMoveState::copying) ++active;
-        return m_options.bandwidth / std::max<std::size_t>(active, 1);
-    }
-
     qmp::CopyMode initial_mode() const {
         return m_options.copy_mode == CopyModePolicy::write_blocking ? qmp::CopyMode::write_blocking
                                                                      : qmp::CopyMode::background;
@@ -431,6 +428,16 @@ class MoveRun {
     Result<void> copy() {
         if (m_options.copy_mode == CopyModePolicy::write_blocking && !m_has_copy_mode)
             return fail(ErrorCode::unsupported, "this QEMU's blockdev-mirror has no copy-mode");
+        // Subscribed before the first mirror starts: no READY is missed.
+        mirror::Group group(m_client);
+        for (auto& m : m_moves) group.add(m->mirror());
+        mirror::CopyPolicy policy{.bandwidth = m_options.bandwidth,
+                                  .timeout = m_options.timeout,
+                                  .stall_timeout = m_options.stall_timeout,
+                                  .converge_window = m_options.converge_window,
+                                  .auto_switch = m_options.copy_mode == CopyModePolicy::auto_switch,
+                                  .can_switch = m_has_copy_mode,
+                                  .switch_in_place = m_has_job_change};
         const std::uint64_t initial_speed =
             m_options.bandwidth ? m_options.bandwidth / m_moves.size() : 0;
         m_started = SteadyClock::now();
@@ -443,92 +450,27 @@ class MoveRun {
                                                                       : m->source().location,
                                          m->target_url()));
         }
-        const auto started = m_started;
-        std::map<DiskMove*, RateMeter> meters;
-        std::map<DiskMove*, std::pair<std::uint64_t, SteadyClock::time_point>> best_remaining;
-        std::uint64_t last_speed = initial_speed;
-        for (;;) {
-            if (m_cancel.load()) return fail(ErrorCode::cancelled, "interrupted before the pivot");
-            if (m_options.timeout.count() > 0 && SteadyClock::now() - started > m_options.timeout)
-                return fail(ErrorCode::timeout,
-                            fmt::format("the copy did not finish within --timeout {} s",
-                                        m_options.timeout.count()));
-            auto jobs = qmp::query_block_jobs(m_client);
-            if (!jobs) return fail(jobs.error().with_context("query-block-jobs"));
-            bool all_ready = true;
-            const auto now = SteadyClock::now();
-            for (auto& m : m_moves) {
-                if (auto r = m->observe(*jobs); !r)
-                    return fail(r.error().with_context(m->source().id));
-                auto& meter = meters[m.get()];
-                meter.add(now, m->offset());
-                const std::uint64_t remaining = m->length() - std::min(m->offset(), m->length());
-                // After an in-place switch READY is not enough: wait until
-                // QEMU says every guest write reaches both sides.
-                const bool ready = m->ready_to_finish();
-                const bool syncing = !ready && m->state() == DiskMoveState::ready;
-                m_progress.progress({.item = m->source().id,
-                                     .phase = ready     ? "ready"
-                                              : syncing ? "sync"
-                                                        : "copy",
-                                     .bytes = m->offset(),
-                                     .total = m->length(),
-                                     .rate = meter.rate(),
-                                     .eta_seconds = ready ? 0 : meter.eta(remaining)});
-                if (ready) continue;
-                all_ready = false;
-                if (now - m->last_progress() > m_options.stall_timeout) {
-                    // The target stopped answering: end the job now (killing
-                    // the hop fails its requests) rather than wait on it.
-                    m->kill_hop();
-                    std::string log = m->hop_log();
-                    return fail(
-                        ErrorCode::timeout,
-                        fmt::format(
-                            "{}: no progress for {} s writing to {}: target unreachable?{}{}",
-                            m->source().id, m_options.stall_timeout.count(), m->target_url(),
-                            log.empty() ? "" : " storage daemon said: ", log));
-                }
-                // Convergence: remaining bytes must keep shrinking.
-                auto& best = best_remaining[m.get()];
-                if (best.second == SteadyClock::time_point{} ||
-                    remaining + (1u << 20) < best.first || remaining < best.first * 95 / 100) {
-                    best = {remaining, now};
-                } else if (m_options.copy_mode == CopyModePolicy::auto_switch &&
-                           !m->switched_to_write_blocking() && m_has_copy_mode &&
-                           now - best.second > m_options.converge_window && m->length() > 0 &&
-                           now - m->last_progress() < 2s) {
-                    // Only a copy that still moves but never catches up is a
-                    // convergence problem; one that does not move at all is a
-                    // stall, handled above.
-                    // QEMU >= 8.2 switches the running job (block-job-change);
-                    // older ones need a new mirror that copies everything again.
-                    m_progress.event(
-                        "copy-mode",
-                        {{"disk", m->source().id},
-                         {"mode", "write-blocking"},
-                         {"how", m_has_job_change ? "in-place" : "restart"},
-                         {"reason", "guest writes faster than the copy"}},
-                        fmt::format("{}: remaining {} MiB stopped shrinking for {} s; switching to "
-                                    "write-blocking mode so the copy converges ({})",
-                                    m->source().id, remaining >> 20,
-                                    m_options.converge_window.count(),
-                                    m_has_job_change ? "in place" : "restarting the mirror"));
-                    auto r = m_has_job_change ? m->change_to_write_blocking()
-                                              : m->restart_write_blocking(speed_per_job());
-                    if (!r) return fail(r.error().with_context(m->source().id));
-                    best = {};
-                }
-            }
-            if (all_ready) return {};
-            // One bandwidth budget: share it among jobs still copying.
-            if (m_options.bandwidth && speed_per_job() != last_speed) {
-                last_speed = speed_per_job();
-                for (auto& m : m_moves)
-                    if (m->state() == DiskMoveState::copying) (void)m->set_speed(last_speed);
-            }
-            std::this_thread::sleep_for(200ms);
-        }
+        std::map<const mirror::Mirror*, RateMeter> meters;
+        auto on_sample = [&](const mirror::Mirror& m) {
+            auto& meter = meters[&m];
+            meter.add(SteadyClock::now(), m.offset());
+            // After an in-place switch READY is not enough: wait until QEMU
+            // says every guest write reaches both sides.
+            const bool ready = m.ready_to_finish();
+            const bool syncing = !ready && m.state() == mirror::MirrorState::ready;
+            m_progress.progress({.item = m.spec().disk,
+                                 .phase = ready     ? "ready"
+                                          : syncing ? "sync"
+                                                    : "copy",
+                                 .bytes = m.offset(),
+                                 .total = m.length(),
+                                 .rate = meter.rate(),
+                                 .eta_seconds = ready ? 0 : meter.eta(m.remaining())});
+        };
+        auto on_notice = [&](const mirror::Mirror&, const mirror::Notice& n) {
+            m_progress.event(n.kind, n.fields, n.text);
+        };
+        return group.wait_ready(policy, &m_cancel, on_sample, on_notice);
     }
 
     // All disks READY: optionally verify (guest paused), then pivot or finish the copy.
@@ -543,38 +485,32 @@ class MoveRun {
             }
             paused = false;
         };
-        // The move fails while the guest is paused: a target that stopped
-        // answering can hold QEMU's main loop in a drain (`stop` drains and
-        // flushes every node), so that not even `cont` is heard. Killing the
-        // storage daemons fails their requests at once; the guest is still on
-        // its sources, so the targets are disposable.
-        auto give_up = [&](Error error) -> Result<MoveReport> {
-            for (auto& m : m_moves) m->kill_hop();
-            resume();
-            rollback_all();
-            return fail(std::move(error));
-        };
         if (m_options.verify) {
             if (auto status = qmp::query_status(m_client); status && status->running) {
-                // Paused from the moment `stop` is sent: its reply may never
-                // come (a drain stuck on the target), the pause still ends.
+                if (auto r = qmp::stop(m_client); !r) {
+                    rollback_all();
+                    return fail(r.error().with_context("verify: pause guest"));
+                }
                 paused = true;
                 paused_at = SteadyClock::now();
                 m_pause_deadline = paused_at + m_options.verify_timeout;
-                if (auto r = qmp::stop(m_client, pause_left()); !r)
-                    return give_up(r.error().with_context("verify: pause guest"));
             }
-            for (auto& m : m_moves)
-                if (auto r =
-                        m->wait_in_sync(std::min<std::chrono::milliseconds>(60s, pause_left()));
-                    !r)
-                    return give_up(r.error());
+            for (auto& m : m_moves) {
+                if (auto r = m->wait_in_sync(60s); !r) {
+                    resume();
+                    rollback_all();
+                    return fail(r.error());
+                }
+            }
             // `stop` on a paused VM still drains and flushes every node,
             // including the targets' qcow2 metadata.
-            if (auto r = qmp::stop(m_client, pause_left()); !r)
-                return give_up(r.error().with_context("verify: flush the targets"));
+            (void)qmp::stop(m_client);
             if (!m_options.copy_only) {
-                if (auto r = verify_all(); !r) return give_up(r.error());
+                if (auto r = verify_all(); !r) {
+                    resume();
+                    rollback_all();
+                    return fail(r.error());
+                }
             }
         }
         MoveReport report;
@@ -648,14 +584,6 @@ class MoveRun {
         return timed(std::move(report));
     }
 
-    // What is left of the guest's --verify pause (at least 1 ms: a timeout of 0 means none).
-    std::chrono::milliseconds pause_left() const {
-        if (m_pause_deadline == SteadyClock::time_point::max()) return m_options.qmp_timeout;
-        auto left = std::chrono::duration_cast<std::chrono::milliseconds>(m_pause_deadline -
-                                                                          SteadyClock::now());
-        return std::max(left, std::chrono::milliseconds(1));
-    }
-
     MoveReport timed(MoveReport report) const {
         report.duration =
             std::chrono::duration_cast<std::chrono::milliseconds>(SteadyClock::now() - m_started);
@@ -720,7 +648,8 @@ class MoveRun {
 Result<MoveReport> run_pivot(qmp::Client& client, const PivotOptions& options,
                              ProgressSink& progress) {
     const auto dir = options.jobs_dir.empty() ? jobs::default_state_dir() : options.jobs_dir;
-    auto guest = jobs::identify_guest(client, options.qmp_address, -1, options.qmp_timeout);
+    auto guest = jobs::identify_guest(client, options.qmp_address, client.peer_pid().value_or(-1),
+                                      options.qmp_timeout);
     if (!guest) return fail(guest.error());
     auto listed = jobs::list_jobs(dir);
     if (!listed) return fail(listed.error());

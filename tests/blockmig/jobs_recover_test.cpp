@@ -349,3 +349,57 @@ TEST_F(RecoverTest, UndoNeverDeletesANodeAGuestDeviceUses) {
 }
 
 }  // namespace
+
+namespace {
+
+void set_guest_pid(const fs::path& dir, const std::string& id, int pid) {
+    auto journal = Journal::open(dir, id);
+    ASSERT_TRUE(journal);
+    ASSERT_TRUE(journal->update([&](Job& j) { j.guest.pid = pid; }));
+}
+
+}  // namespace
+
+TEST_F(RecoverTest, QemuRestartedAfterCompleteSentDeletesNothing) {
+    // The guest may have run on the target before QEMU was restarted from
+    // its old command line (on the source): the target may hold the newest
+    // data, so recover must not treat "on the source, job gone" as a
+    // refused pivot.
+    auto id = make_job("ready", Finish::pivot, "");
+    complete_sent(id);
+    set_guest_pid(dir, id, 1111);
+    guest.script->set_peer_pid(2222);
+    guest.qemu->nodes.erase(names.prefix + "-fmt");
+    guest.qemu->nodes.erase(names.prefix + "-proto");
+    auto report = recover(id);
+    EXPECT_EQ(report.disks[0].direction, Direction::wait);
+    EXPECT_NE(report.disks[0].reason.find("restarted"), std::string::npos)
+        << report.disks[0].reason;
+    EXPECT_TRUE(volume_exists());
+    EXPECT_TRUE(journal_exists(id));
+}
+
+TEST_F(RecoverTest, SameQemuAfterCompleteSentOnTheSourceIsUndone) {
+    // The control: the journal's QEMU still answers, the job is gone and
+    // the device on its source: QEMU refused the pivot, the undo is safe.
+    auto id = make_job("ready", Finish::pivot, "");
+    complete_sent(id);
+    set_guest_pid(dir, id, 1111);
+    guest.script->set_peer_pid(1111);
+    auto report = recover(id);
+    EXPECT_EQ(report.disks[0].direction, Direction::undo);
+    EXPECT_FALSE(volume_exists());
+}
+
+TEST_F(RecoverTest, QemuRestartedWhileCopyingIsUndone) {
+    // Before block-job-complete the target never was the guest's disk.
+    auto id = make_job("copying", Finish::pivot, "");
+    set_guest_pid(dir, id, 1111);
+    guest.script->set_peer_pid(2222);
+    guest.qemu->nodes.erase(names.prefix + "-fmt");
+    guest.qemu->nodes.erase(names.prefix + "-proto");
+    auto report = recover(id);
+    EXPECT_EQ(report.disks[0].direction, Direction::undo);
+    EXPECT_FALSE(volume_exists());
+    EXPECT_FALSE(journal_exists(id));
+}

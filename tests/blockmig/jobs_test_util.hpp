@@ -68,6 +68,8 @@ struct FakeQemu {
         std::string error;
         // Where the device goes when the job completes (device id, node).
         std::string device, target;
+        std::uint64_t offset = 100, len = 100;
+        bool busy = false;
     };
     std::mutex mutex;
     std::map<std::string, std::string> devices;  // device id -> node
@@ -77,7 +79,8 @@ struct FakeQemu {
     bool lose_complete_reply = false;   // block-job-complete acts, reply never comes
     bool complete_fails = false;        // the pivot fails: job concludes with an error
     bool cancel_hangs = false;          // block-job-cancel is accepted, the job never ends
-    bool respond_mirror = false;        // blockdev-mirror starts a READY job
+    bool respond_mirror = false;        // blockdev-mirror starts a job in `mirror_status`
+    std::string mirror_status = "ready";
     bool refuse_blockdev_add = false;
 
     bool got(const std::string& command, const std::string& arg_substring = "") {
@@ -142,8 +145,8 @@ struct FakeQemu {
             json out = json::array();
             for (auto& [id, j] : jobs) {
                 json e{
-                    {"device", id},       {"type", "mirror"},      {"len", 100},
-                    {"offset", 100},      {"busy", false},         {"paused", false},
+                    {"device", id},       {"type", "mirror"},      {"len", j.len},
+                    {"offset", j.offset}, {"busy", j.busy},        {"paused", false},
                     {"speed", 0},         {"io-status", "ok"},     {"ready", j.status == "ready"},
                     {"status", j.status}, {"auto-finalize", true}, {"auto-dismiss", false}};
                 if (!j.error.empty()) e["error"] = j.error;
@@ -184,8 +187,8 @@ struct FakeQemu {
             return reply(json::object());
         }
         if (cmd == "blockdev-mirror" && respond_mirror) {
-            jobs[args.value("job-id", "")] = {"ready", "", device_on(args.value("device", "")),
-                                              args.value("target", "")};
+            jobs[args.value("job-id", "")] = {
+                mirror_status, "", device_on(args.value("device", "")), args.value("target", "")};
             return reply(json::object());
         }
         if (cmd == "blockdev-add") {

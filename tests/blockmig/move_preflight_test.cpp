@@ -100,6 +100,18 @@ TEST_F(MovePreflight, RefusesDeleteSourceWhenQemusRelativeNameCannotBeResolved) 
     EXPECT_TRUE(std::filesystem::exists(dir / "vm1.qcow2"));
 }
 
+TEST_F(MovePreflight, RefusesVerifyWhenTheSourceVolumeIsUnknown) {
+    // Without the source's location there is nothing to compare the copy
+    // with: refused up front, not after the copy with the guest paused.
+    expect_queries(disk("qcow2", "vm1.qcow2"));
+    auto r =
+        move({.disks = {{"disk0", ""}}, .default_target = (dir / "pool").string(), .verify = true});
+    ASSERT_FALSE(r);
+    EXPECT_EQ(r.error().code, ErrorCode::invalid_argument);
+    EXPECT_NE(r.error().message.find("--verify"), std::string::npos) << r.error().message;
+    EXPECT_TRUE(std::filesystem::is_empty(dir / "pool"));
+}
+
 TEST_F(MovePreflight, RefusesWhenTargetVolumeExistsAndLeavesItAlone) {
     std::ofstream(dir / "pool" / "vm1.qcow2") << "precious";
     expect_queries(disk("qcow2", "/v/vm1.qcow2"));

@@ -1,6 +1,6 @@
 // The storage daemon's command line carries no secret: CHAP passwords travel
 // in memfds the daemon inherits.
-#include "move/nbd_hop.hpp"
+#include "mirror/nbd_hop.hpp"
 
 #include <gtest/gtest.h>
 

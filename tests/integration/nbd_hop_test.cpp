@@ -1,6 +1,6 @@
 // The NBD hop (qemu-storage-daemon) in front of a CHAP-protected iSCSI LUN:
 // it logs in with the password, which appears nowhere in its command line.
-#include "move/nbd_hop.hpp"
+#include "mirror/nbd_hop.hpp"
 
 #include <gtest/gtest.h>
 
