@@ -15,6 +15,8 @@
 #include <thread>
 #include <vector>
 
+#include "pools/image/buffer.hpp"
+
 namespace blockmig::convert {
 
 namespace {
@@ -93,7 +95,7 @@ struct Run {
 
 struct Slot {
     Request request;
-    std::vector<std::byte> buffer;
+    std::span<std::byte> buffer;  // request_size bytes of Pipeline::m_memory
     std::vector<Run> runs;
     Result<void> status;
     bool ready = false;
@@ -134,8 +136,11 @@ class Pipeline {
           m_writer(writer),
           m_options(options),
           m_cancel(cancel),
-          m_slots(std::max(1u, options.in_flight)) {
-        for (auto& s : m_slots) s.buffer.resize(options.request_size);
+          m_slots(std::max(1u, options.in_flight)),
+          m_memory(m_slots.size() * options.request_size) {
+        for (std::size_t i = 0; i < m_slots.size(); ++i)
+            m_slots[i].buffer =
+                m_memory.span().subspan(i * options.request_size, options.request_size);
         unsigned readers = options.readers;
         if (readers == 0)
             readers = std::min(static_cast<unsigned>(m_slots.size()),
@@ -163,6 +168,7 @@ class Pipeline {
     CopyOptions m_options;
     const std::atomic<bool>& m_cancel;
     std::vector<Slot> m_slots;
+    pools::image::PageBuffer m_memory;  // every slot's buffer, in one mapping
     std::mutex m_mutex;
     std::condition_variable m_work;
     std::condition_variable m_done;
@@ -180,7 +186,7 @@ void Pipeline::read_loop() {
         m_queue.pop_front();
         lock.unlock();
         const std::size_t length = static_cast<std::size_t>(slot.request.length);
-        auto status = m_source.read(std::span(slot.buffer).first(length), slot.request.offset);
+        auto status = m_source.read(slot.buffer.first(length), slot.request.offset);
         if (status) {
             // The image's last sector may be partial: pad it with zeroes.
             const std::size_t padded = static_cast<std::size_t>(align512(length));

@@ -26,6 +26,7 @@
 
 #include "bytes.hpp"
 #include "compress.hpp"
+#include "pools/image/buffer.hpp"
 #include "pools/image/qcow2.hpp"
 #include "pools/image_format.hpp"
 #include "qcow2_format.hpp"
@@ -44,30 +45,52 @@ constexpr std::uint32_t k_refcount_order = 4;  // 16-bit refcounts
 constexpr std::size_t k_appender_flush = 4u << 20;
 
 // Sequential output that writes whole blocks only (LUNs reject partial ones).
+// Small pieces (metadata, compressed clusters) gather in a buffer written
+// 4 MiB at a time; runs of whole data clusters go straight from the caller's
+// memory (write_through), saving a copy of every data byte.
 class Appender {
   public:
-    Appender(Volume& volume, std::uint64_t start)
+    Appender(Volume& volume, std::uint64_t start, std::uint64_t cluster_size)
         : m_volume(volume),
           m_block(std::max<std::uint32_t>(1, volume.block_size())),
-          m_start(start) {
-        m_buf.reserve(k_appender_flush + (2u << 20));
-    }
-    std::uint64_t pos() const { return m_start + m_buf.size(); }
+          m_start(start),
+          m_buf(k_appender_flush + 2 * cluster_size + m_block) {}
+    std::uint64_t pos() const { return m_start + m_len; }
     Result<void> append(std::span<const std::byte> data) {
-        m_buf.insert(m_buf.end(), data.begin(), data.end());
-        return m_buf.size() >= k_appender_flush ? flush(false) : Result<void>{};
+        std::memcpy(m_buf.data() + m_len, data.data(), data.size());
+        m_len += data.size();
+        return m_len >= k_appender_flush ? flush(false) : Result<void>{};
     }
     Result<void> pad_to(std::uint64_t offset) {
-        if (offset > pos()) m_buf.resize(m_buf.size() + (offset - pos()), std::byte{0});
-        return m_buf.size() >= k_appender_flush ? flush(false) : Result<void>{};
+        if (offset > pos()) {
+            // The buffer is reused: padding must be written as zeroes.
+            std::memset(m_buf.data() + m_len, 0, offset - pos());
+            m_len += offset - pos();
+        }
+        return m_len >= k_appender_flush ? flush(false) : Result<void>{};
+    }
+    // Writes `data` at `at` (>= pos()) straight from the caller's memory,
+    // after what is buffered. REQUIRES: `at` and data.size() whole blocks.
+    Result<void> write_through(std::uint64_t at, std::span<const std::byte> data) {
+        if (auto r = pad_to(at); !r) return r;
+        if (auto r = flush(false); !r) return r;
+        if (auto r = m_volume.pwrite(data, at); !r) return r;
+        m_start = at + data.size();
+        return {};
     }
     // Writes what is buffered; `all` also pads the tail to a whole block.
     Result<void> flush(bool all) {
-        if (all) m_buf.resize(align_up(m_buf.size(), m_block), std::byte{0});
-        const std::size_t n = m_buf.size() / m_block * m_block;
+        if (all) {
+            const std::size_t padded = align_up(m_len, m_block);
+            std::memset(m_buf.data() + m_len, 0, padded - m_len);
+            m_len = padded;
+        }
+        const std::size_t n = m_len / m_block * m_block;
         if (n == 0) return {};
-        if (auto r = m_volume.pwrite(std::span(m_buf).first(n), m_start); !r) return r;
-        m_buf.erase(m_buf.begin(), m_buf.begin() + static_cast<std::ptrdiff_t>(n));
+        if (auto r = m_volume.pwrite(std::span<const std::byte>(m_buf.data(), n), m_start); !r)
+            return r;
+        std::memmove(m_buf.data(), m_buf.data() + n, m_len - n);
+        m_len -= n;
         m_start += n;
         return {};
     }
@@ -76,14 +99,15 @@ class Appender {
     Volume& m_volume;
     std::uint64_t m_block;
     std::uint64_t m_start;
-    std::vector<std::byte> m_buf;
+    PageBuffer m_buf;
+    std::size_t m_len = 0;
 };
 
 // One batch of clusters handed to the compression threads.
 struct Batch {
     std::vector<std::uint64_t> vclusters;
-    std::vector<std::byte> input;
-    std::vector<std::byte> output;
+    PageBuffer input;
+    PageBuffer output;
     std::vector<std::size_t> sizes;  // compressed size, 0 = store uncompressed
 };
 
@@ -101,16 +125,22 @@ class Qcow2Writer final : public ImageWriter {
           m_refs_per_block(m_cs / 2),
           m_l1(static_cast<std::size_t>((size + m_cs * m_l2_entries - 1) / (m_cs * m_l2_entries)),
                0),
-          m_out(volume, m_cs) {
+          m_out(volume, m_cs, m_cs),
+          m_direct(m_cs % std::max<std::uint32_t>(1, volume.block_size()) == 0) {
         m_level = o.compression_level != 0 ? o.compression_level
                                            : (o.compression_type == Qcow2Compression::zstd ? 3 : 6);
         m_codec = o.compression_type == Qcow2Compression::zstd ? Codec::zstd : Codec::deflate;
-        if (o.compress) m_workers = std::make_unique<Workers>(o.threads);
-        const std::size_t slots =
-            std::max<std::size_t>(m_workers ? m_workers->size() * 2 : 1, (4u << 20) / m_cs);
-        for (auto& b : m_batches) {
-            b.input.resize(slots * m_cs);
-            if (o.compress) b.output.resize(slots * m_cs), b.sizes.resize(slots);
+        if (o.compress) {
+            m_workers = std::make_unique<Workers>(o.threads);
+            const std::size_t slots =
+                std::max<std::size_t>(m_workers->size() * 2, (4u << 20) / m_cs);
+            for (auto& b : m_batches) {
+                b.input = PageBuffer(slots * m_cs);
+                b.output = PageBuffer(slots * m_cs);
+                b.sizes.resize(slots);
+            }
+        } else {
+            m_partial.resize(m_cs);
         }
         m_window.assign(m_refs_per_block, 0);
         m_l2.assign(m_l2_entries, 0);
@@ -130,10 +160,12 @@ class Qcow2Writer final : public ImageWriter {
     Batch& filling() { return m_batches[m_fill]; }
     Result<void> check_order(std::uint64_t offset, std::uint64_t length);
     std::byte* slot_for(std::uint64_t vcluster);
+    Result<std::byte*> open_slot(std::uint64_t vcluster);
     Result<void> commit_slot();
     Result<void> dispatch();
     Result<void> emit(Batch& batch);
     Result<void> emit_cluster(std::uint64_t vcluster, std::span<const std::byte> data);
+    Result<void> emit_clusters(std::uint64_t vcluster, std::span<const std::byte> data);
     Result<void> emit_compressed(std::uint64_t vcluster, std::span<const std::byte> data);
     Result<void> set_l2(std::uint64_t vcluster, std::uint64_t entry);
     Result<void> flush_l2();
@@ -159,13 +191,15 @@ class Qcow2Writer final : public ImageWriter {
     std::uint64_t m_refs_per_block;
     std::vector<std::uint64_t> m_l1;
     Appender m_out;
+    bool m_direct;  // whole clusters are whole volume blocks: write them in place
     int m_level = 6;
     Codec m_codec = Codec::deflate;
     std::unique_ptr<Workers> m_workers;
-    Batch m_batches[2];
-    std::size_t m_fill = 0;    // the batch being filled
-    bool m_in_flight = false;  // the other batch is compressing
-    bool m_slot_open = false;  // the last slot of filling() holds m_slot_vcluster
+    Batch m_batches[2];                // compression only
+    std::vector<std::byte> m_partial;  // without compression: the cluster being gathered
+    std::size_t m_fill = 0;            // the batch being filled
+    bool m_in_flight = false;          // the other batch is compressing
+    bool m_slot_open = false;  // m_partial / the last slot of filling() holds m_slot_vcluster
     std::uint64_t m_slot_vcluster = 0;
     std::uint64_t m_next_offset = 0;  // writes must not go below this
     std::vector<std::uint64_t> m_l2;
@@ -189,10 +223,27 @@ Result<void> Qcow2Writer::check_order(std::uint64_t offset, std::uint64_t length
     return {};
 }
 
+// The buffer gathering `vcluster` if it is the open one, else nullptr.
 std::byte* Qcow2Writer::slot_for(std::uint64_t vcluster) {
-    Batch& b = filling();
     if (!(m_slot_open && m_slot_vcluster == vcluster)) return nullptr;
+    if (!m_workers) return m_partial.data();
+    Batch& b = filling();
     return b.input.data() + (b.vclusters.size() - 1) * m_cs;
+}
+
+// Opens a zero-filled slot for `vcluster` (after closing the previous one).
+Result<std::byte*> Qcow2Writer::open_slot(std::uint64_t vcluster) {
+    if (auto r = commit_slot(); !r) return fail(r.error());
+    std::byte* slot = m_partial.data();
+    if (m_workers) {
+        Batch& b = filling();
+        b.vclusters.push_back(vcluster);
+        slot = b.input.data() + (b.vclusters.size() - 1) * m_cs;
+    }
+    std::memset(slot, 0, m_cs);
+    m_slot_open = true;
+    m_slot_vcluster = vcluster;
+    return slot;
 }
 
 Result<void> Qcow2Writer::write(std::span<const std::byte> data, std::uint64_t offset) {
@@ -206,17 +257,21 @@ Result<void> Qcow2Writer::write(std::span<const std::byte> data, std::uint64_t o
     while (pos < data.size()) {
         const std::uint64_t at = offset + pos;
         const std::uint64_t vc = at >> m_bits;
+        const std::uint64_t in = at & (m_cs - 1);
+        // Whole clusters skip the slot when nothing compresses them.
+        const std::size_t whole = !m_workers && in == 0 ? (data.size() - pos) / m_cs * m_cs : 0;
+        if (whole > 0) {
+            if (auto r = commit_slot(); !r) return r;
+            if (auto r = emit_clusters(vc, data.subspan(pos, whole)); !r) return r;
+            pos += whole;
+            continue;
+        }
         std::byte* slot = slot_for(vc);
         if (!slot) {
-            if (auto r = commit_slot(); !r) return r;
-            Batch& b = filling();
-            b.vclusters.push_back(vc);
-            slot = b.input.data() + (b.vclusters.size() - 1) * m_cs;
-            std::memset(slot, 0, m_cs);
-            m_slot_open = true;
-            m_slot_vcluster = vc;
+            auto opened = open_slot(vc);
+            if (!opened) return fail(opened.error());
+            slot = *opened;
         }
-        const std::uint64_t in = at & (m_cs - 1);
         const std::size_t n =
             static_cast<std::size_t>(std::min<std::uint64_t>(data.size() - pos, m_cs - in));
         std::memcpy(slot + in, data.data() + pos, n);
@@ -240,24 +295,23 @@ Result<void> Qcow2Writer::write_zeroes(std::uint64_t offset, std::uint64_t lengt
 Result<void> Qcow2Writer::commit_slot() {
     if (!m_slot_open) return {};
     m_slot_open = false;
+    if (!m_workers) {
+        if (is_zero(m_partial)) return {};
+        return emit_cluster(m_slot_vcluster, m_partial);
+    }
     Batch& b = filling();
     const std::size_t index = b.vclusters.size() - 1;
-    if (is_zero(std::span(b.input).subspan(index * m_cs, m_cs))) {
+    if (is_zero(b.input.span().subspan(index * m_cs, m_cs))) {
         b.vclusters.pop_back();
         return {};
     }
     return b.vclusters.size() == slots() ? dispatch() : Result<void>{};
 }
 
-// Hands the full batch to the compressors (after emitting the one they were
-// working on) or, without compression, writes it at once.
+// Hands the full batch to the compressors, after emitting the one they were
+// working on.
 Result<void> Qcow2Writer::dispatch() {
     Batch& b = filling();
-    if (!m_workers) {
-        if (auto r = emit(b); !r) return r;
-        b.vclusters.clear();
-        return {};
-    }
     if (m_in_flight) {
         m_workers->wait();
         m_in_flight = false;
@@ -270,9 +324,9 @@ Result<void> Qcow2Writer::dispatch() {
     const Codec codec = m_codec;
     const int level = m_level;
     m_workers->start(b.vclusters.size(), [batch, cs, codec, level](std::size_t i) {
-        auto in = std::span<const std::byte>(batch->input).subspan(i * cs, cs);
+        auto in = std::span<const std::byte>(batch->input.span()).subspan(i * cs, cs);
         // Worth it only if at least one 512-byte sector is saved.
-        auto out = std::span(batch->output).subspan(i * cs, cs - 512);
+        auto out = batch->output.span().subspan(i * cs, cs - 512);
         auto n = compress(codec, level, in, out);
         batch->sizes[i] = n.value_or(0);
     });
@@ -283,13 +337,12 @@ Result<void> Qcow2Writer::dispatch() {
 
 Result<void> Qcow2Writer::emit(Batch& batch) {
     for (std::size_t i = 0; i < batch.vclusters.size(); ++i) {
-        auto in = std::span<const std::byte>(batch.input).subspan(i * m_cs, m_cs);
-        Result<void> r =
-            m_workers && batch.sizes[i] > 0
-                ? emit_compressed(
-                      batch.vclusters[i],
-                      std::span<const std::byte>(batch.output).subspan(i * m_cs, batch.sizes[i]))
-                : emit_cluster(batch.vclusters[i], in);
+        auto in = std::span<const std::byte>(batch.input.span()).subspan(i * m_cs, m_cs);
+        Result<void> r = batch.sizes[i] > 0
+                             ? emit_compressed(batch.vclusters[i],
+                                               std::span<const std::byte>(batch.output.span())
+                                                   .subspan(i * m_cs, batch.sizes[i]))
+                             : emit_cluster(batch.vclusters[i], in);
         if (!r) return r;
     }
     return {};
@@ -308,6 +361,47 @@ Result<void> Qcow2Writer::emit_cluster(std::uint64_t vcluster, std::span<const s
     const std::uint64_t host = align_up(m_out.pos(), m_cs);
     if (auto r = set_l2(vcluster, host | k_copied); !r) return r;
     return append_cluster(data);
+}
+
+// Whole data clusters for vclusters vcluster.. (no slot, no copy): each run
+// of non-zero clusters that lands under one L2 table and one refcount block
+// goes out as one write from the caller's memory.
+Result<void> Qcow2Writer::emit_clusters(std::uint64_t vcluster, std::span<const std::byte> data) {
+    const std::uint64_t count = data.size() / m_cs;
+    auto cluster = [&](std::uint64_t k) { return data.subspan(k * m_cs, m_cs); };
+    for (std::uint64_t i = 0; i < count;) {
+        if (is_zero(cluster(i))) {  // stays unallocated
+            ++i;
+            continue;
+        }
+        if (!m_direct) {  // clusters smaller than the volume's blocks
+            if (auto r = emit_cluster(vcluster + i, cluster(i)); !r) return r;
+            ++i;
+            continue;
+        }
+        // Switching L2 tables and rotating refcount blocks append metadata:
+        // both happen before the run's place is chosen.
+        if (auto r = set_l2(vcluster + i, 0); !r) return r;
+        std::uint64_t host = align_up(m_out.pos(), m_cs);
+        while ((host >> m_bits) >= m_window_start + m_refs_per_block) {
+            if (auto r = rotate_window(); !r) return r;
+            host = align_up(m_out.pos(), m_cs);
+        }
+        const std::uint64_t table_end = ((vcluster + i) / m_l2_entries + 1) * m_l2_entries;
+        const std::uint64_t window_end = m_window_start + m_refs_per_block;
+        std::uint64_t n = 1;
+        while (i + n < count && vcluster + i + n < table_end && (host >> m_bits) + n < window_end &&
+               !is_zero(cluster(i + n)))
+            ++n;
+        for (std::uint64_t k = 0; k < n; ++k) {
+            m_l2[(vcluster + i + k) % m_l2_entries] = (host + k * m_cs) | k_copied;
+            ++m_window[(host >> m_bits) + k - m_window_start];
+        }
+        if (auto r = m_out.write_through(host, data.subspan(i * m_cs, n * m_cs)); !r)
+            return fail(io(r.error(), "write"));
+        i += n;
+    }
+    return {};
 }
 
 Result<void> Qcow2Writer::emit_compressed(std::uint64_t vcluster, std::span<const std::byte> data) {

@@ -75,14 +75,14 @@ std::vector<std::byte> expected_image(std::uint64_t size) {
     return img;
 }
 
-void write_layout(ImageWriter& w, std::uint64_t size) {
+void write_layout(ImageWriter& w, std::uint64_t size, std::uint64_t request = 65536) {
     for (const auto& p : layout(size)) {
         if (p.data) {
-            // In 64 KiB requests like the pipeline's, crossing cluster boundaries.
-            for (std::uint64_t o = 0; o < p.length; o += 65536) {
+            // In requests like the pipeline's, crossing cluster boundaries.
+            for (std::uint64_t o = 0; o < p.length; o += request) {
                 auto whole = block_content(p.offset, p.length, 7);
                 ASSERT_TRUE(w.write(
-                    std::span(whole).subspan(o, std::min<std::uint64_t>(65536, p.length - o)),
+                    std::span(whole).subspan(o, std::min<std::uint64_t>(request, p.length - o)),
                     p.offset + o));
             }
         } else {
@@ -162,6 +162,7 @@ std::unique_ptr<ImageWriter> new_writer(Pool& pool, const std::string& name, std
 struct Mode {
     const char* name;
     Qcow2WriteOptions options;
+    std::uint64_t request = 65536;  // bytes per write() call
 };
 
 class Qcow2RoundTrip : public ::testing::TestWithParam<Mode> {};
@@ -170,7 +171,7 @@ TEST_P(Qcow2RoundTrip, ReaderSeesWhatTheWriterWasGiven) {
     const std::uint64_t size = 64ull << 20;
     auto pool = make_mem_pool(1ull << 34);
     auto w = new_writer(*pool, "a.qcow2", size, GetParam().options);
-    write_layout(*w, size);
+    write_layout(*w, size, GetParam().request);
     w.reset();
     auto r = open_image(*pool, "a.qcow2");
     ASSERT_TRUE(r) << r.error().message;
@@ -212,9 +213,44 @@ INSTANTIATE_TEST_SUITE_P(
         Mode{"zstd", opts(65536, true, Qcow2Compression::zstd)},
         // 512-byte clusters: a refcount block covers 128 KiB, so many are rotated out.
         Mode{"tiny_clusters", opts(512, false)}, Mode{"tiny_zlib", opts(512, true)},
+        // Writes of many whole clusters go out in runs straight from the
+        // caller's memory; with 512-byte clusters the runs cross L2 tables
+        // (32 KiB each) and refcount blocks (128 KiB) inside one write.
+        Mode{"plain_big_writes", opts(65536, false), 1u << 20},
+        Mode{"tiny_big_writes", opts(512, false), 1u << 20},
         Mode{"big_clusters", opts(2u << 20, true)},
         Mode{"prealloc", opts(65536, false, Qcow2Compression::zlib, Qcow2Preallocation::metadata)}),
     [](const auto& info) { return std::string(info.param.name); });
+
+TEST(Qcow2Writer, WholeZeroClustersInsideAWriteStayUnallocated) {
+    const std::uint64_t cs = 65536, size = 1 << 20;
+    auto pool = make_mem_pool(1ull << 30);
+    auto w = new_writer(*pool, "a.qcow2", size, Qcow2WriteOptions{});
+    // Clusters 1..4 in one write: data, zeroes, data, data.
+    std::vector<std::byte> data(4 * cs);
+    auto content = block_content(0, 4 * cs, 3);
+    std::memcpy(data.data(), content.data(), cs);
+    std::memcpy(data.data() + 2 * cs, content.data() + 2 * cs, 2 * cs);
+    ASSERT_TRUE(w->write(data, cs));
+    ASSERT_TRUE(w->finish());
+    w.reset();
+    auto r = open_image(*pool, "a.qcow2");
+    ASSERT_TRUE(r) << r.error().message;
+    std::vector<std::byte> want(size);
+    std::memcpy(want.data() + cs, data.data(), data.size());
+    EXPECT_TRUE(read_all(**r) == want);
+    auto map = (*r)->map(0, size);
+    ASSERT_TRUE(map);
+    std::uint64_t allocated = 0;
+    for (const auto& range : *map)
+        if (range.kind == RangeKind::data) {
+            allocated += range.length;
+            EXPECT_TRUE(range.offset + range.length <= 2 * cs || range.offset >= 3 * cs)
+                << "zero cluster 2 was allocated";
+        }
+    EXPECT_EQ(allocated, 3 * cs);
+    audit_refcounts(volume_bytes(*pool, "a.qcow2"));
+}
 
 TEST(Qcow2Writer, RejectsOutOfOrderWritesAndBadOptions) {
     auto pool = make_mem_pool(1ull << 30);
