@@ -204,6 +204,9 @@ Result<void> DiskMove::attach_target() {
     node_options.node_prefix = m_names.prefix;
     auto chain = m_plan.pool->describe_for_qemu(m_plan.volume, node_options);
     if (!chain) return fail(chain.error().with_context("describe target for QEMU"));
+    // A LUN may be larger than the disk, and a mirror needs equal sizes: the
+    // raw node shows exactly the disk's size (QEMU's raw "size" option).
+    if (m_plan.format == pools::ImageFormat::raw) chain->format["size"] = m_source.virtual_size;
     auto target = m_plan.network ? mirror::Target::hop(std::move(*chain), target_url(), m_hop_dir,
                                                        m_options.qemu_dir)
                                  : mirror::Target::volume(std::move(*chain), target_url());

@@ -317,13 +317,17 @@ class MoveRun {
     }
 
     // Removes the journal when nothing of the job is left to recover;
-    // otherwise says which command finishes the job.
+    // otherwise names what was left behind and which command finishes the job.
     Error end_job(Error error) {
         if (!m_journal) return error;
         if (!m_journal->job().needs_recovery()) {
             (void)m_journal->remove();
             return error;
         }
+        for (const auto& r : m_journal->job().records)
+            if (r.state == jobs::RecordState::left_behind && !r.note.empty() &&
+                !error.message.empty() && error.message.find(r.note) == std::string::npos)
+                error.message += "; " + r.note;
         if (!error.message.empty() && error.message.find("blockmig recover") == std::string::npos)
             error.message += fmt::format(" (job {} is kept: run `{}`)", m_journal->job().id,
                                          jobs::recover_command(m_jobs_dir, m_journal->job().id));
@@ -485,32 +489,38 @@ class MoveRun {
             }
             paused = false;
         };
+        // The move fails while the guest is paused: a target that stopped
+        // answering can hold QEMU's main loop in a drain (`stop` drains and
+        // flushes every node), so that not even `cont` is heard. Killing the
+        // storage daemons fails their requests at once; the guest is still on
+        // its sources, so the targets are disposable.
+        auto give_up = [&](Error error) -> Result<MoveReport> {
+            for (auto& m : m_moves) m->mirror().kill_hop();
+            resume();
+            rollback_all();
+            return fail(std::move(error));
+        };
         if (m_options.verify) {
             if (auto status = qmp::query_status(m_client); status && status->running) {
-                if (auto r = qmp::stop(m_client); !r) {
-                    rollback_all();
-                    return fail(r.error().with_context("verify: pause guest"));
-                }
+                // Paused from the moment `stop` is sent: its reply may never
+                // come (a drain stuck on the target), the pause still ends.
                 paused = true;
                 paused_at = SteadyClock::now();
                 m_pause_deadline = paused_at + m_options.verify_timeout;
+                if (auto r = qmp::stop(m_client, pause_left()); !r)
+                    return give_up(r.error().with_context("verify: pause guest"));
             }
-            for (auto& m : m_moves) {
-                if (auto r = m->wait_in_sync(60s); !r) {
-                    resume();
-                    rollback_all();
-                    return fail(r.error());
-                }
-            }
+            for (auto& m : m_moves)
+                if (auto r =
+                        m->wait_in_sync(std::min<std::chrono::milliseconds>(60s, pause_left()));
+                    !r)
+                    return give_up(r.error());
             // `stop` on a paused VM still drains and flushes every node,
             // including the targets' qcow2 metadata.
-            (void)qmp::stop(m_client);
+            if (auto r = qmp::stop(m_client, pause_left()); !r)
+                return give_up(r.error().with_context("verify: flush the targets"));
             if (!m_options.copy_only) {
-                if (auto r = verify_all(); !r) {
-                    resume();
-                    rollback_all();
-                    return fail(r.error());
-                }
+                if (auto r = verify_all(); !r) return give_up(r.error());
             }
         }
         MoveReport report;
@@ -582,6 +592,14 @@ class MoveRun {
             report.disks.push_back(std::move(d));
         }
         return timed(std::move(report));
+    }
+
+    // What is left of the guest's --verify pause (at least 1 ms: a timeout of 0 means none).
+    std::chrono::milliseconds pause_left() const {
+        if (m_pause_deadline == SteadyClock::time_point::max()) return m_options.qmp_timeout;
+        auto left = std::chrono::duration_cast<std::chrono::milliseconds>(m_pause_deadline -
+                                                                          SteadyClock::now());
+        return std::max(left, std::chrono::milliseconds(1));
     }
 
     MoveReport timed(MoveReport report) const {

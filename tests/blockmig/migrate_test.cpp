@@ -509,3 +509,62 @@ TEST_F(MigrateRecover, UnreachableSourceWithIdleDestinationWaits) {
 }
 
 }  // namespace
+
+namespace {
+
+// ---- the journal of a migrate job -----------------------------------------------------
+
+TEST(MigrateJournal, RoundTripsAndNamesBothGuests) {
+    fs::path dir = jobs_test::temp_dir("migrate-journal");
+    jobs::Job job;
+    job.kind = "migrate";
+    job.guest = {"/run/src.qmp", 11, "", "vm1"};
+    jobs::MigrationFacts facts;
+    facts.destination = {"tcp:10.0.0.2:4444", -1, "", "vm1"};
+    facts.dst_addr = "10.0.0.2";
+    facts.keep_source = true;
+    facts.phase = "ram";
+    facts.source_saved = {{"parameters", {{"max-bandwidth", 1}}}};
+    job.migration = facts;
+    auto j = jobs::Journal::create(dir, job);
+    ASSERT_TRUE(j) << j.error().message;
+    ASSERT_TRUE(j->intend({.effect = jobs::EffectKind::migration_started, .name = "tcp:x:1"}));
+
+    auto parsed = jobs::job_from_json(jobs::to_json(j->job()));
+    ASSERT_TRUE(parsed) << parsed.error().message;
+    ASSERT_TRUE(parsed->migration);
+    EXPECT_EQ(parsed->migration->destination.qmp, "tcp:10.0.0.2:4444");
+    EXPECT_EQ(parsed->migration->phase, "ram");
+    EXPECT_TRUE(parsed->migration->keep_source);
+    EXPECT_EQ(parsed->migration->source_saved["parameters"]["max-bandwidth"], 1);
+    EXPECT_EQ(parsed->records.back().effect, jobs::EffectKind::migration_started);
+    EXPECT_TRUE(parsed->needs_recovery());
+    auto exists = jobs::what_exists(*parsed, "");
+    ASSERT_EQ(exists.size(), 1u);
+    EXPECT_NE(exists[0].find("migration to tcp:x:1"), std::string::npos);
+
+    // Its owner gone (lock released): a new job on either guest is refused.
+    { jobs::Journal owner_exits = std::move(*j); }
+    for (const auto& qmp : {"/run/src.qmp", "tcp:10.0.0.2:4444"}) {
+        auto r = jobs::refuse_if_unrecovered(dir, {qmp, -1, "", ""});
+        ASSERT_FALSE(r) << qmp;
+        EXPECT_NE(r.error().message.find("blockmig recover"), std::string::npos);
+    }
+    EXPECT_TRUE(jobs::refuse_if_unrecovered(dir, {"/run/other.qmp", -1, "", ""}));
+    fs::remove_all(dir);
+}
+
+TEST(MigrateJournal, SettledMigrationNeedsNoRecovery) {
+    jobs::Job job;
+    job.kind = "migrate";
+    job.migration = jobs::MigrationFacts{};
+    EXPECT_FALSE(job.needs_recovery()) << "planned, nothing done";
+    job.migration->phase = "configured";
+    EXPECT_TRUE(job.needs_recovery());
+    job.migration->phase = "rolled_back";
+    EXPECT_FALSE(job.needs_recovery());
+    job.migration->phase = "done";
+    EXPECT_FALSE(job.needs_recovery());
+}
+
+}  // namespace

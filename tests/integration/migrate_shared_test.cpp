@@ -7,7 +7,10 @@
 // - the destination QEMU killed during the RAM phase: one clear line, the
 //   guest keeps running on A, no journal, the source's settings restored;
 // - blockmig SIGKILLed during the RAM phase: `blockmig jobs` shows it,
-//   `blockmig recover` cancels, the guest keeps running on A.
+//   `blockmig recover` cancels, the guest keeps running on A;
+// - the link pulled during the RAM phase: cancelled (at the latest at
+//   --timeout), the guest keeps running on A;
+// - a destination opening another file: refused before anything is touched.
 // QEMU's monitor serves one client at a time, so while blockmig runs the
 // test watches the journal (`blockmig jobs`), never QMP.
 #include <gtest/gtest.h>
@@ -148,6 +151,44 @@ TEST_F(MigrateShared, DestinationKilledDuringRamLeavesTheGuestOnTheSource) {
             EXPECT_NE(l.find("keeps running on the source"), std::string::npos) << l;
         }
     EXPECT_EQ(errors, 1u) << r.out;
+    expect_guest_on_source();
+}
+
+TEST_F(MigrateShared, LinkDownDuringRamIsCancelled) {
+    BackgroundCli cli(migrate_args({"--bandwidth", "2", "--timeout", "20"}),
+                      src->qmp_socket().string());
+    ASSERT_TRUE(wait_for_ram_phase(60s));
+    std::this_thread::sleep_for(1s);
+    hosts->set_link(false);
+    const auto cut = Clock::now();
+    ASSERT_TRUE(cli.wait(90s)) << "blockmig ends within its timeout plus a bounded cancel";
+    const auto& r = cli.result();
+    EXPECT_EQ(r.status, 1) << r.out;
+    EXPECT_NE(r.out.find("blockmig: error: migrate failed in phase ram"), std::string::npos)
+        << r.out;
+    EXPECT_NE(r.out.find("keeps running on the source"), std::string::npos) << r.out;
+    // At the latest: the rest of --timeout, then a cancel that does not wait on the dead link.
+    EXPECT_LT(cli.finished() - cut, 30s) << r.out;
+    std::cerr << "link down -> blockmig ended: "
+              << std::chrono::duration_cast<std::chrono::milliseconds>(cli.finished() - cut).count()
+              << " ms\n"
+              << r.out;
+    expect_guest_on_source();
+}
+
+TEST_F(MigrateShared, DestinationOnAnotherFileIsRefusedUntouched) {
+    // A destination whose disk is a copy, not the shared file.
+    dst.reset();
+    const fs::path copy = dir / "copy.raw";
+    blockmig::lab::run_ok({"truncate", "-s", "64M", copy.string()});
+    GuestConfig other = config;
+    other.disks[0].path = copy;
+    dst = std::make_unique<Guest>(blockmig::lab::incoming_config(other, hosts->ns_b()));
+    auto r = blockmig_cli(migrate_args());
+    EXPECT_EQ(r.status, 1) << r.out;
+    EXPECT_NE(r.out.find("different files"), std::string::npos) << r.out;
+    EXPECT_EQ(qmp_return(*dst, R"({"execute":"query-status"})")["status"], "inmigrate");
+    EXPECT_EQ(qmp_return(*src, R"({"execute":"query-migrate"})").value("status", "none"), "none");
     expect_guest_on_source();
 }
 

@@ -1,7 +1,8 @@
-// Targets of one run are chosen together: two raw disks moved into one iSCSI
-// pool land on two LUNs (a raw target writes nothing before the mirror, so
-// both LUNs read as unused when they are chosen), and device ids that share
-// a long prefix (virtio-disk10 / virtio-disk11) get distinct nodes and jobs.
+// Targets of one run are chosen together: two disks moved into one iSCSI
+// pool land on two LUNs, as raw (a raw target writes nothing before the
+// mirror, so both LUNs read as unused when they are chosen) and as qcow2
+// (through the NBD hop), and device ids that share a long prefix
+// (virtio-disk10 / virtio-disk11) get distinct nodes and jobs.
 #include <gtest/gtest.h>
 
 #include <regex>
@@ -21,10 +22,14 @@ int lun_of(const std::string& file) {
     return std::regex_search(file, m, lun) ? std::stoi(m[1]) : -1;
 }
 
-TEST(MoveDistinct, TwoDisksIntoOneIscsiPoolLandOnTwoLuns) {
+class MoveDistinct : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(MoveDistinct, TwoDisksIntoOneIscsiPoolLandOnTwoLuns) {
     LAB_REQUIRE();
+    const std::string format = GetParam();
     blockmig::lab::TempDir dir("distinct");
-    IscsiTarget iscsi(64 * k_mib, 2);
+    // Room for a qcow2 target's metadata beyond the 64 MiB disk.
+    IscsiTarget iscsi(80 * k_mib, 2);
     const fs::path a = dir / "a.raw", b = dir / "b.raw";
     blockmig::lab::run_ok({"qemu-img", "create", "-q", "-f", "raw", a.string(), "64M"});
     blockmig::lab::run_ok({"qemu-img", "create", "-q", "-f", "raw", b.string(), "64M"});
@@ -34,7 +39,7 @@ TEST(MoveDistinct, TwoDisksIntoOneIscsiPoolLandOnTwoLuns) {
     ASSERT_TRUE(guest.wait_for_ack("vdb", 1, 120s)) << guest.console();
 
     auto r = blockmig_cli({"move", "--qmp", guest.qmp_socket().string(), "--all-disks", "--to",
-                           iscsi.base_url(), "--format", "raw", "--state-dir",
+                           iscsi.base_url(), "--format", format, "--state-dir",
                            (dir / "jobs").string(), "--timeout", "200"});
     ASSERT_EQ(r.status, 0) << r.out;
     const std::string f10 = device_file(guest, "virtio-disk10");
@@ -49,10 +54,13 @@ TEST(MoveDistinct, TwoDisksIntoOneIscsiPoolLandOnTwoLuns) {
     guest.pause();
     for (auto [dev, lun] : {std::pair{"vda", l10}, std::pair{"vdb", l11}}) {
         auto v =
-            blockmig::lab::verify_image(iscsi.lun_url(lun), "raw", k_blocks, guest.last_ack(dev));
+            blockmig::lab::verify_image(iscsi.lun_url(lun), format, k_blocks, guest.last_ack(dev));
         EXPECT_TRUE(v.intact()) << dev << ": " << v.output;
     }
     guest.resume();
 }
+
+INSTANTIATE_TEST_SUITE_P(Formats, MoveDistinct, ::testing::Values("raw", "qcow2"),
+                         [](const auto& info) { return info.param; });
 
 }  // namespace

@@ -4,6 +4,7 @@
 #
 #   hosts.sh up   NAME [RATE]     RATE as tc understands it, e.g. 100mbit
 #   hosts.sh down NAME
+#   hosts.sh link NAME up|down    the link between them (a cable pulled, and back)
 #
 # The addresses exist only inside the namespaces this script creates, so
 # several pairs (distinct NAMEs) can coexist. netem is not available on these
@@ -27,6 +28,13 @@ up)
   fi
   echo "$a 10.77.0.1 $b 10.77.0.2"
   ;;
+link)
+  for ns in "$a" "$b"; do
+    for dev in $(ip -n "$ns" -o link show type veth | awk -F'[:@ ]+' '{print $2}'); do
+      ip -n "$ns" link set dev "$dev" "$3"
+    done
+  done
+  ;;
 down)
   # processes still inside would keep the namespace alive: stop them first
   for ns in "$a" "$b"; do
@@ -35,5 +43,5 @@ down)
     ip netns del "$ns" 2>/dev/null || true
   done
   ;;
-*) echo "usage: hosts.sh up|down NAME [RATE]" >&2; exit 2 ;;
+*) echo "usage: hosts.sh up|down|link NAME [RATE|up|down]" >&2; exit 2 ;;
 esac

@@ -5,10 +5,12 @@
 #include <signal.h>
 #include <sys/file.h>
 #include <sys/socket.h>
+#include <sys/time.h>
 #include <sys/un.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cstdlib>
 #include <cstring>
@@ -246,6 +248,10 @@ HostPair::HostPair(const std::string& rate) {
 
 HostPair::~HostPair() { run({script("hosts.sh"), "down", m_name}); }
 
+void HostPair::set_link(bool up) {
+    run_ok({script("hosts.sh"), "link", m_name, up ? "up" : "down"});
+}
+
 // ---- guest -----------------------------------------------------------------
 
 Guest::Guest(GuestConfig config) : m_config(std::move(config)), m_qmp(m_dir / "qmp.sock") {
@@ -393,6 +399,12 @@ std::chrono::milliseconds Guest::max_heartbeat_gap(Clock::time_point since) cons
     return std::chrono::duration_cast<std::chrono::milliseconds>(worst);
 }
 
+std::size_t Guest::heartbeats_since(Clock::time_point since) const {
+    std::lock_guard lock(m_mutex);
+    return static_cast<std::size_t>(std::count_if(m_heartbeats.begin(), m_heartbeats.end(),
+                                                  [&](auto t) { return t >= since; }));
+}
+
 std::string Guest::console() const {
     std::lock_guard lock(m_mutex);
     std::string out;
@@ -409,6 +421,10 @@ std::string Guest::qmp(const std::string& command_json) {
         close(s);
         die("connect " + m_qmp.string() + ": " + std::strerror(errno));
     }
+    // A QEMU whose main loop is stuck (a drain on dead storage) accepts the
+    // connection but never answers: fail the test instead of hanging it.
+    timeval limit{.tv_sec = 60, .tv_usec = 0};
+    setsockopt(s, SOL_SOCKET, SO_RCVTIMEO, &limit, sizeof limit);
     std::string buffer;
     auto read_line = [&]() -> std::string {
         for (;;) {
@@ -419,7 +435,15 @@ std::string Guest::qmp(const std::string& command_json) {
             }
             char buf[4096];
             ssize_t n = read(s, buf, sizeof buf);
-            if (n <= 0) die("QMP connection closed");
+            if (n < 0 && errno == EINTR) continue;
+            if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+                close(s);
+                die("QMP " + command_json + ": no answer within 60 s");
+            }
+            if (n <= 0) {
+                close(s);
+                die("QMP connection closed");
+            }
             buffer.append(buf, static_cast<size_t>(n));
         }
     };

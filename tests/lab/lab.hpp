@@ -144,6 +144,8 @@ class HostPair {
 
     const std::string& ns_a() const { return m_a; }
     const std::string& ns_b() const { return m_b; }
+    // Takes the link between the two hosts down (a pulled cable) or up again.
+    void set_link(bool up);
     static constexpr const char* k_addr_a = "10.77.0.1";
     static constexpr const char* k_addr_b = "10.77.0.2";
 
@@ -197,6 +199,8 @@ class Guest {
     std::optional<Ack> last_ack(const std::string& dev) const;
     // Longest gap between consecutive heartbeat lines (any disk) that arrived after `since`.
     std::chrono::milliseconds max_heartbeat_gap(Clock::time_point since) const;
+    // Heartbeat lines that arrived after `since`.
+    std::size_t heartbeats_since(Clock::time_point since) const;
     std::string console() const;
 
     // Sends one QMP command (raw JSON object text) and returns the reply line.
