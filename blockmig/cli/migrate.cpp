@@ -25,6 +25,7 @@ struct MigrateArgs {
     int max_downtime_ms = 300;
     int timeout_s = 0;
     bool keep_source = false;
+    bool unsafe = false;
     std::string state_dir;
 };
 
@@ -59,6 +60,7 @@ Result<void> run_migrate_command(const MigrateArgs& args, const GlobalOptions& g
     o.max_downtime = std::chrono::milliseconds(args.max_downtime_ms);
     o.timeout = std::chrono::seconds(args.timeout_s);
     o.keep_source = args.keep_source;
+    o.unsafe = args.unsafe;
     o.jobs_dir = args.state_dir;
     auto src = connect(args.src_qmp, "source", o, globals);
     if (!src) return fail(src.error());
@@ -129,6 +131,8 @@ void add_migrate_command(CLI::App& app, Dispatch& dispatch) {
         ->check(CLI::NonNegativeNumber);
     cmd->add_flag("--keep-source", args->keep_source,
                   "leave the paused source QEMU running instead of quitting it");
+    cmd->add_flag("--unsafe", args->unsafe,
+                  "allow shared disks opened with a host cache (cache mode other than none)");
     add_state_dir_option(*cmd, args->state_dir);
     cmd->callback([args, &dispatch] {
         if (args->dst_addr.empty()) args->dst_addr = "127.0.0.1";

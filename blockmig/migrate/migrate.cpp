@@ -77,7 +77,8 @@ class Run {
         for (const auto* side : {&*src, &*dst})
             if (auto r = jobs::refuse_if_unrecovered(jobs_dir(), side->identity); !r)
                 return fail(r.error());
-        if (auto r = migrate::check(*src, *dst, m_o.copy_storage); !r) return fail(r.error());
+        if (auto r = migrate::check(*src, *dst, m_o.copy_storage, m_o.unsafe); !r)
+            return fail(r.error());
         return std::pair{std::move(*src), std::move(*dst)};
     }
 

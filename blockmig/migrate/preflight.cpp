@@ -53,6 +53,28 @@ Result<void> gather_devices(qmp::Client& client, SideFacts& f, qmp::Milliseconds
     return {};
 }
 
+bool is_protocol_driver(std::string_view driver) {
+    for (std::string_view d :
+         {"file", "host_device", "nfs", "iscsi", "rbd", "nbd", "ssh", "gluster", "http", "https"})
+        if (driver == d) return true;
+    return false;
+}
+
+// Guest data reaches storage through the protocol node: a -blockdev format
+// node may say cache.direct=off over a cache.direct=on file node, and the
+// other way round. Any protocol node not bypassing the host cache decides.
+std::string storage_cache_mode(const qmp::BlockNodeInfo& top,
+                               const std::vector<qmp::BlockNodeInfo>& nodes) {
+    std::string mode;
+    for (const auto& n : nodes) {
+        if (n.node_name == top.node_name || n.file != top.file || !is_protocol_driver(n.driver))
+            continue;
+        if (mode.empty() || (n.cache_mode != "none" && n.cache_mode != "directsync"))
+            mode = n.cache_mode;
+    }
+    return mode.empty() ? top.cache_mode : mode;
+}
+
 }  // namespace
 
 bool is_network_filename(std::string_view filename) {
@@ -83,11 +105,17 @@ Result<SideFacts> gather(qmp::Client& client, std::string_view address, std::str
     if (auto r = gather_devices(client, f, timeout); !r) return ctx(r.error());
     auto blocks = qmp::query_block(client, timeout);
     if (!blocks) return ctx(blocks.error());
+    auto nodes = qmp::query_named_block_nodes(client, true, timeout);
+    if (!nodes) return ctx(nodes.error());
     for (const auto& b : *blocks) {
         if (!b.inserted) continue;  // an empty drive has nothing to share
-        f.disks.push_back(
-            {device_id(b), b.inserted->file, identity_of(b.inserted->file, client.peer_pid())});
+        f.disks.push_back({device_id(b), b.inserted->file,
+                           identity_of(b.inserted->file, client.peer_pid()),
+                           storage_cache_mode(*b.inserted, *nodes)});
     }
+    auto version = qmp::query_version(client, timeout);
+    if (!version) return ctx(version.error());
+    f.version = version->major * 10000 + version->minor * 100 + version->micro;
     auto jobs = qmp::query_block_jobs(client, timeout);
     if (!jobs) return ctx(jobs.error());
     for (const auto& j : *jobs) f.block_jobs.push_back(j.id);
@@ -101,6 +129,10 @@ namespace {
 
 std::unexpected<Error> refuse(std::string text) {
     return fail(ErrorCode::invalid_state, "migrate pre-flight: " + std::move(text));
+}
+
+std::string version_text(int v) {
+    return fmt::format("{}.{}.{}", v / 10000, v / 100 % 100, v % 100);
 }
 
 std::string describe(const std::set<std::pair<std::string, std::string>>& devices) {
@@ -134,8 +166,22 @@ Result<void> check_same_volume(const DiskFacts& s, const DiskFacts& d) {
     return {};
 }
 
-Result<void> check_disks(const SideFacts& src, const SideFacts& dst, CopyStorage copy_storage) {
+Result<void> check_disks(const SideFacts& src, const SideFacts& dst, CopyStorage copy_storage,
+                         bool unsafe) {
     for (const auto& s : src.disks) {
+        // Shared storage opened by two hosts: a host page cache on either
+        // side could hand the destination stale data (libvirt's "unsafe
+        // migration" check).
+        if (copy_storage == CopyStorage::none && !unsafe)
+            for (const auto* side : {&src, &dst})
+                for (const auto& d : side->disks)
+                    if (d.device == s.device && d.cache_mode != "none" &&
+                        d.cache_mode != "directsync")
+                        return refuse(fmt::format(
+                            "disk {}: the {} opens it with cache mode {}; shared storage needs "
+                            "cache=none (cache.direct=on) on both sides, or --unsafe",
+                            s.device, side == &src ? "source" : "destination",
+                            d.cache_mode.empty() ? "unknown" : d.cache_mode));
         auto it = std::find_if(dst.disks.begin(), dst.disks.end(),
                                [&](const DiskFacts& d) { return d.device == s.device; });
         if (it == dst.disks.end())
@@ -158,7 +204,8 @@ Result<void> check_disks(const SideFacts& src, const SideFacts& dst, CopyStorage
 
 }  // namespace
 
-Result<void> check(const SideFacts& src, const SideFacts& dst, CopyStorage copy_storage) {
+Result<void> check(const SideFacts& src, const SideFacts& dst, CopyStorage copy_storage,
+                   bool unsafe) {
     if (src.identity.same_guest(dst.identity))
         return refuse(fmt::format("{} and {} are the same QEMU", src.address, dst.address));
     if (src.run_state != "running")
@@ -176,6 +223,11 @@ Result<void> check(const SideFacts& src, const SideFacts& dst, CopyStorage copy_
     if (!src.block_jobs.empty())
         return refuse(fmt::format("the source has a block job running ({}); wait for it or end it",
                                   src.block_jobs.front()));
+    if (dst.version < src.version)
+        return refuse(
+            fmt::format("the destination QEMU ({}) is older than the source ({}); "
+                        "migration only goes to the same or a newer QEMU",
+                        version_text(dst.version), version_text(src.version)));
     if (src.machine_type != dst.machine_type)
         return refuse(fmt::format("machine types differ: source {}, destination {}",
                                   src.machine_type, dst.machine_type));
@@ -190,7 +242,7 @@ Result<void> check(const SideFacts& src, const SideFacts& dst, CopyStorage copy_
             if (!side->capabilities.contains(cap))
                 return refuse(
                     fmt::format("{} lacks the migration capability {}", side->address, cap));
-    return check_disks(src, dst, copy_storage);
+    return check_disks(src, dst, copy_storage, unsafe);
 }
 
 }  // namespace blockmig::migrate

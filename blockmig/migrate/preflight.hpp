@@ -30,6 +30,10 @@ struct DiskFacts {
     // The file behind a local filename, as that QEMU process sees it
     // (/proc/PID/root + its cwd); nullopt when not local or not known.
     std::optional<FileIdentity> identity;
+    // The host cache mode of the node that touches storage ("none",
+    // "directsync", "writeback", ...): the protocol node under the
+    // device's node when QEMU lists one with the same filename.
+    std::string cache_mode;
 };
 
 struct SideFacts {
@@ -43,6 +47,7 @@ struct SideFacts {
     std::vector<DiskFacts> disks;
     std::vector<std::string> block_jobs;
     std::set<std::string> capabilities;  // migration capabilities this QEMU knows
+    int version = 0;                     // major * 10000 + minor * 100 + micro
 };
 
 // Queries only. Errors: those of the QMP calls, with the side named.
@@ -55,6 +60,8 @@ bool is_network_filename(std::string_view filename);
 
 // Pure: the first reason the migration may not start, as one line
 // (invalid_state / invalid_argument), or success.
-Result<void> check(const SideFacts& src, const SideFacts& dst, CopyStorage copy_storage);
+// `unsafe` allows shared disks whose host cache is not bypassed.
+Result<void> check(const SideFacts& src, const SideFacts& dst, CopyStorage copy_storage,
+                   bool unsafe = false);
 
 }  // namespace blockmig::migrate

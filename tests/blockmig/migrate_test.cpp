@@ -100,12 +100,16 @@ struct FakeSide {
                        {"ro", false},
                        {"encrypted", false},
                        {"file", file},
+                       {"cache", {{"writeback", true}, {"direct", true}, {"no-flush", false}}},
                        {"backing_file_depth", 0},
                        {"image",
                         {{"filename", file}, {"format", "raw"}, {"virtual-size", 4096}}}}}});
             return reply(out);
         }
         if (cmd == "query-block-jobs") return reply(json::array());
+        if (cmd == "query-named-block-nodes") return reply(json::array());
+        if (cmd == "query-version")
+            return reply({{"qemu", {{"major", 7}, {"minor", 2}, {"micro", 0}}}, {"package", ""}});
         if (cmd == "query-migrate-capabilities") {
             json out = json::array();
             for (auto& [c, on] : caps) out.push_back({{"capability", c}, {"state", on}});
@@ -326,7 +330,8 @@ migrate::SideFacts side(std::string address, int pid, std::string state) {
     f.machine_type = "pc-q35-7.2-machine";
     f.memory = 1 << 30;
     f.devices = {{"disk0", "child<virtio-blk-pci>"}};
-    f.disks = {{"disk0", "/shared/vm.raw", migrate::FileIdentity{1, 2}}};
+    f.disks = {{"disk0", "/shared/vm.raw", migrate::FileIdentity{1, 2}, "none"}};
+    f.version = 70200;
     f.capabilities = {"events", "pause-before-switchover"};
     return f;
 }
@@ -382,11 +387,26 @@ TEST_F(Preflight, RefusesDifferentFilesAndUnprovableOnes) {
 }
 
 TEST_F(Preflight, NetworkVolumesMatchByUrl) {
-    src.disks[0] = {"disk0", "nfs://10.0.0.5/export/vm.qcow2", std::nullopt};
+    src.disks[0] = {"disk0", "nfs://10.0.0.5/export/vm.qcow2", std::nullopt, "none"};
     dst.disks[0] = src.disks[0];
     EXPECT_EQ(refusal(), "");
     dst.disks[0].filename = "nfs://10.0.0.6/export/vm.qcow2";
     EXPECT_NE(refusal().find("both must open the same volume"), std::string::npos);
+}
+
+TEST_F(Preflight, RefusesAnOlderDestinationQemu) {
+    src.version = 100000;
+    EXPECT_NE(refusal().find("the destination QEMU (7.2.0) is older than the source (10.0.0)"),
+              std::string::npos)
+        << refusal();
+}
+
+TEST_F(Preflight, RefusesAHostCacheOnSharedStorageUnlessUnsafe) {
+    dst.disks[0].cache_mode = "writeback";
+    EXPECT_NE(refusal().find("the destination opens it with cache mode writeback"),
+              std::string::npos)
+        << refusal();
+    EXPECT_TRUE(migrate::check(src, dst, CopyStorage::none, /*unsafe=*/true));
 }
 
 TEST_F(Preflight, RefusesAMissingCapability) {

@@ -19,10 +19,10 @@ GuestConfig nfs_guest(const std::string& path) {
     return GuestConfig{
         .extra_args = {"-blockdev",
                        "driver=nfs,node-name=disk0-nfs,server.type=inet,server.host=127.0.0.1,"
-                       "path=" +
+                       "cache.direct=on,path=" +
                            path,
-                       "-blockdev", "driver=raw,node-name=disk0-fmt,file=disk0-nfs", "-device",
-                       "virtio-blk-pci,drive=disk0-fmt,id=disk0"},
+                       "-blockdev", "driver=raw,node-name=disk0-fmt,file=disk0-nfs,cache.direct=on",
+                       "-device", "virtio-blk-pci,drive=disk0-fmt,id=disk0"},
         .stamp_blocks = k_blocks};
 }
 

@@ -43,6 +43,7 @@ struct MigrateOptions {
     std::chrono::milliseconds max_downtime{300};
     std::chrono::seconds timeout{0};  // whole migration; 0 = none
     bool keep_source = false;         // leave the paused source QEMU instead of quitting it
+    bool unsafe = false;              // allow shared disks whose host cache is not bypassed
     std::filesystem::path jobs_dir;   // journals; default jobs::default_state_dir()
     std::chrono::milliseconds qmp_timeout{30'000};  // deadline of each QMP call
     // How long the switchover (migrate-continue -> completed on both sides) may take.
