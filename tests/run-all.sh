@@ -2,7 +2,7 @@
 # Installs what blockmig needs, builds it twice and runs the whole test suite:
 #   1. g++ with -Werror: unit tests, then integration tests against a real
 #      QEMU guest, nfs-ganesha, tgtd and network namespaces (label integration);
-#      the move tests once more on QEMU 10.0; examples/demo.sh on an empty cache;
+#      the move and migrate tests once more on QEMU 10.0; examples/demo.sh on an empty cache;
 #   2. clang 16 with AddressSanitizer + UndefinedBehaviorSanitizer and
 #      libFuzzer: unit tests and a short run of every fuzz target (label fuzz).
 # Needs root (namespaces, NFS, iSCSI). Exits non-zero if anything fails.
@@ -17,10 +17,10 @@ cmake -S . -B build -DBLOCKMIG_WERROR=ON
 cmake --build build -j"$jobs"
 ctest --test-dir build --output-on-failure -j2 --timeout 900
 
-# The move tests again on QEMU 10.0 (Debian 13's version, unpacked from
+# The move and migrate tests again on QEMU 10.0 (Debian 13's version, unpacked from
 # bookworm-backports into the lab cache by tests/lab/fetch-qemu10.sh): the
 # same code must work on both, and 10.0 switches copy-mode in place.
-BLOCKMIG_QEMU=10 ctest --test-dir build --output-on-failure -j2 --timeout 900 -R '^Move'
+BLOCKMIG_QEMU=10 ctest --test-dir build --output-on-failure -j2 --timeout 900 -R '^(Move|Migrate)'
 
 # The README's first command as a newcomer runs it: an empty lab cache, so the
 # guest is built from scratch. It must PASS and show real progress and a summary.
