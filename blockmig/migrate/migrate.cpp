@@ -260,13 +260,15 @@ class Run {
     // journaled, then migrate-continue sends the final state.
     std::optional<Failure> switchover() {
         auto sub = m_src.subscribe("MIGRATION");
-        if (auto r = phase("switchover", "switching over"); !r)
-            return Failure{"switchover", r.error().message};
+        // The guest is paused from here until the destination runs: only the
+        // barrier's intent (one durable write) stands before migrate-continue.
         if (auto r = effect(
                 EffectKind::switchover_sent, "migrate-continue",
                 [&] { return qmp::migrate_continue(m_src, "pre-switchover", m_o.qmp_timeout); });
             !r)
             return Failure{"switchover", "migrate-continue: " + r.error().message};
+        if (auto r = phase("switchover", "switching over"); !r)
+            return Failure{"switchover", r.error().message};
         auto done = sub.wait(
             [](const qmp::Event& e) {
                 const std::string s = e.data.value("status", "");

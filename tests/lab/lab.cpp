@@ -405,6 +405,18 @@ std::size_t Guest::heartbeats_since(Clock::time_point since) const {
                                                   [&](auto t) { return t >= since; }));
 }
 
+std::optional<Clock::time_point> Guest::first_heartbeat() const {
+    std::lock_guard lock(m_mutex);
+    if (m_heartbeats.empty()) return std::nullopt;
+    return m_heartbeats.front();
+}
+
+std::optional<Clock::time_point> Guest::last_heartbeat() const {
+    std::lock_guard lock(m_mutex);
+    if (m_heartbeats.empty()) return std::nullopt;
+    return m_heartbeats.back();
+}
+
 std::string Guest::console() const {
     std::lock_guard lock(m_mutex);
     std::string out;

@@ -201,6 +201,11 @@ class Guest {
     std::chrono::milliseconds max_heartbeat_gap(Clock::time_point since) const;
     // Heartbeat lines that arrived after `since`.
     std::size_t heartbeats_since(Clock::time_point since) const;
+    // Host arrival times of the first / last heartbeat line (nullopt: none yet);
+    // across a migration, the destination's first minus the source's last is
+    // the pause the guest saw.
+    std::optional<Clock::time_point> first_heartbeat() const;
+    std::optional<Clock::time_point> last_heartbeat() const;
     std::string console() const;
 
     // Sends one QMP command (raw JSON object text) and returns the reply line.
