@@ -284,6 +284,15 @@ class Run {
 
     void record_stats() {
         auto info = qmp::query_migrate(m_src, m_o.qmp_timeout);
+        // QEMU emits MIGRATION "completed" before its migration thread fills
+        // in the final times (migration_calculate_complete): a query right
+        // after the event can read downtime 0. A short, bounded re-read.
+        for (int i = 0;
+             i < 10 && info && info->status == "completed" && info->downtime_ms.value_or(0) == 0;
+             ++i) {
+            m_o.clock->sleep_for(std::chrono::milliseconds(20));
+            info = qmp::query_migrate(m_src, m_o.qmp_timeout);
+        }
         if (!info) return;
         m_report.downtime_ms = info->downtime_ms.value_or(-1);
         if (info->ram) {
