@@ -11,8 +11,10 @@
 //                       its 512 MiB range, each refcount block once the
 //                       allocation moves past the clusters it covers
 //   at the end          L1 table, refcount table, the last refcount block
-// Memory: one L2 table, one refcount block and two compression batches,
-// whatever the image size.
+// Memory: one L2 table, one refcount block, a 4 MiB output buffer and two
+// compression batches (or, without compression, one partial cluster: whole
+// clusters are written straight from the caller's buffer), whatever the
+// image size.
 //
 // Metadata preallocation: header, L1, refcount table, refcount blocks, every
 // L2 table, then the data area where virtual cluster v lives at a fixed
