@@ -230,6 +230,7 @@ bool JobDisk::settled(const Job& job) const {
 }
 
 bool Job::needs_recovery() const {
+    if (guest_paused) return true;
     for (const auto& r : records)
         if (r.state == RecordState::left_behind) return true;
     for (const auto& d : disks)
@@ -273,6 +274,7 @@ json to_json(const Job& job) {
                 {"next_seq", job.next_seq},
                 {"disks", disks},
                 {"records", records}};
+    if (job.guest_paused) out["guest_paused"] = true;
     if (const auto& m = job.migration)
         out["migration"] = {{"destination",
                              {{"qmp", m->destination.qmp},
@@ -320,6 +322,7 @@ Result<Job> job_from_json(const json& j) {
         disk.phase = d.value("phase", "planned");
         job.disks.push_back(std::move(disk));
     }
+    job.guest_paused = j.value("guest_paused", false);
     if (const auto m = j.find("migration"); m != j.end() && m->is_object()) {
         MigrationFacts facts;
         const json dst = m->value("destination", json::object());

@@ -129,6 +129,9 @@ struct Job {
     std::vector<Record> records;
     std::uint64_t next_seq = 1;
     std::optional<MigrationFacts> migration;  // kind "migrate"
+    // The job paused the guest (move --verify) and has not resumed it yet:
+    // nobody else would, so recovery resumes it.
+    bool guest_paused = false;
 
     JobDisk* disk(std::string_view id);
     const JobDisk* disk(std::string_view id) const;

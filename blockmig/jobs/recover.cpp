@@ -422,6 +422,11 @@ Result<RecoveryReport> recover_job(Journal& journal, UndoEnv& env, Intent intent
                                    const std::vector<std::string>& only_disks) {
     RecoveryReport report;
     report.job = journal.job().id;
+    // A guest the job paused (move --verify) whose blockmig died: resume it
+    // first, whatever happens to the disks (the pause only guarded a compare).
+    if (journal.job().guest_paused && env.client && qmp::cont(*env.client, env.step_timeout))
+        if (auto r = journal.update([](Job& j) { j.guest_paused = false; }); !r)
+            return fail(r.error());
     std::vector<std::string> disks;
     for (const auto& d : journal.job().disks)
         if (only_disks.empty() ||

@@ -483,7 +483,9 @@ class MoveRun {
         SteadyClock::time_point paused_at;
         auto resume = [&] {
             if (paused) {
-                (void)qmp::cont(m_client);
+                // Once `cont` is heard nothing is left for `recover` to resume.
+                if (qmp::cont(m_client))
+                    (void)m_journal->update([](jobs::Job& j) { j.guest_paused = false; });
                 m_guest_paused += std::chrono::duration_cast<std::chrono::milliseconds>(
                     SteadyClock::now() - paused_at);
             }
@@ -502,6 +504,10 @@ class MoveRun {
         };
         if (m_options.verify) {
             if (auto status = qmp::query_status(m_client); status && status->running) {
+                // Journaled first: if blockmig dies during the pause, `recover`
+                // resumes the guest (nobody else would).
+                if (auto w = m_journal->update([](jobs::Job& j) { j.guest_paused = true; }); !w)
+                    return give_up(w.error());
                 // Paused from the moment `stop` is sent: its reply may never
                 // come (a drain stuck on the target), the pause still ends.
                 paused = true;

@@ -89,6 +89,21 @@ TEST_F(JournalTest, JobRoundTripsThroughJson) {
     EXPECT_EQ(back->guest.uuid, job.guest.uuid);
 }
 
+TEST_F(JournalTest, AGuestTheJobPausedNeedsRecoveryUntilResumed) {
+    Job job = sample();
+    job.id = "0123abce";
+    for (auto& d : job.disks) d.phase = "done";
+    ASSERT_FALSE(job.needs_recovery());
+    job.guest_paused = true;
+    EXPECT_TRUE(job.needs_recovery()) << "only recover would resume the guest";
+    auto back = job_from_json(to_json(job));
+    ASSERT_TRUE(back) << back.error().message;
+    EXPECT_TRUE(back->guest_paused);
+    job.guest_paused = false;
+    EXPECT_FALSE(to_json(job).contains("guest_paused"));
+    EXPECT_FALSE(job_from_json(to_json(job))->guest_paused);
+}
+
 TEST_F(JournalTest, EveryUndoStepKindRoundTrips) {
     for (auto kind : {UndoKind::remove_volume, UndoKind::object_del, UndoKind::blockdev_del,
                       UndoKind::stop_daemon, UndoKind::cancel_job}) {
