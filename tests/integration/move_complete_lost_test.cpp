@@ -4,10 +4,14 @@
 // the disk really is and finish forward — the guest's disk is now the target
 // behind the NBD hop: re-point it at a direct node, stop the daemon, release
 // the old source — and never delete the target. Every block verifies.
+// And blockmig SIGKILLed while --verify has the guest paused: `recover`
+// finishes the job and the guest runs again (nobody else would resume it).
 #include <gtest/gtest.h>
 #include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
+
+#include <iostream>
 
 #include "move_test_util.hpp"
 #include "qmp_events.hpp"
@@ -124,6 +128,50 @@ TEST(MoveCompleteLost, KilledRightAfterBlockJobCompleteIsFinishedForwardByRecove
     EXPECT_LT(guest.max_heartbeat_gap(started), 1000ms);
     auto v = pause_and_verify(guest, iscsi.lun_url(1), "raw", k_blocks);
     EXPECT_TRUE(v.intact()) << v.output;
+}
+
+TEST(MoveCompleteLost, KilledWhileVerifyPausesTheGuestRecoverLeavesItRunning) {
+    LAB_REQUIRE();
+    blockmig::lab::TempDir dir("vkill");
+    const fs::path source = dir / "vm.qcow2", state = dir / "jobs", pool = dir / "pool";
+    fs::create_directories(pool);
+    blockmig::lab::run_ok({"qemu-img", "create", "-q", "-f", "qcow2", source.string(), "64M"});
+    const fs::path watch_socket = dir / "watch.qmp";
+    Guest guest(GuestConfig{.disks = {{"disk0", source, "qcow2"}},
+                            .extra_args = QmpEvents::monitor_args(watch_socket),
+                            .stamp_blocks = k_blocks});
+    ASSERT_TRUE(guest.wait_for_ack("vda", 1, 120s)) << guest.console();
+    QmpEvents events(watch_socket);
+
+    const auto started = Clock::now();
+    pid_t pid = spawn_blockmig({"move", "--qmp", guest.qmp_socket().string(), "--disk", "disk0",
+                                "--to", pool.string(), "--verify", "--state-dir", state.string()});
+    auto paused = events.wait_for("STOP", started, 180s);
+    kill(pid, SIGKILL);
+    int status = 0;
+    waitpid(pid, &status, 0);
+    ASSERT_TRUE(paused) << "the guest was never paused for --verify; events: " << events.names();
+    ASSERT_TRUE(WIFSIGNALED(status)) << "blockmig finished before it could be killed";
+    json listing = jobs_listing(state);
+    ASSERT_EQ(listing["jobs"].size(), 1u) << listing.dump();
+    EXPECT_EQ(listing["jobs"][0]["state"], "needs-recovery") << listing.dump();
+
+    auto r = blockmig_cli({"recover", "--state-dir", state.string(), "--all"});
+    std::cout << r.out;
+    ASSERT_EQ(r.status, 0) << r.out;
+    EXPECT_TRUE(qmp_return(guest, R"({"execute":"query-status"})").value("running", false))
+        << "the guest blockmig paused for --verify is still paused after recover";
+    EXPECT_TRUE(block_jobs(guest).empty()) << block_jobs(guest).dump();
+    EXPECT_EQ(jobs_listing(state)["jobs"].size(), 0u);
+    // Wherever recover left the disk (a READY mirror of a move meant to pivot
+    // goes forward), it holds every acknowledged block.
+    const std::string file = device_file(guest, "disk0");
+    const std::string on = file.find(pool.string()) != std::string::npos
+                               ? (pool / "vm.qcow2").string()
+                               : source.string();
+    ASSERT_TRUE(guest_keeps_writing(guest)) << guest.console();
+    auto v = pause_and_verify(guest, on, "qcow2", k_blocks);
+    EXPECT_TRUE(v.intact()) << on << ": " << v.output;
 }
 
 }  // namespace
