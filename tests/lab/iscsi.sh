@@ -20,7 +20,7 @@ case $cmd in
 start)
   port=$3; size=$4; nluns=${5:-1}; addr=${6:-127.0.0.1}
   ctl=$((port % 10000 + 20000))
-  iqn=iqn.2024-01.blockmig.lab:$(basename "$state")
+  iqn=iqn.2024-01.blockmig.lab:$(basename "$state")-$port  # unique: tests find their hop by IQN
   mkdir -p "$state"; state=$(cd "$state" && pwd)
   setsid "${ns[@]}" tgtd -f -C "$ctl" --iscsi portal="$addr:$port" >"$state/tgtd.log" 2>&1 &
   pid=$!; echo "$pid $ctl" > "$state/tgtd.pid"
