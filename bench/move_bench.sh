@@ -32,6 +32,7 @@ trap cleanup EXIT
 
 now() { date +%s.%N; }
 rate() { echo "scale=1; $data_mib / ($2 - $1)" | bc; }
+secs() { echo "scale=3; ($2 - $1) / 1" | bc; }
 qmp() { "$bin" --output json qmp "$work/guest/qmp.sock" "$@"; }
 # Drops the page cache of one file (GNU dd: nocache with count=0 = whole file).
 uncache() { dd if="$1" iflag=nocache count=0 status=none; }
@@ -53,7 +54,7 @@ grep -q GUEST-UP "$work/guest/console.log" || { echo "move_bench: guest did not 
 # target -> next hand-mirror target; all hold the same data.
 repeat=${REPEAT:-3}
 current=$work/src.raw
-hand_rates=() move_rates=() cp_rates=()
+hand_rates=() move_rates=() cp_rates=() hand_secs=() move_secs=()
 for i in $(seq 1 "$repeat"); do
   # (b) QEMU's drive-mirror with its defaults (granularity, buffer size, no
   # speed limit, background copy mode), pivoted with block-job-complete.
@@ -69,6 +70,7 @@ for i in $(seq 1 "$repeat"); do
   until [ "$(qmp query-block-jobs | jq length)" = 0 ]; do sleep 0.05; done
   t1=$(now)
   hand_rates+=("$(rate "$t0" "$t1")")
+  hand_secs+=("$(secs "$t0" "$t1")")
   [ "$current" = "$work/src.raw" ] || rm -f "$current"
   current=$work/hand$i.raw
 
@@ -79,6 +81,7 @@ for i in $(seq 1 "$repeat"); do
     --timeout 600 >"$work/move.log" 2>&1 || { cat "$work/move.log" >&2; exit 1; }
   t1=$(now)
   move_rates+=("$(rate "$t0" "$t1")")
+  move_secs+=("$(secs "$t0" "$t1")")
   qmp query-block | jq -e --arg f "$work/moved$i.raw" '.[0].inserted.file | contains($f)' >/dev/null ||
     { echo "move_bench: guest is not on moved$i.raw after blockmig move" >&2; exit 1; }
   moved_alloc=$(( $(stat -c %b "$work/moved$i.raw") * 512 / 1048576 ))
@@ -103,5 +106,8 @@ printf '%-34s %8s MiB/s median of: %s  (target %s MiB allocated)\n' \
   "blockmig move" "$move" "${move_rates[*]}" "$moved_alloc" \
   "drive-mirror by hand (defaults)" "$hand" "${hand_rates[*]}" "$hand_alloc" \
   "cp --sparse=always + sync" "$cp_rate" "${cp_rates[*]}" "$cp_alloc"
+move_s=$(median "${move_secs[@]}"); hand_s=$(median "${hand_secs[@]}")
+echo "wall seconds (median): blockmig move $move_s, hand mirror $hand_s;" \
+  "blockmig's overhead beyond QEMU's job: $(echo "($move_s - $hand_s) * 1000 / 1" | bc) ms"
 echo "ratio blockmig/hand-mirror: $(echo "scale=2; $move / $hand" | bc)"
 echo "ratio blockmig/cp:          $(echo "scale=2; $move / $cp_rate" | bc)"

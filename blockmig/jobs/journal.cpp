@@ -408,11 +408,14 @@ Journal::Journal(Journal&& other) noexcept
     : m_job(std::move(other.m_job)),
       m_dir(std::move(other.m_dir)),
       m_path(std::move(other.m_path)),
-      m_lock_fd(std::exchange(other.m_lock_fd, -1)) {}
+      m_lock_fd(std::exchange(other.m_lock_fd, -1)),
+      m_dirty(std::exchange(other.m_dirty, false)) {}
 
 Journal& Journal::operator=(Journal&& other) noexcept {
     if (this != &other) {
+        if (m_lock_fd >= 0) (void)flush();
         release();
+        m_dirty = std::exchange(other.m_dirty, false);
         m_job = std::move(other.m_job);
         m_dir = std::move(other.m_dir);
         m_path = std::move(other.m_path);
@@ -421,14 +424,23 @@ Journal& Journal::operator=(Journal&& other) noexcept {
     return *this;
 }
 
-Journal::~Journal() { release(); }
+Journal::~Journal() {
+    // Staged facts of a job that ends normally still reach the disk; the
+    // lock (held while m_lock_fd is open) says the file is still ours.
+    if (m_lock_fd >= 0) (void)flush();
+    release();
+}
 
 void Journal::release() {
     if (m_lock_fd >= 0) ::close(m_lock_fd);  // closing drops the flock
     m_lock_fd = -1;
 }
 
-Result<void> Journal::save() { return write_durably(m_path, to_json(m_job).dump(1) + "\n"); }
+Result<void> Journal::save() {
+    auto r = write_durably(m_path, to_json(m_job).dump(1) + "\n");
+    if (r) m_dirty = false;
+    return r;
+}
 
 Result<std::uint64_t> Journal::intend(Record record) {
     record.seq = m_job.next_seq++;
@@ -447,6 +459,10 @@ Result<void> Journal::outcome(std::uint64_t seq, RecordState state, std::string 
         r.state = state;
         if (!note.empty()) r.note = std::move(note);
         if (pid > 0) r.pid = pid;
+        if (state == RecordState::done) {
+            m_dirty = true;
+            return {};
+        }
         return save();
     }
     return fail(ErrorCode::invalid_argument, fmt::format("journal: no record {}", seq));
@@ -457,6 +473,7 @@ Result<void> Journal::remove() {
     fs::remove(m_path, ec);
     if (ec) return fail(ErrorCode::io_error, "journal: remove " + m_path.string());
     fs::remove(m_dir / (m_job.id + ".lock"), ec);
+    m_dirty = false;
     release();
     return fsync_dir(m_dir);
 }

@@ -166,8 +166,10 @@ class Journal {
     // Appends an intent record and makes it durable; returns its seq. The
     // caller performs the side effect only if this succeeded.
     Result<std::uint64_t> intend(Record record);
-    // Records the outcome of `seq` (done, failed, undone, left_behind),
-    // durably; `pid` (>0) fills in a daemon's pid once it is known.
+    // Records the outcome of `seq` (done, failed, undone, left_behind);
+    // `pid` (>0) fills in a daemon's pid once it is known. Durable at once,
+    // except `done`: it is staged (see stage()) — a crash before the next
+    // write leaves the record an intent, which recover treats like done.
     Result<void> outcome(std::uint64_t seq, RecordState state, std::string note = {}, int pid = -1);
     // Changes job facts (disk phase, nodes) durably.
     template <typename F>
@@ -175,6 +177,19 @@ class Journal {
         change(m_job);
         return save();
     }
+    // Changes job facts in memory only: they become durable with the next
+    // write (every write holds the whole job, and an intent is always
+    // written before its side effect), with flush(), or when the Journal is
+    // destroyed. Only for facts whose loss in a crash leaves an older state
+    // recover handles safely (e.g. a phase before the next side effect).
+    // Each fsync costs milliseconds; a move makes a dozen fewer.
+    template <typename F>
+    void stage(F&& change) {
+        change(m_job);
+        m_dirty = true;
+    }
+    // Writes staged changes, if any.
+    Result<void> flush() { return m_dirty ? save() : Result<void>{}; }
     // The job ended and nothing of it is left: deletes journal and lock.
     Result<void> remove();
 
@@ -186,6 +201,7 @@ class Journal {
     Job m_job;
     std::filesystem::path m_dir, m_path;
     int m_lock_fd = -1;
+    bool m_dirty = false;  // staged changes not yet written
 };
 
 struct JobListing {

@@ -70,6 +70,15 @@ Result<void> Mirror::set_phase(std::string_view phase) {
     });
 }
 
+void Mirror::stage_fields(std::optional<std::string_view> phase) {
+    m_effects.journal().stage([&](jobs::Job& job) {
+        if (auto* d = job.disk(m_spec.disk)) {
+            journal_fields(*d);
+            if (phase) d->phase = std::string(*phase);
+        }
+    });
+}
+
 Result<void> Mirror::attach(Target target) {
     if (m_state != MirrorState::idle)
         return fail(ErrorCode::invalid_state,
@@ -93,14 +102,17 @@ Result<void> Mirror::attach(Target target) {
     }
     if (!r) return r;
     m_state = MirrorState::attached;
-    return set_phase("attached");
+    // Durable with the mirror's intent: a crash before it finds the nodes'
+    // records, which are undone the same way in either phase.
+    stage_fields("attached");
+    return {};
 }
 
 Result<void> Mirror::attach_volume() {
     m_top_node = m_target.chain.format_node;
-    // Journal the chain first: recover needs it to re-point the node.
-    const auto* entry = m_effects.journal().job().disk(m_spec.disk);
-    if (auto w = set_phase(entry ? entry->phase : "planned"); !w) return w;
+    // Recover needs the chain to re-point the node: it is written with the
+    // first node's intent, before the node exists.
+    stage_fields(std::nullopt);
     for (const auto& secret : m_target.chain.secrets)
         if (auto r = m_effects.add_secret(m_spec.disk, secret); !r)
             return fail(r.error().with_context("object-add secret"));
@@ -114,8 +126,9 @@ Result<void> Mirror::attach_volume() {
 Result<void> Mirror::attach_hop() {
     m_top_node = m_target.chain.format_node;
     m_hop_node = m_spec.names.hop_node;
-    const auto* entry = m_effects.journal().job().disk(m_spec.disk);
-    if (auto w = set_phase(entry ? entry->phase : "planned"); !w) return w;
+    // Recover needs the chain to re-point the node: it is written with the
+    // first node's intent, before the node exists.
+    stage_fields(std::nullopt);
     const auto& dir = m_target.hop_dir;
     std::error_code ec;
     std::filesystem::create_directories(dir, ec);
@@ -145,8 +158,9 @@ Result<void> Mirror::attach_hop() {
 Result<void> Mirror::attach_nbd() {
     m_hop_node = m_spec.names.prefix + "-nbd";
     m_top_node = m_target.export_format.empty() ? m_hop_node : m_spec.names.prefix + "-fmt";
-    const auto* entry = m_effects.journal().job().disk(m_spec.disk);
-    if (auto w = set_phase(entry ? entry->phase : "planned"); !w) return w;
+    // Recover needs the chain to re-point the node: it is written with the
+    // first node's intent, before the node exists.
+    stage_fields(std::nullopt);
     if (auto r = m_effects.add_node(
             m_spec.disk, nbd_client_node(m_hop_node, m_target.server, m_target.export_name));
         !r)

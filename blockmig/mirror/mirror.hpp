@@ -133,6 +133,8 @@ class Mirror {
     // chain). The phase is the caller's (set_phase does both).
     void journal_fields(jobs::JobDisk& disk) const;
     Result<void> set_phase(std::string_view phase);
+    // Same, in memory only: durable with the next journal write.
+    void stage_fields(std::optional<std::string_view> phase);
 
     const MirrorSpec& spec() const { return m_spec; }
     MirrorState state() const { return m_state; }

@@ -118,10 +118,10 @@ jobs::JobDisk DiskMove::journal_entry() const {
     return d;
 }
 
-Result<void> DiskMove::phase(std::string_view name) {
+void DiskMove::stage_phase(std::string_view name) {
     jobs::JobDisk entry = journal_entry();
     entry.phase = std::string(name);
-    return m_effects->journal().update([&](jobs::Job& job) {
+    m_effects->journal().stage([&](jobs::Job& job) {
         if (auto* d = job.disk(m_source.id)) *d = entry;
     });
 }
@@ -144,7 +144,9 @@ Result<void> DiskMove::create_target() {
     }
     if (auto r = create_volume(); !r) return r;
     m_state = DiskMoveState::target_created;
-    if (auto w = phase("target_created"); !w) return fail(w.error());
+    // Durable with the next intent: until then the volume's record alone
+    // gets it deleted, in either phase.
+    stage_phase("target_created");
 
     if (shallow()) {
         auto volume = m_plan.pool->open(m_plan.volume, true);

@@ -102,7 +102,7 @@ class DiskMove {
     bool shallow() const { return m_options.shallow && m_source.has_backing; }
     Result<void> create_target();
     Result<void> create_volume();
-    Result<void> phase(std::string_view name);
+    void stage_phase(std::string_view name);
     Result<void> attach_target();
     void warn(const std::vector<std::string>& messages);
 

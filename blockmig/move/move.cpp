@@ -311,9 +311,11 @@ class MoveRun {
             auto names = jobs::names_for(id, m->source().id);
             m->bind(*m_effects, names, names.hop_dir(m_options.state_dir, id), m_jobs_dir);
         }
-        return m_journal->update([&](jobs::Job& j) {
+        // Durable with the first intent: no disk has done anything before it.
+        m_journal->stage([&](jobs::Job& j) {
             for (auto& m : m_moves) j.disks.push_back(m->journal_entry());
         });
+        return {};
     }
 
     // Removes the journal when nothing of the job is left to recover;

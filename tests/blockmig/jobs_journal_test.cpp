@@ -65,10 +65,37 @@ TEST_F(JournalTest, IntentIsOnDiskBeforeIntendReturns) {
     ASSERT_EQ(on_disk->records.size(), 1u);
     EXPECT_EQ(on_disk->records[0].state, RecordState::intent);
     EXPECT_EQ(on_disk->records[0].name, "/pool/vm1.qcow2");
+    // "done" is staged: a crash now leaves the intent, which recover
+    // treats like done; the next write (or flush) carries it.
     ASSERT_TRUE(j->outcome(*seq, RecordState::done));
+    on_disk = job_from_json(read(j->path()));
+    EXPECT_EQ(on_disk->records[0].state, RecordState::intent);
+    ASSERT_TRUE(j->flush());
     on_disk = job_from_json(read(j->path()));
     EXPECT_EQ(on_disk->records[0].state, RecordState::done);
     EXPECT_FALSE(fs::exists(j->path().string() + ".tmp"));
+    // Any other outcome is durable at once.
+    auto second =
+        j->intend({.disk = "virtio-disk10", .effect = EffectKind::node_added, .name = "n"});
+    ASSERT_TRUE(second);
+    ASSERT_TRUE(j->outcome(*second, RecordState::failed, "refused"));
+    on_disk = job_from_json(read(j->path()));
+    EXPECT_EQ(on_disk->records[1].state, RecordState::failed);
+}
+
+TEST_F(JournalTest, StagedFactsReachTheDiskWithTheNextIntentOrAtTheEnd) {
+    fs::path path;
+    {
+        auto j = Journal::create(dir, sample());
+        ASSERT_TRUE(j);
+        path = j->path();
+        j->stage([](Job& job) { job.disks[0].phase = "attached"; });
+        EXPECT_NE(job_from_json(read(path))->disks[0].phase, "attached");
+        ASSERT_TRUE(j->intend({.disk = "virtio-disk10", .effect = EffectKind::mirror_started}));
+        EXPECT_EQ(job_from_json(read(path))->disks[0].phase, "attached");
+        j->stage([](Job& job) { job.disks[0].phase = "ready"; });
+    }  // the owner ends normally: what was staged is written
+    EXPECT_EQ(job_from_json(read(path))->disks[0].phase, "ready");
 }
 
 TEST_F(JournalTest, JobRoundTripsThroughJson) {
