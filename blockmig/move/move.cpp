@@ -505,6 +505,7 @@ class MoveRun {
             return fail(std::move(error));
         };
         if (m_options.verify) {
+            settle_before_pause();
             if (auto status = qmp::query_status(m_client); status && status->running) {
                 // Journaled first: if blockmig dies during the pause, `recover`
                 // resumes the guest (nobody else would).
@@ -608,6 +609,25 @@ class MoveRun {
         auto left = std::chrono::duration_cast<std::chrono::milliseconds>(m_pause_deadline -
                                                                           SteadyClock::now());
         return std::max(left, std::chrono::milliseconds(1));
+    }
+
+    // Events make READY visible within a millisecond, and a `stop` that
+    // drains the nodes that early is a race in QEMU 7.2: if the target then
+    // fails (NFS server killed during the pause), the failed mirror's filter
+    // node stays in the guest after the job is gone. Until every mirror has
+    // left its first post-READY burst (not busy; at most 1 s), the pause waits.
+    void settle_before_pause() {
+        const auto deadline = SteadyClock::now() + 1s;
+        while (SteadyClock::now() < deadline) {
+            auto jobs = qmp::query_block_jobs(m_client, m_options.qmp_timeout);
+            if (!jobs) return;  // the pause and its checks will say what is wrong
+            bool busy = false;
+            for (const auto& j : *jobs)
+                for (const auto& m : m_moves)
+                    if (j.id == m->job_id() && j.busy) busy = true;
+            if (!busy) return;
+            std::this_thread::sleep_for(20ms);
+        }
     }
 
     MoveReport timed(MoveReport report) const {
