@@ -117,7 +117,7 @@ void add_migrate_command(CLI::App& app, Dispatch& dispatch) {
         ->default_str("127.0.0.1");
     cmd->add_option("--copy-storage", args->copy_storage,
                     "none: both QEMUs open the same volumes (shared storage); all: copy every "
-                    "disk (not implemented yet)")
+                    "disk into the destination QEMU's own volumes over NBD")
         ->required()
         ->check(CLI::IsMember({"none", "all"}));
     cmd->add_option("--bandwidth", args->bandwidth_mib,

@@ -42,6 +42,8 @@ constexpr std::array k_effects{
     std::pair{EffectKind::switchover_sent, "switchover_sent"},
     std::pair{EffectKind::destination_resumed, "destination_resumed"},
     std::pair{EffectKind::source_quit, "source_quit"},
+    std::pair{EffectKind::nbd_server_started, "nbd_server_started"},
+    std::pair{EffectKind::export_added, "export_added"},
 };
 constexpr std::array k_states{
     std::pair{RecordState::intent, "intent"},           std::pair{RecordState::done, "done"},
@@ -542,6 +544,12 @@ std::vector<std::string> what_exists(const Job& job, std::string_view disk) {
                 break;
             case EffectKind::switchover_sent:
                 what = "switchover sent (the destination may run the guest)";
+                break;
+            case EffectKind::nbd_server_started:
+                what = "NBD server on the destination at " + r->name;
+                break;
+            case EffectKind::export_added:
+                what = "NBD export " + r->name + " on the destination";
                 break;
             default:
                 continue;

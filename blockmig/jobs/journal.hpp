@@ -49,6 +49,9 @@ enum class EffectKind {
     switchover_sent,       // name: "migrate-continue" (a barrier, like complete_sent)
     destination_resumed,   // name: the destination's QMP address
     source_quit,           // name: the source's QMP address
+    // `migrate --copy-storage all`, on the DESTINATION QEMU (disk "@dst"):
+    nbd_server_started,  // name: HOST:PORT the NBD server listens on
+    export_added,        // name: the export's id (= its NBD name)
 };
 std::string_view to_string(EffectKind kind);
 Result<EffectKind> parse_effect_kind(std::string_view text);

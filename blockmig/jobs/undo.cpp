@@ -26,6 +26,8 @@ constexpr std::array k_kinds{
     std::pair{UndoKind::blockdev_del, "blockdev_del"},
     std::pair{UndoKind::stop_daemon, "stop_daemon"},
     std::pair{UndoKind::cancel_job, "cancel_job"},
+    std::pair{UndoKind::export_del, "export_del"},
+    std::pair{UndoKind::nbd_server_stop, "nbd_server_stop"},
 };
 
 std::string cmdline_of(int pid) {
@@ -105,6 +107,24 @@ StepOutcome cancel_job(const UndoStep& step, UndoEnv& env) {
             return {true, fmt::format("cancelled block job {} (storage daemon killed)", step.name)};
     }
     return left("block job " + step.name, "it did not end after block-job-cancel");
+}
+
+StepOutcome export_del(const UndoStep& step, UndoEnv& env) {
+    qmp::NbdExport e{.id = step.name, .node_name = {}, .name = step.name};
+    auto r = qmp::block_export_del(*env.client, e, true, env.step_timeout);
+    if (r) return {true, fmt::format("deleted export {}", step.name)};
+    if (r.error().message.find("not found") != std::string::npos ||
+        r.error().message.find("not exist") != std::string::npos)
+        return {true, fmt::format("export {} is gone", step.name)};
+    return left("export " + step.name, r.error().message);
+}
+
+StepOutcome nbd_server_stop(const UndoStep& step, UndoEnv& env) {
+    auto r = qmp::nbd_server_stop(*env.client, env.step_timeout);
+    if (r) return {true, fmt::format("stopped the NBD server on {}", step.name)};
+    if (r.error().message.find("not running") != std::string::npos)
+        return {true, fmt::format("the NBD server on {} is not running", step.name)};
+    return left("NBD server on " + step.name, r.error().message);
 }
 
 StepOutcome blockdev_del(const UndoStep& step, UndoEnv& env) {
@@ -243,6 +263,12 @@ std::optional<UndoStep> undo_of(const Record& r) {
         case EffectKind::mirror_started:
             s.kind = UndoKind::cancel_job;
             return s;
+        case EffectKind::export_added:
+            s.kind = UndoKind::export_del;
+            return s;
+        case EffectKind::nbd_server_started:
+            s.kind = UndoKind::nbd_server_stop;
+            return s;
         case EffectKind::complete_sent:
         case EffectKind::node_repointed:
         case EffectKind::source_deleted:
@@ -290,7 +316,9 @@ Result<std::vector<UndoStep>> undo_plan(const Job& job, std::string_view disk) {
 
 StepOutcome run_undo_step(const UndoStep& step, UndoEnv& env) {
     const bool needs_qmp = step.kind == UndoKind::object_del ||
-                           step.kind == UndoKind::blockdev_del || step.kind == UndoKind::cancel_job;
+                           step.kind == UndoKind::blockdev_del ||
+                           step.kind == UndoKind::cancel_job || step.kind == UndoKind::export_del ||
+                           step.kind == UndoKind::nbd_server_stop;
     if (needs_qmp && (!env.client || env.client->state() != qmp::State::running))
         return left(fmt::format("{} {}", to_string(step.kind), step.name), "QMP is unreachable");
     switch (step.kind) {
@@ -304,6 +332,10 @@ StepOutcome run_undo_step(const UndoStep& step, UndoEnv& env) {
             return stop_daemon(step, env);
         case UndoKind::cancel_job:
             return cancel_job(step, env);
+        case UndoKind::export_del:
+            return export_del(step, env);
+        case UndoKind::nbd_server_stop:
+            return nbd_server_stop(step, env);
     }
     return left(step.name, "unknown step");
 }

@@ -24,6 +24,9 @@ enum class UndoKind {
     blockdev_del,   // name: node name
     stop_daemon,    // name: socket path; pid when known
     cancel_job,     // name: block-job id; pid/socket: the disk's daemon, killed if the job hangs
+    // Destination-side (`migrate`, disk "@dst"): run with the destination's UndoEnv.
+    export_del,       // name: export id (= NBD export name)
+    nbd_server_stop,  // name: the server's address (for messages)
 };
 std::string_view to_string(UndoKind kind);
 

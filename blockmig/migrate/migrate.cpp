@@ -13,6 +13,7 @@
 #include "qmp/commands.hpp"
 #include "qmp/migration.hpp"
 #include "settle.hpp"
+#include "storage.hpp"
 
 namespace blockmig {
 
@@ -52,6 +53,7 @@ class Run {
         auto facts = preflight();
         if (!facts) return fail(facts.error());
         if (auto r = open_journal(facts->first, facts->second); !r) return fail(r.error());
+        m_facts = std::move(*facts);
         m_report.job = m_journal->job().id;
         m_progress.event("job", {{"job", m_report.job}},
                          fmt::format("job {} (recover with `{}` if blockmig dies)", m_report.job,
@@ -66,10 +68,6 @@ class Run {
     }
 
     Result<std::pair<migrate::SideFacts, migrate::SideFacts>> preflight() {
-        if (m_o.copy_storage != CopyStorage::none)
-            return fail(ErrorCode::unsupported,
-                        "migrate: --copy-storage all is not implemented yet (it waits for "
-                        "blockmig/mirror/); use --copy-storage none with shared storage");
         auto src = migrate::gather(m_src, m_o.src_qmp, "source", m_o.qmp_timeout);
         if (!src) return fail(src.error());
         auto dst = migrate::gather(m_dst, m_o.dst_qmp, "destination", m_o.qmp_timeout);
@@ -89,7 +87,7 @@ class Run {
         jobs::MigrationFacts facts;
         facts.destination = dst.identity;
         facts.dst_addr = m_o.dst_addr;
-        facts.copy_storage = "none";
+        facts.copy_storage = m_o.copy_storage == CopyStorage::all ? "all" : "none";
         facts.keep_source = m_o.keep_source;
         m_late_block_activate = dst.capabilities.contains("late-block-activate");
         job.migration = std::move(facts);
@@ -122,6 +120,13 @@ class Run {
     // The whole run up to a completed migration; a Failure says where it stopped.
     std::optional<Failure> drive() {
         if (auto r = configure(); !r) return Failure{"configure", r.error().message};
+        if (m_o.copy_storage == CopyStorage::all) {
+            if (auto r = phase("mirror", "copying every disk to the destination"); !r)
+                return Failure{"mirror", r.error().message};
+            m_storage.emplace(m_src, m_dst, *m_journal, m_o, m_progress);
+            if (auto r = m_storage->copy(m_facts.first, m_facts.second, m_cancel); !r)
+                return Failure{"mirror", r.error().message};
+        }
         auto uri = listen();
         if (!uri) return Failure{"listen", uri.error().message};
         if (auto f = migrate_ram(*uri); f) return f;
@@ -260,6 +265,11 @@ class Run {
     // journaled, then migrate-continue sends the final state.
     std::optional<Failure> switchover() {
         auto sub = m_src.subscribe("MIGRATION");
+        // vCPUs stopped: the final sync of every disk, then the source lets
+        // go of the destination's exports before the destination may run.
+        if (m_storage)
+            if (auto r = m_storage->finish(); !r)
+                return Failure{"switchover", "final disk sync: " + r.error().message};
         // The guest is paused from here until the destination runs: only the
         // barrier's intent (one durable write) stands before migrate-continue.
         if (auto r = effect(
@@ -308,6 +318,11 @@ class Run {
                 phase("completed", "migration completed; starting the guest on the destination");
             !r)
             return fail(r.error());
+        // Exports gone before the destination runs the guest (`cont`).
+        if (m_storage)
+            if (auto d = m_storage->stop_destination(); !d.left_behind.empty())
+                m_progress.event("warning", {{"left_behind", d.left_behind}},
+                                 "destination: " + d.left_behind.front());
         auto s = migrate::settle(*m_journal, &m_src, &m_dst, m_o.qmp_timeout);
         if (!s) return fail(s.error());
         m_report.duration =
@@ -325,6 +340,10 @@ class Run {
 
     // Any failure: settle from the truth, then one line naming phase and cause.
     Result<MigrateReport> failed(const Failure& f) {
+        // Mirrors cancelled, NBD nodes and exports removed; the source's
+        // disks were never switched, so this never touches the guest's data.
+        std::vector<std::string> storage_left;
+        if (m_storage) storage_left = m_storage->abort();
         auto s =
             migrate::settle(*m_journal, &m_src,
                             m_dst.state() == qmp::State::dead ? nullptr : &m_dst, m_o.qmp_timeout);
@@ -335,6 +354,11 @@ class Run {
             if (auto r = m_journal->remove(); !r) return fail(r.error());
             return m_report;
         }
+        if (!storage_left.empty())
+            return fail(
+                ErrorCode::invalid_state,
+                fmt::format("migrate failed in phase {}: {}; {}; run `{}`", f.phase, f.cause,
+                            storage_left.front(), jobs::recover_command(jobs_dir(), m_report.job)));
         if (s->verdict == migrate::Verdict::undo && s->settled && s->left_behind.empty()) {
             if (auto r = m_journal->remove(); !r) return fail(r.error());
             return fail(ErrorCode::io_error,
@@ -356,6 +380,8 @@ class Run {
     ProgressSink& m_progress;
     const std::atomic<bool>& m_cancel;
     std::optional<jobs::Journal> m_journal;
+    std::pair<migrate::SideFacts, migrate::SideFacts> m_facts;
+    std::optional<migrate::StorageCopy> m_storage;
     bool m_late_block_activate = false;
     Clock::time_point m_started{};
     MigrateReport m_report;

@@ -112,6 +112,9 @@ Result<SideFacts> gather(qmp::Client& client, std::string_view address, std::str
         f.disks.push_back({device_id(b), b.inserted->file,
                            identity_of(b.inserted->file, client.peer_pid()),
                            storage_cache_mode(*b.inserted, *nodes)});
+        f.disks.back().node = b.inserted->node_name;
+        for (const auto& name : {b.device, b.qdev.value_or("")})
+            if (!name.empty()) f.disks.back().names.push_back(name);
     }
     auto version = qmp::query_version(client, timeout);
     if (!version) return ctx(version.error());

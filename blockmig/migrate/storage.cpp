@@ -1,0 +1,208 @@
+#include "storage.hpp"
+
+#include <fmt/core.h>
+
+#include <algorithm>
+#include <map>
+
+#include "qmp/features.hpp"
+
+namespace blockmig::migrate {
+
+namespace {
+
+using jobs::EffectKind;
+using jobs::RecordState;
+
+constexpr std::uint16_t k_nbd_port = 10809;
+
+// A QEMU error reply: the effect did not happen (a timeout may hide one that did).
+bool definite(const Error& e) {
+    return e.code != ErrorCode::timeout && e.code != ErrorCode::interrupted &&
+           e.code != ErrorCode::protocol;
+}
+
+}  // namespace
+
+qmp::SocketAddress nbd_server_address(const std::string& dst_addr) {
+    std::string host = dst_addr;
+    if (auto colon = host.rfind(':'); colon != std::string::npos && host.back() != ']')
+        host = host.substr(0, colon);
+    if (host.size() > 2 && host.front() == '[' && host.back() == ']')
+        host = host.substr(1, host.size() - 2);
+    return qmp::SocketAddress::inet(host, k_nbd_port);
+}
+
+StorageCopy::StorageCopy(qmp::Client& src, qmp::Client& dst, jobs::Journal& journal,
+                         const MigrateOptions& options, ProgressSink& progress)
+    : m_src(src),
+      m_dst(dst),
+      m_journal(journal),
+      m_o(options),
+      m_progress(progress),
+      m_src_env{.client = &src, .clock = options.clock},
+      m_dst_env{.client = &dst, .clock = options.clock},
+      m_src_effects(journal, m_src_env),
+      m_server(nbd_server_address(options.dst_addr)) {}
+
+Result<void> StorageCopy::dst_effect(EffectKind kind, const std::string& name,
+                                     const std::function<Result<void>()>& act) {
+    auto seq = m_journal.intend({.disk = k_destination, .effect = kind, .name = name});
+    if (!seq) return fail(seq.error());
+    auto r = act();
+    if (r) return m_journal.outcome(*seq, RecordState::done);
+    if (definite(r.error()))
+        if (auto w = m_journal.outcome(*seq, RecordState::failed, r.error().message); !w) return w;
+    return r;
+}
+
+Result<void> StorageCopy::copy(const SideFacts& src, const SideFacts& dst,
+                               const std::atomic<bool>& cancel) {
+    auto features = qmp::Features::detect(m_src);
+    if (!features) return fail(features.error().with_context("source query-qmp-schema"));
+    m_can_switch = features->mirror_copy_mode();
+    m_in_place = features->mirror_change_copy_mode();
+    if (auto r = export_disks(src, dst); !r) return r;
+    // Subscribed before the first mirror starts: no READY is missed.
+    mirror::Group group(m_src, *m_o.clock);
+    if (auto r = start_mirrors(src); !r) return r;
+    for (auto& m : m_mirrors) group.add(*m);
+    mirror::CopyPolicy policy{.bandwidth = m_o.bandwidth,
+                              .timeout = m_o.timeout,
+                              .auto_switch = m_can_switch,
+                              .can_switch = m_can_switch,
+                              .switch_in_place = m_in_place};
+    std::map<const mirror::Mirror*, RateMeter> meters;
+    auto on_sample = [&](const mirror::Mirror& m) {
+        auto& meter = meters[&m];
+        meter.add(std::chrono::steady_clock::now(), m.offset());
+        const bool ready = m.ready_to_finish();
+        m_progress.progress({.item = m.spec().disk,
+                             .phase = ready ? "ready" : "copy",
+                             .bytes = m.offset(),
+                             .total = m.length(),
+                             .rate = meter.rate(),
+                             .eta_seconds = ready ? 0 : meter.eta(m.remaining())});
+    };
+    auto on_notice = [&](const mirror::Mirror&, const mirror::Notice& n) {
+        m_progress.event(n.kind, n.fields, n.text);
+    };
+    if (auto r = group.wait_ready(policy, &cancel, on_sample, on_notice); !r) return r;
+    // Every disk in sync: from here each guest write reaches both sides
+    // before it completes (Proxmox does the same on QEMU >= 8.2), so the
+    // final sync at the switchover has nothing left to copy.
+    if (!m_in_place) return {};
+    const auto speed = group.speed_per_job(policy);
+    for (auto& m : m_mirrors)
+        if (!m->switched_to_write_blocking())
+            if (auto r = m->switch_to_write_blocking(true, speed); !r)
+                return fail(r.error().with_context(m->spec().disk));
+    return group.wait_ready(policy, &cancel, on_sample, on_notice);
+}
+
+Result<void> StorageCopy::export_disks(const SideFacts& src, const SideFacts& dst) {
+    const std::string where = fmt::format("{}:{}", m_server.host, m_server.port);
+    if (auto r =
+            dst_effect(EffectKind::nbd_server_started, where,
+                       [&] { return qmp::nbd_server_start(m_dst, m_server, {}, m_o.qmp_timeout); });
+        !r)
+        return fail(r.error().with_context("destination nbd-server-start on " + where));
+    for (const auto& s : src.disks) {
+        auto d = std::find_if(dst.disks.begin(), dst.disks.end(),
+                              [&](const DiskFacts& x) { return x.device == s.device; });
+        if (d == dst.disks.end())
+            return fail(ErrorCode::invalid_state,
+                        fmt::format("disk {} has no counterpart in the destination", s.device));
+        const auto names = jobs::names_for(m_journal.job().id, s.device);
+        qmp::NbdExport e{.id = names.export_name,
+                         .node_name = d->node,
+                         .name = names.export_name,
+                         .writable = true};
+        if (auto r = dst_effect(EffectKind::export_added, names.export_name,
+                                [&] { return qmp::block_export_add(m_dst, e, m_o.qmp_timeout); });
+            !r)
+            return fail(r.error().with_context(
+                fmt::format("disk {}: destination block-export-add of {}", s.device, d->node)));
+    }
+    return {};
+}
+
+Result<void> StorageCopy::start_mirrors(const SideFacts& src) {
+    for (const auto& s : src.disks) {
+        mirror::MirrorSpec spec{.disk = s.device,
+                                .source_node = s.node,
+                                .device_names = s.names,
+                                .names = jobs::names_for(m_journal.job().id, s.device)};
+        auto m = std::make_unique<mirror::Mirror>(m_src, m_src_effects, spec, *m_o.clock);
+        const std::string export_name = spec.names.export_name;
+        m_mirrors.push_back(std::move(m));
+        auto& mirror = *m_mirrors.back();
+        if (auto r = mirror.attach(mirror::Target::nbd(m_server, export_name)); !r)
+            return fail(r.error().with_context(s.device));
+        const std::uint64_t speed = m_o.bandwidth ? m_o.bandwidth / src.disks.size() : 0;
+        if (auto r = mirror.start(qmp::CopyMode::background, speed); !r)
+            return fail(r.error().with_context(s.device));
+        m_progress.event("start", {{"disk", s.device}, {"target", mirror.target_url()}},
+                         fmt::format("{}: mirroring to {}", s.device, mirror.target_url()));
+    }
+    return {};
+}
+
+Result<void> StorageCopy::finish() {
+    for (auto& m : m_mirrors)
+        if (auto r = m->soft_cancel(m_o.qmp_timeout); !r)
+            return fail(r.error().with_context(m->spec().disk));
+    for (auto& m : m_mirrors) {
+        auto report = m->detach();
+        if (!report) return fail(report.error().with_context(m->spec().disk));
+        if (!report->left_behind.empty())
+            return fail(ErrorCode::io_error,
+                        fmt::format("{}: {}", m->spec().disk, report->left_behind.front()));
+    }
+    return {};
+}
+
+jobs::UndoReport StorageCopy::stop_destination() {
+    jobs::UndoReport out;
+    auto plan = jobs::undo_plan(m_journal.job(), k_destination);
+    if (plan && m_dst.state() == qmp::State::dead) {
+        // The destination's QMP is gone (its QEMU exited, taking its NBD
+        // server along); nothing of the guest's is there: recorded, not retried.
+        for (const auto& step : *plan) {
+            out.done.push_back(fmt::format("{} {}: the destination's QMP is gone",
+                                           jobs::to_string(step.kind), step.name));
+            if (auto w = m_journal.outcome(step.seq, RecordState::undone,
+                                           "the destination's QMP connection is gone");
+                !w)
+                out.left_behind.push_back(w.error().message);
+        }
+        return out;
+    }
+    if (!plan) {
+        out.left_behind.push_back(plan.error().message);
+        return out;
+    }
+    auto report = jobs::run_undo(m_journal, *plan, m_dst_env);
+    if (!report) {
+        out.left_behind.push_back(report.error().message);
+        return out;
+    }
+    return *report;
+}
+
+std::vector<std::string> StorageCopy::abort() {
+    std::vector<std::string> left;
+    for (auto& m : m_mirrors) {
+        if (m->state() == mirror::MirrorState::detached) continue;
+        auto report = m->abort();
+        if (!report)
+            left.push_back(fmt::format("{}: {}", m->spec().disk, report.error().message));
+        else
+            left.insert(left.end(), report->left_behind.begin(), report->left_behind.end());
+    }
+    auto dst = stop_destination();
+    left.insert(left.end(), dst.left_behind.begin(), dst.left_behind.end());
+    return left;
+}
+
+}  // namespace blockmig::migrate
