@@ -190,6 +190,7 @@ Result<void> DiskMove::create_volume() {
                                                 m_source.virtual_size, m_plan.format);
         if (created) {
             m_plan.volume = created->name;
+            m_plan.volume_size = created->virtual_size;
             m_claim = std::move(*claim);
             return {};
         }
@@ -207,8 +208,11 @@ Result<void> DiskMove::attach_target() {
     auto chain = m_plan.pool->describe_for_qemu(m_plan.volume, node_options);
     if (!chain) return fail(chain.error().with_context("describe target for QEMU"));
     // A LUN may be larger than the disk, and a mirror needs equal sizes: the
-    // raw node shows exactly the disk's size (QEMU's raw "size" option).
-    if (m_plan.format == pools::ImageFormat::raw) chain->format["size"] = m_source.virtual_size;
+    // raw node then shows exactly the disk's size (QEMU's raw "size" option).
+    // Only then: the option makes QEMU name the image json:{...} instead of
+    // its URL or path, which users read and a later move resolves.
+    if (m_plan.format == pools::ImageFormat::raw && m_plan.volume_size != m_source.virtual_size)
+        chain->format["size"] = m_source.virtual_size;
     auto target = m_plan.network ? mirror::Target::hop(std::move(*chain), target_url(), m_hop_dir,
                                                        m_options.qemu_dir)
                                  : mirror::Target::volume(std::move(*chain), target_url());

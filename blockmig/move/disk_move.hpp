@@ -48,6 +48,7 @@ std::string_view to_string(DiskMoveState state);
 struct TargetPlan {
     std::unique_ptr<pools::Pool> pool;
     std::string volume;  // name in the pool; "" = the first of `candidates` that can be claimed
+    std::uint64_t volume_size = 0;  // the created volume's virtual size (a LUN may be larger)
     // iSCSI pools: unused-looking LUNs to try in order (chosen together for
     // the whole run; a claim and the pool's own check keep them distinct).
     std::vector<std::string> candidates;
