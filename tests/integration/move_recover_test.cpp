@@ -71,9 +71,11 @@ TEST_F(MoveRecover, KilledWhileCopyingIsUndone) {
     // The guest's QMP takes one client at a time, so watch the journal:
     // the mirror runs once it says "copying".
     const auto deadline = Clock::now() + 60s;
+    // A job is listed before its first disk is journaled: read it as "no phase yet".
     auto phase = [&] {
-        json l = jobs_listing();
-        return l["jobs"].empty() ? std::string() : l["jobs"][0]["disks"][0].value("phase", "");
+        const json l = jobs_listing();
+        const json disk = l.value("/jobs/0/disks/0"_json_pointer, json::object());
+        return disk.is_object() ? disk.value("phase", "") : std::string();
     };
     while (phase() != "copying" && Clock::now() < deadline) std::this_thread::sleep_for(50ms);
     std::this_thread::sleep_for(500ms);
