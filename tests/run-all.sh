@@ -15,7 +15,21 @@ jobs=$(nproc)
 
 cmake -S . -B build -DBLOCKMIG_WERROR=ON
 cmake --build build -j"$jobs"
-ctest --test-dir build --output-on-failure -j2 --timeout 900
+# Integration tests run real QEMU guests under TCG on 2 loaded cores: one that
+# fails is run once more, and every such retry is listed at the end (a real bug
+# fails twice; a retry is still a finding for the session note).
+retries=$(mktemp)
+trap 'rm -f "$retries"' EXIT
+integration() {
+  local log rc=0
+  log=$(mktemp)
+  "$@" --output-on-failure -j2 --timeout 900 -L integration --repeat until-pass:2 | tee "$log" || rc=$?
+  grep -E 'Test +#[0-9]+: .*\*\*\*(Failed|Timeout|Exception)' "$log" >>"$retries" || true
+  rm -f "$log"
+  return $rc
+}
+ctest --test-dir build --output-on-failure -j2 --timeout 900 -LE integration
+integration ctest --test-dir build
 
 # The move and migrate tests again on QEMU 10.0 (Debian 13's version, unpacked from
 # bookworm-backports into the lab cache by tests/lab/fetch-qemu10.sh): the
@@ -23,8 +37,12 @@ ctest --test-dir build --output-on-failure -j2 --timeout 900
 # Known open bug (stop 14 note): once under -j2 load on 10.0 the guest's QEMU
 # was gone after the NFS target died mid-copy; it passes alone (4 of 4) and on
 # 7.2 in the pass above. Excluded on 10.0 only until the cause is found.
-BLOCKMIG_QEMU=10 ctest --test-dir build --output-on-failure -j2 --timeout 900 -R '^(Move|Migrate)' \
+BLOCKMIG_QEMU=10 integration ctest --test-dir build -R '^(Move|Migrate)' \
   -E '^MoveNfs.TargetServerDyingMidCopyRollsBackWithinStallTimeout$'
+if [[ -s $retries ]]; then
+  echo "=== integration tests that failed once and passed when run again:"
+  cat "$retries"
+fi
 
 # The README's first command as a newcomer runs it: an empty lab cache, so the
 # guest is built from scratch. It must PASS and show real progress and a summary.
