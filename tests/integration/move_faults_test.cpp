@@ -12,6 +12,7 @@
 
 #include <iostream>
 
+#include "frozen.hpp"
 #include "move_test_util.hpp"
 #include "qmp_events.hpp"
 
@@ -21,22 +22,6 @@ using namespace move_test;
 namespace {
 
 using Seconds = std::chrono::duration<double>;
-
-// SIGSTOPs a server: it keeps its sockets but never answers (a hung NAS).
-class Frozen {
-  public:
-    explicit Frozen(int pid) : m_pid(pid) { ::kill(m_pid, SIGSTOP); }
-    ~Frozen() { thaw(); }
-    Frozen(const Frozen&) = delete;
-    Frozen& operator=(const Frozen&) = delete;
-    void thaw() {
-        if (m_pid > 0) ::kill(m_pid, SIGCONT);
-        m_pid = -1;
-    }
-
-  private:
-    int m_pid;
-};
 
 std::vector<std::string> error_lines(const std::string& out) {
     std::vector<std::string> errors;

@@ -12,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "frozen.hpp"
 #include "lab.hpp"
 #include "pools/pool.hpp"
 #include "pools/pools.hpp"
@@ -48,23 +49,6 @@ inline blockmig::lab::CommandResult blockmig_cli(std::vector<std::string> args) 
     args.insert(args.begin(), BLOCKMIG_BINARY);
     return blockmig::lab::run(args);
 }
-
-// Freezes a server process (SIGSTOP: its sockets stay open, nothing answers,
-// like a hung NAS) until thaw() or destruction.
-class Frozen {
-  public:
-    explicit Frozen(int pid) : m_pid(pid) { ::kill(m_pid, SIGSTOP); }
-    ~Frozen() { thaw(); }
-    Frozen(const Frozen&) = delete;
-    Frozen& operator=(const Frozen&) = delete;
-    void thaw() {
-        if (m_pid > 0) ::kill(m_pid, SIGCONT);
-        m_pid = -1;
-    }
-
-  private:
-    int m_pid;
-};
 
 // One pool or volume call, as the deadline tests run it.
 struct PoolCall {
