@@ -21,6 +21,7 @@ extern "C" void on_migrate_interrupt(int) { g_interrupted.store(true); }
 struct MigrateArgs {
     std::string src_qmp, dst_qmp, dst_addr;
     std::string copy_storage;
+    int dst_port = 0;
     double bandwidth_mib = 0;
     int max_downtime_ms = 300;
     int timeout_s = 0;
@@ -56,6 +57,7 @@ Result<void> run_migrate_command(const MigrateArgs& args, const GlobalOptions& g
     o.dst_qmp = args.dst_qmp;
     o.dst_addr = args.dst_addr;
     o.copy_storage = args.copy_storage == "all" ? CopyStorage::all : CopyStorage::none;
+    o.nbd_port = static_cast<std::uint16_t>(args.dst_port);
     o.bandwidth = static_cast<std::uint64_t>(args.bandwidth_mib * 1024 * 1024);
     o.max_downtime = std::chrono::milliseconds(args.max_downtime_ms);
     o.timeout = std::chrono::seconds(args.timeout_s);
@@ -120,6 +122,10 @@ void add_migrate_command(CLI::App& app, Dispatch& dispatch) {
                     "disk into the destination QEMU's own volumes over NBD")
         ->required()
         ->check(CLI::IsMember({"none", "all"}));
+    cmd->add_option("--dst-port", args->dst_port,
+                    "with --copy-storage all: the port of the destination's NBD server (default: "
+                    "the first free one of 10809-10824)")
+        ->check(CLI::Range(1, 65535));
     cmd->add_option("--bandwidth", args->bandwidth_mib,
                     "MiB/s for the migration stream (default: unlimited, set explicitly)")
         ->check(CLI::NonNegativeNumber);
@@ -136,6 +142,8 @@ void add_migrate_command(CLI::App& app, Dispatch& dispatch) {
     add_state_dir_option(*cmd, args->state_dir);
     cmd->callback([args, &dispatch] {
         if (args->dst_addr.empty()) args->dst_addr = "127.0.0.1";
+        if (args->dst_port != 0 && args->copy_storage != "all")
+            throw CLI::ValidationError("--dst-port", "only with --copy-storage all");
         dispatch.action = [args, &dispatch] {
             return run_migrate_command(*args, dispatch.globals);
         };

@@ -318,11 +318,7 @@ class Run {
                 phase("completed", "migration completed; starting the guest on the destination");
             !r)
             return fail(r.error());
-        // Exports gone before the destination runs the guest (`cont`).
-        if (m_storage)
-            if (auto d = m_storage->stop_destination(); !d.left_behind.empty())
-                m_progress.event("warning", {{"left_behind", d.left_behind}},
-                                 "destination: " + d.left_behind.front());
+        // settle() removes the exports before the destination runs the guest.
         auto s = migrate::settle(*m_journal, &m_src, &m_dst, m_o.qmp_timeout);
         if (!s) return fail(s.error());
         m_report.duration =
@@ -340,10 +336,9 @@ class Run {
 
     // Any failure: settle from the truth, then one line naming phase and cause.
     Result<MigrateReport> failed(const Failure& f) {
-        // Mirrors cancelled, NBD nodes and exports removed; the source's
-        // disks were never switched, so this never touches the guest's data.
-        std::vector<std::string> storage_left;
-        if (m_storage) storage_left = m_storage->abort();
+        // settle() also cancels the mirrors and removes the NBD nodes and
+        // exports (from the journal, as a recovery would); the source's disks
+        // were never switched, so this never touches the guest's data.
         auto s =
             migrate::settle(*m_journal, &m_src,
                             m_dst.state() == qmp::State::dead ? nullptr : &m_dst, m_o.qmp_timeout);
@@ -354,11 +349,6 @@ class Run {
             if (auto r = m_journal->remove(); !r) return fail(r.error());
             return m_report;
         }
-        if (!storage_left.empty())
-            return fail(
-                ErrorCode::invalid_state,
-                fmt::format("migrate failed in phase {}: {}; {}; run `{}`", f.phase, f.cause,
-                            storage_left.front(), jobs::recover_command(jobs_dir(), m_report.job)));
         if (s->verdict == migrate::Verdict::undo && s->settled && s->left_behind.empty()) {
             if (auto r = m_journal->remove(); !r) return fail(r.error());
             return fail(ErrorCode::io_error,

@@ -113,6 +113,8 @@ Result<SideFacts> gather(qmp::Client& client, std::string_view address, std::str
                            identity_of(b.inserted->file, client.peer_pid()),
                            storage_cache_mode(*b.inserted, *nodes)});
         f.disks.back().node = b.inserted->node_name;
+        if (!b.inserted->chain.empty())
+            f.disks.back().size = b.inserted->chain.front().virtual_size;
         for (const auto& name : {b.device, b.qdev.value_or("")})
             if (!name.empty()) f.disks.back().names.push_back(name);
     }
@@ -144,6 +146,15 @@ std::string describe(const std::set<std::pair<std::string, std::string>>& device
         out += fmt::format("{}{}{}", out.empty() ? "" : ", ", id.empty() ? "(anonymous)" : id,
                            " " + type);
     return out.empty() ? "none" : out;
+}
+
+// "64 MiB", "2 GiB", else exact bytes: a size the user can compare.
+std::string size_text(std::uint64_t bytes) {
+    if (bytes != 0 && bytes % (std::uint64_t{1} << 30) == 0)
+        return fmt::format("{} GiB", bytes >> 30);
+    if (bytes != 0 && bytes % (std::uint64_t{1} << 20) == 0)
+        return fmt::format("{} MiB", bytes >> 20);
+    return fmt::format("{} bytes", bytes);
 }
 
 // Both sides open the same volume: same network URL, or the same file.
@@ -197,6 +208,13 @@ Result<void> check_disks(const SideFacts& src, const SideFacts& dst, CopyStorage
                 fmt::format("disk {}: both QEMUs open the same file {}; copying it "
                             "onto itself would destroy it (use --copy-storage none)",
                             s.device, s.filename));
+        } else if (s.size != it->size) {
+            // A smaller volume cannot hold the disk; a larger one would give
+            // the guest a disk of another size (and QEMU's mirror refuses it).
+            return refuse(fmt::format(
+                "disk {}: the destination's volume {} is {} but the source's {} is {}; "
+                "--copy-storage all needs a destination volume of exactly the source's size",
+                s.device, it->filename, size_text(it->size), s.filename, size_text(s.size)));
         }
     }
     if (dst.disks.size() != src.disks.size())

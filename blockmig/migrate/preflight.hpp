@@ -34,7 +34,8 @@ struct DiskFacts {
     // "directsync", "writeback", ...): the protocol node under the
     // device's node when QEMU lists one with the same filename.
     std::string cache_mode;
-    std::string node;  // the device's top node (what a mirror reads / an export serves)
+    std::string node;        // the device's top node (what a mirror reads / an export serves)
+    std::uint64_t size = 0;  // the top node's virtual size in bytes (the guest's disk size)
     std::vector<std::string> names;  // every name of the device in query-blockstats
 };
 

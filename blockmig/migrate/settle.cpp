@@ -6,6 +6,7 @@
 
 #include "qmp/commands.hpp"
 #include "qmp/migration.hpp"
+#include "release.hpp"
 
 namespace blockmig::migrate {
 
@@ -185,9 +186,48 @@ class Settler {
         if (r) wait_for_end(&sub);
     }
 
+    // Disk copies (`--copy-storage all`) end before the destination runs
+    // the guest: its exports go first (a hard delete cuts any client off),
+    // so nothing but the guest writes its disks; a destination that cannot
+    // prove them gone is not resumed (false). The source's jobs and nodes
+    // follow.
+    Result<bool> release_for_forward() {
+        auto dst = release_destination(m_journal, m_dst, m_timeout);
+        if (!dst) return fail(dst.error());
+        take(*dst);
+        if (!dst->left_behind.empty()) return false;
+        auto src = release_source_disks(m_journal, m_src, m_timeout);
+        if (!src) return fail(src.error());
+        take(*src);
+        return true;
+    }
+
+    // Undo: the source's mirrors first (they write into the exports), then
+    // the destination's exports and NBD server.
+    Result<void> release_for_undo() {
+        auto src = release_source_disks(m_journal, m_src, m_timeout);
+        if (!src) return fail(src.error());
+        take(*src);
+        auto dst = release_destination(m_journal, m_dst, m_timeout);
+        if (!dst) return fail(dst.error());
+        take(*dst);
+        return {};
+    }
+
+    void take(const Released& r) {
+        m_result.actions.insert(m_result.actions.end(), r.done.begin(), r.done.end());
+        m_result.left_behind.insert(m_result.left_behind.end(), r.left_behind.begin(),
+                                    r.left_behind.end());
+    }
+
     Result<void> forward(const Observation& now) {
         m_result.verdict = Verdict::forward;
         const auto& facts = *m_journal.job().migration;
+        if (now.dst.reachable) {
+            auto released = release_for_forward();
+            if (!released) return fail(released.error());
+            if (!*released) return {};
+        }
         if (now.dst.reachable && now.dst.run_state != "running") {
             // The destination has all of the guest once its incoming side
             // completed; only then may it run (never two running copies).
@@ -256,6 +296,7 @@ class Settler {
                                        now.src.run_state + ")");
         }
         restore_settings();
+        if (auto r = release_for_undo(); !r) return r;
         for (auto effect : {EffectKind::migration_started, EffectKind::incoming_started,
                             EffectKind::migration_configured})
             if (auto w = mark(m_journal, effect, RecordState::undone, "migration cancelled"); !w)

@@ -14,23 +14,34 @@ namespace {
 using jobs::EffectKind;
 using jobs::RecordState;
 
-constexpr std::uint16_t k_nbd_port = 10809;
-
 // A QEMU error reply: the effect did not happen (a timeout may hide one that did).
 bool definite(const Error& e) {
     return e.code != ErrorCode::timeout && e.code != ErrorCode::interrupted &&
            e.code != ErrorCode::protocol;
 }
 
+// QEMU's bind failure (inet_listen_saddr: "Failed to bind socket: Address
+// already in use"): the next port of the range is tried.
+bool port_in_use(const Error& e) {
+    return e.message.find("Address already in use") != std::string::npos;
+}
+
 }  // namespace
 
-qmp::SocketAddress nbd_server_address(const std::string& dst_addr) {
+PortRange nbd_ports(std::uint16_t port) {
+    if (port != 0) return {port, port};
+    return {k_nbd_port, static_cast<std::uint16_t>(k_nbd_port + k_nbd_ports - 1)};
+}
+
+std::string nbd_host(const std::string& dst_addr) {
     std::string host = dst_addr;
-    if (auto colon = host.rfind(':'); colon != std::string::npos && host.back() != ']')
+    // "HOST:PORT" and "[V6]:PORT" lose the port; a bare IPv6 address keeps its colons.
+    if (auto colon = host.rfind(':'); colon != std::string::npos && host.back() != ']' &&
+                                      (host.front() == '[' || host.find(':') == colon))
         host = host.substr(0, colon);
     if (host.size() > 2 && host.front() == '[' && host.back() == ']')
         host = host.substr(1, host.size() - 2);
-    return qmp::SocketAddress::inet(host, k_nbd_port);
+    return host;
 }
 
 StorageCopy::StorageCopy(qmp::Client& src, qmp::Client& dst, jobs::Journal& journal,
@@ -41,9 +52,7 @@ StorageCopy::StorageCopy(qmp::Client& src, qmp::Client& dst, jobs::Journal& jour
       m_o(options),
       m_progress(progress),
       m_src_env{.client = &src, .clock = options.clock},
-      m_dst_env{.client = &dst, .clock = options.clock},
-      m_src_effects(journal, m_src_env),
-      m_server(nbd_server_address(options.dst_addr)) {}
+      m_src_effects(journal, m_src_env) {}
 
 Result<void> StorageCopy::dst_effect(EffectKind kind, const std::string& name,
                                      const std::function<Result<void>()>& act) {
@@ -100,13 +109,30 @@ Result<void> StorageCopy::copy(const SideFacts& src, const SideFacts& dst,
     return group.wait_ready(policy, &cancel, on_sample, on_notice);
 }
 
+Result<void> StorageCopy::start_server() {
+    const auto host = nbd_host(m_o.dst_addr);
+    const auto ports = nbd_ports(m_o.nbd_port);
+    for (std::uint32_t port = ports.first; port <= ports.last; ++port) {
+        m_server = qmp::SocketAddress::inet(host, static_cast<std::uint16_t>(port));
+        const std::string where = fmt::format("{}:{}", host, port);
+        // Each attempt is journaled: a refused one is recorded failed, the
+        // one that listens is the one undone.
+        auto r = dst_effect(EffectKind::nbd_server_started, where, [&] {
+            return qmp::nbd_server_start(m_dst, m_server, {}, m_o.qmp_timeout);
+        });
+        if (r) return {};
+        if (!port_in_use(r.error()) || port == ports.last)
+            return fail(r.error().with_context(
+                fmt::format("destination nbd-server-start on {}{}", where,
+                            ports.first == ports.last
+                                ? ""
+                                : fmt::format(" (ports {}-{} tried)", ports.first, port))));
+    }
+    return {};
+}
+
 Result<void> StorageCopy::export_disks(const SideFacts& src, const SideFacts& dst) {
-    const std::string where = fmt::format("{}:{}", m_server.host, m_server.port);
-    if (auto r =
-            dst_effect(EffectKind::nbd_server_started, where,
-                       [&] { return qmp::nbd_server_start(m_dst, m_server, {}, m_o.qmp_timeout); });
-        !r)
-        return fail(r.error().with_context("destination nbd-server-start on " + where));
+    if (auto r = start_server(); !r) return r;
     for (const auto& s : src.disks) {
         auto d = std::find_if(dst.disks.begin(), dst.disks.end(),
                               [&](const DiskFacts& x) { return x.device == s.device; });
@@ -160,49 +186,6 @@ Result<void> StorageCopy::finish() {
                         fmt::format("{}: {}", m->spec().disk, report->left_behind.front()));
     }
     return {};
-}
-
-jobs::UndoReport StorageCopy::stop_destination() {
-    jobs::UndoReport out;
-    auto plan = jobs::undo_plan(m_journal.job(), k_destination);
-    if (plan && m_dst.state() == qmp::State::dead) {
-        // The destination's QMP is gone (its QEMU exited, taking its NBD
-        // server along); nothing of the guest's is there: recorded, not retried.
-        for (const auto& step : *plan) {
-            out.done.push_back(fmt::format("{} {}: the destination's QMP is gone",
-                                           jobs::to_string(step.kind), step.name));
-            if (auto w = m_journal.outcome(step.seq, RecordState::undone,
-                                           "the destination's QMP connection is gone");
-                !w)
-                out.left_behind.push_back(w.error().message);
-        }
-        return out;
-    }
-    if (!plan) {
-        out.left_behind.push_back(plan.error().message);
-        return out;
-    }
-    auto report = jobs::run_undo(m_journal, *plan, m_dst_env);
-    if (!report) {
-        out.left_behind.push_back(report.error().message);
-        return out;
-    }
-    return *report;
-}
-
-std::vector<std::string> StorageCopy::abort() {
-    std::vector<std::string> left;
-    for (auto& m : m_mirrors) {
-        if (m->state() == mirror::MirrorState::detached) continue;
-        auto report = m->abort();
-        if (!report)
-            left.push_back(fmt::format("{}: {}", m->spec().disk, report.error().message));
-        else
-            left.insert(left.end(), report->left_behind.begin(), report->left_behind.end());
-    }
-    auto dst = stop_destination();
-    left.insert(left.end(), dst.left_behind.begin(), dst.left_behind.end());
-    return left;
 }
 
 }  // namespace blockmig::migrate

@@ -6,12 +6,12 @@
 // NBD client node and a mirror::Mirror per disk, driven by one
 // mirror::Group (all READY, write-blocking where block-job-change exists).
 // At pre-switchover finish() soft-cancels every mirror (final sync) and
-// detaches the NBD client nodes; after the migration completed
-// stop_destination() removes the exports and the server.
+// detaches the NBD client nodes.
 //
 // Every side effect is journaled before it happens. Destination effects
-// are recorded under disk k_destination and undone with the destination's
-// UndoEnv; source effects under the device id with the source's.
+// are recorded under disk k_destination, source effects under the device
+// id; every ending releases them from the journal (release.hpp, through
+// settle.hpp), so a live failure and `blockmig recover` undo alike.
 #pragma once
 
 #include <atomic>
@@ -24,11 +24,9 @@
 #include "jobs/effects.hpp"
 #include "mirror/group.hpp"
 #include "preflight.hpp"
+#include "release.hpp"
 
 namespace blockmig::migrate {
-
-// The journal's disk key of destination-side effects (no qdev id has '@').
-inline constexpr const char* k_destination = "@dst";
 
 class StorageCopy {
   public:
@@ -41,13 +39,9 @@ class StorageCopy {
     // At pre-switchover (vCPUs stopped): final sync of every mirror, then
     // the NBD client nodes are removed from the source.
     Result<void> finish();
-    // Exports and NBD server removed from the destination (success or failure).
-    jobs::UndoReport stop_destination();
-    // Failure before the destination ran: mirrors cancelled, NBD nodes
-    // removed, then stop_destination(). Returns what was left behind.
-    std::vector<std::string> abort();
 
   private:
+    Result<void> start_server();
     Result<void> export_disks(const SideFacts& src, const SideFacts& dst);
     Result<void> start_mirrors(const SideFacts& src);
     Result<void> dst_effect(jobs::EffectKind kind, const std::string& name,
@@ -58,14 +52,24 @@ class StorageCopy {
     jobs::Journal& m_journal;
     const MigrateOptions& m_o;
     ProgressSink& m_progress;
-    jobs::UndoEnv m_src_env, m_dst_env;
+    jobs::UndoEnv m_src_env;
     jobs::Effects m_src_effects;
     qmp::SocketAddress m_server;
     bool m_in_place = false, m_can_switch = false;
     std::vector<std::unique_ptr<mirror::Mirror>> m_mirrors;
 };
 
-// The NBD server's address: --dst-addr's host, port 10809 (NBD's own).
-qmp::SocketAddress nbd_server_address(const std::string& dst_addr);
+// The ports the destination's NBD server may listen on: `port` alone when
+// given, else NBD's own 10809 and the next ones (libvirt and Proxmox pick
+// from a range too), tried in order while the port is in use.
+struct PortRange {
+    std::uint16_t first = 0, last = 0;
+};
+PortRange nbd_ports(std::uint16_t port);
+inline constexpr std::uint16_t k_nbd_port = 10809;
+inline constexpr std::uint16_t k_nbd_ports = 16;
+
+// --dst-addr's host part ("10.0.0.2:4444" -> "10.0.0.2", "[::1]" -> "::1").
+std::string nbd_host(const std::string& dst_addr);
 
 }  // namespace blockmig::migrate

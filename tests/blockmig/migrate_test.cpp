@@ -3,11 +3,14 @@
 // (success, destination lost, timeout) and recovery from a journal.
 #include "blockmig/migrate.hpp"
 
+#include <fmt/format.h>
 #include <gtest/gtest.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <fstream>
 #include <mutex>
+#include <set>
 
 #include "jobs/journal.hpp"
 #include "jobs_test_util.hpp"
@@ -37,6 +40,12 @@ struct FakeSide {
         {"events", false}, {"pause-before-switchover", false}, {"late-block-activate", false}};
     json params{{"max-bandwidth", 134217728}, {"downtime-limit", 300}};
     std::vector<std::string> commands;
+    std::uint64_t disk_size = 4096;  // every disk's virtual size
+    // What --copy-storage all leaves in a QEMU: mirror jobs and NBD client
+    // nodes on the source, exports and the NBD server on the destination.
+    std::set<std::string> block_jobs, nodes, exports;
+    bool nbd_server = false;
+    std::string failing;  // a command this QEMU answers with an error
     Ram ram = Ram::reaches_switchover;
     bool resume_on_cancel = true;  // QEMU resumes a source whose migration ended
     FakeSide* peer = nullptr;      // the destination, for the source
@@ -103,10 +112,50 @@ struct FakeSide {
                        {"cache", {{"writeback", true}, {"direct", true}, {"no-flush", false}}},
                        {"backing_file_depth", 0},
                        {"image",
-                        {{"filename", file}, {"format", "raw"}, {"virtual-size", 4096}}}}}});
+                        {{"filename", file}, {"format", "raw"}, {"virtual-size", disk_size}}}}}});
             return reply(out);
         }
-        if (cmd == "query-block-jobs") return reply(json::array());
+        if (cmd == "query-block-jobs") {
+            json out = json::array();
+            for (const auto& id : block_jobs)
+                out.push_back({{"type", "mirror"},
+                               {"device", id},
+                               {"id", id},
+                               {"len", 4096},
+                               {"offset", 4096},
+                               {"busy", false},
+                               {"paused", false},
+                               {"speed", 0},
+                               {"io-status", "ok"},
+                               {"ready", true},
+                               {"status", "ready"}});
+            return reply(out);
+        }
+        auto error = [&](std::string desc) {
+            s.push({{"error", {{"class", "GenericError"}, {"desc", desc}}}, {"id", m["id"]}});
+        };
+        if (cmd == failing) return error("injected failure");
+        if (cmd == "block-job-cancel") {
+            if (!block_jobs.erase(args.value("device", "")))
+                return error("Block job '" + args.value("device", "") + "' not found");
+            return reply(json::object());
+        }
+        if (cmd == "blockdev-del") {
+            if (!nodes.erase(args.value("node-name", "")))
+                return error("Failed to find node with node-name='" + args.value("node-name", "") +
+                             "'");
+            return reply(json::object());
+        }
+        if (cmd == "block-export-del") {
+            if (!exports.erase(args.value("id", "")))
+                return error("Export '" + args.value("id", "") + "' is not found");
+            return reply(json::object());
+        }
+        if (cmd == "nbd-server-stop") {
+            if (!nbd_server) return error("NBD server not running");
+            nbd_server = false;
+            return reply(json::object());
+        }
         if (cmd == "query-named-block-nodes") return reply(json::array());
         if (cmd == "query-version")
             return reply({{"qemu", {{"major", 7}, {"minor", 2}, {"micro", 0}}}, {"package", ""}});
@@ -310,6 +359,25 @@ TEST_F(MigrateTest, PreflightRefusalTouchesNothing) {
     EXPECT_EQ(journals(), 0u);
 }
 
+TEST_F(MigrateTest, CopyStorageAllOntoAVolumeOfAnotherSizeIsRefusedUntouched) {
+    options.copy_storage = CopyStorage::all;
+    const fs::path other = dir / "dst.raw";
+    std::ofstream(other) << "disk";
+    dst.side->disks["disk0"] = other.string();
+    dst.side->disk_size = 2048;
+    auto r = migrate();
+    ASSERT_FALSE(r);
+    EXPECT_EQ(r.error().message,
+              fmt::format("migrate pre-flight: disk disk0: the destination's volume {} is 2048 "
+                          "bytes but the source's {} is 4096 bytes; --copy-storage all needs a "
+                          "destination volume of exactly the source's size",
+                          other.string(), disk.string()));
+    for (auto* side : {src.side.get(), dst.side.get()})
+        for (const auto& c : side->commands)
+            EXPECT_TRUE(c.starts_with("query") || c.starts_with("qom")) << c;
+    EXPECT_EQ(journals(), 0u);
+}
+
 TEST_F(MigrateTest, CopyStorageAllOntoTheSameFileIsRefusedUntouched) {
     // Both fake QEMUs open the same file: copying it onto itself would destroy it.
     options.copy_storage = CopyStorage::all;
@@ -413,6 +481,38 @@ TEST_F(Preflight, RefusesAHostCacheOnSharedStorageUnlessUnsafe) {
     EXPECT_TRUE(migrate::check(src, dst, CopyStorage::none, /*unsafe=*/true));
 }
 
+TEST_F(Preflight, CopyAllMatchesEveryDiskBySizeAndNamesBothSizes) {
+    auto copy_all = [&] {
+        auto r = migrate::check(src, dst, CopyStorage::all);
+        return r ? "" : r.error().message;
+    };
+    dst.disks[0] = {"disk0", "/b/vm.raw", migrate::FileIdentity{1, 3}, "none"};
+    src.disks[0].size = dst.disks[0].size = std::uint64_t{64} << 20;
+    EXPECT_EQ(copy_all(), "");
+    dst.disks[0].size = std::uint64_t{32} << 20;
+    EXPECT_NE(copy_all().find("disk disk0: the destination's volume /b/vm.raw is 32 MiB but the "
+                              "source's /shared/vm.raw is 64 MiB"),
+              std::string::npos)
+        << copy_all();
+    // Larger is refused too: the guest would come up with another disk size.
+    dst.disks[0].size = (std::uint64_t{64} << 20) + 512;
+    EXPECT_NE(copy_all().find("is 67109376 bytes but the source's /shared/vm.raw is 64 MiB"),
+              std::string::npos)
+        << copy_all();
+    // Matched by device id, not by position.
+    src.disks.push_back({"disk1", "/shared/b.raw", migrate::FileIdentity{1, 4}, "none"});
+    src.disks[1].size = std::uint64_t{2} << 30;
+    dst.disks.insert(dst.disks.begin(), {"disk1", "/b/b.raw", migrate::FileIdentity{1, 5}, "none"});
+    dst.disks[0].size = std::uint64_t{2} << 30;
+    dst.disks[1].size = std::uint64_t{64} << 20;
+    EXPECT_EQ(copy_all(), "");
+    dst.disks[0].size = std::uint64_t{1} << 30;
+    EXPECT_NE(copy_all().find("disk disk1: the destination's volume /b/b.raw is 1 GiB but the "
+                              "source's /shared/b.raw is 2 GiB"),
+              std::string::npos)
+        << copy_all();
+}
+
 TEST_F(Preflight, RefusesAMissingCapability) {
     dst.capabilities.erase("pause-before-switchover");
     EXPECT_NE(refusal().find("pause-before-switchover"), std::string::npos);
@@ -464,8 +564,9 @@ class MigrateRecover : public MigrateTest {
   protected:
     jobs::Journal journal(const std::string& phase, bool switchover_sent) {
         jobs::Job job = migrate_job(switchover_sent);
-        job.guest.qmp = "/run/src.qmp";
-        job.migration->destination.qmp = "/run/dst.qmp";
+        // Sockets nobody listens on: a QEMU asked again is proven gone.
+        job.guest.qmp = (dir / "src.qmp").string();
+        job.migration->destination.qmp = (dir / "dst.qmp").string();
         job.migration->phase = phase;
         job.migration->source_saved = {{"capabilities", {{"pause-before-switchover", false}}},
                                        {"parameters", {{"max-bandwidth", 134217728}}}};
@@ -473,7 +574,115 @@ class MigrateRecover : public MigrateTest {
         EXPECT_TRUE(j);
         return std::move(*j);
     }
+
+    // A --copy-storage all job: NBD server and one export on the
+    // destination, an NBD client node and a mirror on the source.
+    jobs::Journal copy_journal(const std::string& phase, bool switchover_sent) {
+        auto j = journal(phase, switchover_sent);
+        auto effect = [&](const std::string& disk, jobs::EffectKind kind, const std::string& name) {
+            auto seq = j.intend({.disk = disk, .effect = kind, .name = name});
+            ASSERT_TRUE(seq);
+            ASSERT_TRUE(j.outcome(*seq, jobs::RecordState::done));
+        };
+        effect("@dst", jobs::EffectKind::nbd_server_started, "10.0.0.2:10809");
+        effect("@dst", jobs::EffectKind::export_added, "bm1-disk0");
+        effect("disk0", jobs::EffectKind::node_added, "bm1-disk0-nbd");
+        effect("disk0", jobs::EffectKind::mirror_started, "bm1-disk0-mirror");
+        src.side->block_jobs = {"bm1-disk0-mirror"};
+        src.side->nodes = {"bm1-disk0-nbd"};
+        dst.side->exports = {"bm1-disk0"};
+        dst.side->nbd_server = true;
+        return j;
+    }
+
+    std::size_t position(FakeSide& side, const std::string& command) {
+        std::lock_guard lock(side.mutex);
+        for (std::size_t i = 0; i < side.commands.size(); ++i)
+            if (side.commands[i].starts_with(command + " ")) return i;
+        return std::string::npos;
+    }
 };
+
+TEST_F(MigrateRecover, MirrorPhaseUndoesTheCopyOnBothQemus) {
+    auto j = copy_journal("mirror", false);
+    auto r =
+        migrate::recover_migration(j, src.client.get(), dst.client.get(), 500ms, options.jobs_dir);
+    ASSERT_TRUE(r) << r.error().message;
+    EXPECT_EQ(r->disks[0].direction, jobs::Direction::undo) << r->disks[0].reason;
+    EXPECT_TRUE(src.side->block_jobs.empty()) << "the mirror is cancelled";
+    EXPECT_TRUE(src.side->got("block-job-cancel", R"("force":true)"));
+    EXPECT_TRUE(src.side->nodes.empty()) << "the NBD client node is deleted";
+    EXPECT_TRUE(dst.side->exports.empty()) << "the export is deleted";
+    EXPECT_FALSE(dst.side->nbd_server) << "the NBD server is stopped";
+    EXPECT_LT(position(*dst.side, "block-export-del"), position(*dst.side, "nbd-server-stop"));
+    EXPECT_FALSE(dst.side->got("cont"));
+    EXPECT_TRUE(r->journal_removed);
+    EXPECT_EQ(journals(), 0u);
+}
+
+TEST_F(MigrateRecover, ADestinationThatIsGoneTookItsExportsAlong) {
+    // RAM phase: the source's cancel made the destination's QEMU exit.
+    src.side->migration = "active";
+    auto j = copy_journal("ram", false);
+    auto r = migrate::recover_migration(j, src.client.get(), nullptr, 500ms, options.jobs_dir);
+    ASSERT_TRUE(r) << r.error().message;
+    EXPECT_EQ(r->disks[0].direction, jobs::Direction::undo) << r->disks[0].reason;
+    EXPECT_TRUE(src.side->block_jobs.empty());
+    EXPECT_TRUE(src.side->nodes.empty());
+    const auto& actions = r->disks[0].actions;
+    EXPECT_TRUE(std::any_of(actions.begin(), actions.end(), [](const std::string& a) {
+        return a.starts_with("export_del bm1-disk0: the destination QEMU is gone");
+    })) << fmt::format("{}", fmt::join(actions, " | "));
+    EXPECT_TRUE(r->journal_removed);
+}
+
+TEST_F(MigrateRecover, ForwardRemovesTheExportsBeforeTheDestinationRuns) {
+    src.side->migration = "completed";
+    src.side->run_state = "postmigrate";
+    dst.side->migration = "completed";
+    dst.side->run_state = "paused";
+    auto j = copy_journal("switchover", true);
+    auto r =
+        migrate::recover_migration(j, src.client.get(), dst.client.get(), 500ms, options.jobs_dir);
+    ASSERT_TRUE(r) << r.error().message;
+    EXPECT_EQ(r->disks[0].direction, jobs::Direction::forward) << r->disks[0].reason;
+    EXPECT_TRUE(dst.side->exports.empty());
+    EXPECT_FALSE(dst.side->nbd_server);
+    EXPECT_LT(position(*dst.side, "nbd-server-stop"), position(*dst.side, "cont"));
+    EXPECT_TRUE(src.side->block_jobs.empty());
+    EXPECT_TRUE(src.side->got("quit"));
+    EXPECT_TRUE(r->journal_removed);
+}
+
+TEST_F(MigrateRecover, ADestinationThatKeepsItsExportIsNotResumed) {
+    src.side->migration = "completed";
+    src.side->run_state = "postmigrate";
+    dst.side->migration = "completed";
+    dst.side->run_state = "paused";
+    dst.side->failing = "block-export-del";
+    auto j = copy_journal("switchover", true);
+    auto r =
+        migrate::recover_migration(j, src.client.get(), dst.client.get(), 500ms, options.jobs_dir);
+    ASSERT_TRUE(r) << r.error().message;
+    EXPECT_FALSE(dst.side->got("cont")) << "never run the guest with a writable export open";
+    EXPECT_FALSE(src.side->got("quit"));
+    ASSERT_FALSE(r->disks[0].left_behind.empty());
+    EXPECT_NE(r->disks[0].left_behind[0].find(
+                  "left behind: export bm1-disk0 (block-export-del: injected failure)"),
+              std::string::npos)
+        << r->disks[0].left_behind[0];
+    EXPECT_FALSE(r->journal_removed);
+    EXPECT_TRUE(j.job().needs_recovery());
+
+    // Next time the export goes: the guest runs on the destination.
+    dst.side->failing.clear();
+    auto again =
+        migrate::recover_migration(j, src.client.get(), dst.client.get(), 500ms, options.jobs_dir);
+    ASSERT_TRUE(again) << again.error().message;
+    EXPECT_TRUE(dst.side->got("cont"));
+    EXPECT_TRUE(dst.side->exports.empty());
+    EXPECT_TRUE(again->journal_removed);
+}
 
 TEST_F(MigrateRecover, RamPhaseIsCancelledAndTheSourceKeepsTheGuest) {
     src.side->migration = "active";

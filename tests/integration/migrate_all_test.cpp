@@ -5,11 +5,24 @@
 // - success: the guest runs and keeps writing on B, the source QEMU is gone,
 //   every block verifies on B's disk file;
 // - the destination QEMU killed during the mirror phase: one clear line, the
-//   guest keeps running on A, no block job and no NBD node left on A.
+//   guest keeps running on A, no block job and no NBD node left on A;
+// - blockmig SIGKILLed while the mirrors copy, and while the RAM moves:
+//   `blockmig jobs` says needs-recovery, `blockmig recover` leaves the guest
+//   running on A with no block job or NBD node there and no export or NBD
+//   server on B;
+// - B's NBD port 10809 taken by another program: the next port is used
+//   (an explicit --dst-port that is taken fails cleanly).
 // QEMU's monitor serves one client at a time, so while blockmig runs the
 // test watches the journal (`blockmig jobs`), never QMP.
+#include <arpa/inet.h>
+#include <fcntl.h>
 #include <gtest/gtest.h>
+#include <netinet/in.h>
+#include <sched.h>
 #include <signal.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include "move_test_util.hpp"
 
@@ -71,6 +84,71 @@ class MigrateAll : public ::testing::Test {
             std::this_thread::sleep_for(100ms);
         }
         return false;
+    }
+
+    // The journal shows a mirror job's record: the copy is under way.
+    bool wait_for_mirror_job(std::chrono::milliseconds timeout) {
+        const auto deadline = Clock::now() + timeout;
+        while (Clock::now() < deadline) {
+            json l = jobs_listing();
+            if (!l["jobs"].empty() && l["jobs"][0].contains("migration"))
+                for (const auto& e : l["jobs"][0]["migration"]["exists"])
+                    if (e.get<std::string>().starts_with("mirror job")) return true;
+            std::this_thread::sleep_for(100ms);
+        }
+        return false;
+    }
+
+    // blockmig started as a child of the test, so it can be SIGKILLed.
+    pid_t spawn_blockmig(std::vector<std::string> args) {
+        args.insert(args.begin(), BLOCKMIG_BINARY);
+        pid_t pid = fork();
+        if (pid == 0) {
+            std::vector<char*> argv;
+            for (auto& a : args) argv.push_back(a.data());
+            argv.push_back(nullptr);
+            int null = open("/dev/null", O_WRONLY);
+            dup2(null, 1);
+            execv(argv[0], argv.data());
+            _exit(127);
+        }
+        return pid;
+    }
+
+    // The job is abandoned: listed as needing recovery, recovered onto the source.
+    void recover_onto_the_source() {
+        json listing = jobs_listing();
+        ASSERT_EQ(listing["jobs"].size(), 1u) << listing.dump();
+        EXPECT_EQ(listing["jobs"][0]["kind"], "migrate");
+        EXPECT_EQ(listing["jobs"][0]["state"], "needs-recovery") << listing.dump();
+        auto r = blockmig_cli({"recover", "--state-dir", state.string(), "--all"});
+        ASSERT_EQ(r.status, 0) << r.out;
+        EXPECT_NE(r.out.find("undo"), std::string::npos) << r.out;
+        std::cerr << r.out;
+        EXPECT_EQ(jobs_listing()["jobs"].size(), 0u);
+    }
+
+    // Nothing of the copy on the source: no block job, no NBD client node.
+    void expect_source_clean() {
+        EXPECT_EQ(qmp_return(*src, R"({"execute":"query-status"})")["status"], "running");
+        EXPECT_TRUE(qmp_return(*src, R"({"execute":"query-block-jobs"})").empty());
+        for (const auto& n : qmp_return(*src, R"({"execute":"query-named-block-nodes"})"))
+            EXPECT_NE(n.value("drv", ""), "nbd") << "an NBD client node is left: " << n.dump();
+    }
+
+    // A destination QEMU still running has no export and no NBD server.
+    void expect_destination_clean() {
+        const json exports = qmp_return(*dst, R"({"execute":"query-block-exports"})");
+        EXPECT_TRUE(exports.empty()) << exports.dump();
+        const std::string stop = dst->qmp(R"({"execute":"nbd-server-stop"})");
+        EXPECT_NE(stop.find("NBD server not running"), std::string::npos)
+            << "the NBD server is still running: " << stop;
+    }
+
+    void expect_guest_verifies_on_the_source() {
+        ASSERT_TRUE(guest_keeps_writing(*src));
+        auto v = pause_and_verify(*src, src_disk.string(), "raw", k_blocks);
+        EXPECT_TRUE(v.intact()) << v.output;
     }
 
     std::unique_ptr<HostPair> hosts;
@@ -138,6 +216,100 @@ TEST_F(MigrateAll, DestinationKilledDuringTheMirrorLeavesTheGuestOnTheSource) {
     EXPECT_EQ(jobs_listing()["jobs"].size(), 0u);
     ASSERT_TRUE(guest_keeps_writing(*src));
     auto v = pause_and_verify(*src, src_disk.string(), "raw", k_blocks);
+    EXPECT_TRUE(v.intact()) << v.output;
+}
+
+TEST_F(MigrateAll, KilledWhileTheMirrorsCopyIsRecoveredOntoTheSource) {
+    // 1 MiB/s: the 32 MiB copy is still running when blockmig dies.
+    pid_t pid = spawn_blockmig(migrate_args({"--bandwidth", "1"}));
+    const bool copying = wait_for_mirror_job(60s);
+    std::this_thread::sleep_for(2s);
+    kill(pid, SIGKILL);
+    waitpid(pid, nullptr, 0);
+    ASSERT_TRUE(copying);
+    // QEMU copies on without blockmig: the job and the exports are still there.
+    EXPECT_FALSE(qmp_return(*src, R"({"execute":"query-block-jobs"})").empty());
+    EXPECT_FALSE(qmp_return(*dst, R"({"execute":"query-block-exports"})").empty());
+
+    recover_onto_the_source();
+    expect_source_clean();
+    // Its migration never started: the destination still waits, emptied.
+    EXPECT_EQ(qmp_return(*dst, R"({"execute":"query-status"})")["status"], "inmigrate");
+    expect_destination_clean();
+    expect_guest_verifies_on_the_source();
+}
+
+TEST_F(MigrateAll, KilledWhileTheRamMovesIsRecoveredOntoTheSource) {
+    // 2 MiB/s: the disk is in sync after ~16 s, the ~100 MiB of RAM takes longer.
+    pid_t pid = spawn_blockmig(migrate_args({"--bandwidth", "2"}));
+    const bool in_ram = wait_for_phase("ram", 120s);
+    std::this_thread::sleep_for(1s);
+    kill(pid, SIGKILL);
+    waitpid(pid, nullptr, 0);
+    ASSERT_TRUE(in_ram);
+
+    recover_onto_the_source();
+    EXPECT_EQ(qmp_return(*src, R"({"execute":"query-migrate"})")["status"], "cancelled");
+    expect_source_clean();
+    // Its incoming migration failed: the destination QEMU exits by itself,
+    // its exports and NBD server with it.
+    EXPECT_TRUE(dst->wait_exit(30s)) << dst->console();
+    expect_guest_verifies_on_the_source();
+}
+
+// A listening socket on ADDR:PORT inside network namespace `ns`: another
+// program holding the destination's NBD port. -1 on failure.
+int listen_in(const std::string& ns, const char* addr, int port) {
+    int fd = -1;
+    // setns() moves only the calling thread; the socket stays in that namespace.
+    std::thread([&] {
+        int nsfd = open(("/run/netns/" + ns).c_str(), O_RDONLY | O_CLOEXEC);
+        if (nsfd < 0) return;
+        const bool in = setns(nsfd, CLONE_NEWNET) == 0;
+        close(nsfd);
+        if (!in) return;
+        int s = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        sockaddr_in sa{};
+        sa.sin_family = AF_INET;
+        sa.sin_port = htons(static_cast<std::uint16_t>(port));
+        inet_pton(AF_INET, addr, &sa.sin_addr);
+        if (bind(s, reinterpret_cast<sockaddr*>(&sa), sizeof sa) != 0 || listen(s, 1) != 0) {
+            close(s);
+            return;
+        }
+        fd = s;
+    }).join();
+    return fd;
+}
+
+TEST_F(MigrateAll, TakenNbdPortOnTheDestinationMovesToTheNext) {
+    const int taken = listen_in(hosts->ns_b(), HostPair::k_addr_b, 10809);
+    ASSERT_GE(taken, 0) << "could not hold port 10809 in " << hosts->ns_b();
+    // Asked for exactly that port: one clear line, nothing left anywhere.
+    auto refused = blockmig_cli(migrate_args({"--dst-port", "10809"}));
+    EXPECT_EQ(refused.status, 1) << refused.out;
+    EXPECT_NE(refused.out.find("blockmig: error: migrate failed in phase mirror: destination "
+                               "nbd-server-start on 10.77.0.2:10809"),
+              std::string::npos)
+        << refused.out;
+    EXPECT_NE(refused.out.find("Address already in use"), std::string::npos) << refused.out;
+    EXPECT_EQ(jobs_listing()["jobs"].size(), 0u);
+    expect_destination_clean();
+
+    // The default tries the next ports: the migration goes through on 10810.
+    auto r = blockmig_cli_split(migrate_args({"--output", "json"}), dir.path());
+    close(taken);
+    ASSERT_EQ(r.status, 0) << r.out << r.err;
+    bool on_10810 = false;
+    for (const auto& l : lines_of(r.out)) {
+        json j = json::parse(l, nullptr, false);
+        if (j.value("event", "") == "start")
+            on_10810 = j.value("target", "").find(":10810/") != std::string::npos;
+    }
+    EXPECT_TRUE(on_10810) << r.out;
+    EXPECT_TRUE(src->wait_exit(15s)) << "the source QEMU quits";
+    EXPECT_EQ(qmp_return(*dst, R"({"execute":"query-status"})")["status"], "running");
+    auto v = pause_and_verify(*dst, dst_disk.string(), "raw", k_blocks);
     EXPECT_TRUE(v.intact()) << v.output;
 }
 

@@ -1,9 +1,11 @@
 // `migrate`: live migration of a running guest to another QEMU (another
 // host), driven over both QEMUs' QMP monitors.
 //
-// This slice handles shared storage (copy_storage none: both QEMUs open the
-// same volumes, proven before anything is touched) with a destination QEMU
-// the user started with the same devices and `-incoming defer`. Sequence:
+// Shared storage (copy_storage none: both QEMUs open the same volumes,
+// proven before anything is touched) or copied disks (all: every disk
+// mirrored over NBD into the destination's own volume of the same size
+// before the RAM moves), with a destination QEMU the user started with the
+// same devices and `-incoming defer`. Sequence:
 // capabilities (events, pause-before-switchover, late-block-activate where
 // QEMU has it) and parameters (max-bandwidth always explicit, downtime-limit)
 // on both sides, migrate-incoming on the destination, migrate on the source,
@@ -39,6 +41,9 @@ struct MigrateOptions {
     std::string dst_qmp;
     std::string dst_addr;  // HOST[:PORT] the destination listens on; PORT 0/absent = QEMU picks
     CopyStorage copy_storage = CopyStorage::none;
+    // copy_storage all: the destination's NBD server port; 0 = the first
+    // free one of 10809-10824 (the one used is journaled).
+    std::uint16_t nbd_port = 0;
     std::uint64_t bandwidth = 0;  // bytes/s; 0 = unlimited (still set explicitly)
     std::chrono::milliseconds max_downtime{300};
     std::chrono::seconds timeout{0};  // whole migration; 0 = none

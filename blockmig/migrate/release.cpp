@@ -1,0 +1,113 @@
+#include "release.hpp"
+
+#include <fmt/core.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <memory>
+
+#include "jobs/undo.hpp"
+
+namespace blockmig::migrate {
+
+namespace {
+
+std::vector<std::string> source_disks(const jobs::Job& job) {
+    std::vector<std::string> out;
+    for (const auto& r : job.records)
+        if (!r.disk.empty() && r.disk != k_destination &&
+            std::find(out.begin(), out.end(), r.disk) == out.end())
+            out.push_back(r.disk);
+    return out;
+}
+
+// Each disk's undo steps, newest first within a disk.
+Result<std::vector<jobs::UndoStep>> plan_of(const jobs::Job& job,
+                                            const std::vector<std::string>& disks) {
+    std::vector<jobs::UndoStep> steps;
+    for (const auto& d : disks) {
+        auto plan = jobs::undo_plan(job, d);
+        if (!plan) return fail(plan.error());
+        steps.insert(steps.end(), plan->begin(), plan->end());
+    }
+    return steps;
+}
+
+// That QEMU is gone: every job, node and export it held ended with it.
+Result<void> mark_gone(jobs::Journal& journal, const std::vector<jobs::UndoStep>& steps,
+                       const std::string& why, Released& out) {
+    for (const auto& s : steps) {
+        out.done.push_back(fmt::format("{} {}: {}", jobs::to_string(s.kind), s.name, why));
+        if (s.seq == 0) continue;
+        if (auto w = journal.outcome(s.seq, jobs::RecordState::undone, why); !w) return w;
+    }
+    return {};
+}
+
+Result<Released> release(jobs::Journal& journal, const std::vector<std::string>& disks,
+                         qmp::Client* client, const std::string& address, std::string_view side,
+                         qmp::Milliseconds timeout) {
+    Released out;
+    // Two rounds: a connection lost on the way (that QEMU exiting, as a
+    // destination whose incoming migration failed does) is asked once more.
+    for (int round = 0; round < 2; ++round) {
+        auto plan = plan_of(journal.job(), disks);
+        if (!plan) {
+            out.left_behind.push_back(plan.error().message);
+            return out;
+        }
+        if (plan->empty()) return out;
+        std::unique_ptr<qmp::Client> fresh;
+        if (!client || client->state() != qmp::State::running) {
+            qmp::ConnectOptions options;
+            options.timeout = timeout;
+            options.default_timeout = timeout;
+            auto c = qmp::Client::connect(address, options);
+            if (c) {
+                fresh = std::move(*c);
+                client = fresh.get();
+            } else if (proves_gone(c.error())) {
+                const auto why = fmt::format("the {} QEMU is gone ({})", side, c.error().message);
+                if (auto w = mark_gone(journal, *plan, why, out); !w) return fail(w.error());
+                return out;
+            } else {
+                client = nullptr;  // every QMP step is left behind, named
+            }
+        }
+        jobs::UndoEnv env{.client = client, .step_timeout = timeout};
+        auto report = jobs::run_undo(journal, *plan, env);
+        if (!report) return fail(report.error());
+        out.done.insert(out.done.end(), report->done.begin(), report->done.end());
+        const bool lost = client && client->state() != qmp::State::running;
+        if (report->left_behind.empty() || !lost || round == 1) {
+            out.left_behind = report->left_behind;
+            return out;
+        }
+        client = nullptr;
+    }
+    return out;
+}
+
+}  // namespace
+
+bool proves_gone(const Error& e) {
+    return e.code == ErrorCode::not_found ||
+           e.message.find(std::strerror(ECONNREFUSED)) != std::string::npos;
+}
+
+Result<Released> release_source_disks(jobs::Journal& journal, qmp::Client* src,
+                                      qmp::Milliseconds timeout) {
+    const auto disks = source_disks(journal.job());
+    if (disks.empty()) return Released{};
+    return release(journal, disks, src, journal.job().guest.qmp, "source", timeout);
+}
+
+Result<Released> release_destination(jobs::Journal& journal, qmp::Client* dst,
+                                     qmp::Milliseconds timeout) {
+    if (!journal.job().migration) return Released{};
+    return release(journal, {k_destination}, dst, journal.job().migration->destination.qmp,
+                   "destination", timeout);
+}
+
+}  // namespace blockmig::migrate
