@@ -137,7 +137,7 @@ Result<void> DiskMove::start(qmp::CopyMode mode, std::uint64_t speed) {
 Result<void> DiskMove::create_target() {
     // The source's allocation, for the sparseness check after the pivot.
     if (!m_source.location.empty()) {
-        if (auto ref = pools::resolve_volume(m_source.location, m_options.pools); ref) {
+        if (auto ref = m_options.pool_opener.resolve_volume(m_source.location); ref) {
             if (auto info = ref->pool->stat(ref->name); info)
                 m_source_allocated = info->allocated_bytes;
         }

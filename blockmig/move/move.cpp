@@ -66,12 +66,12 @@ Result<TargetPlan> plan_target(const SourceDisk& source, std::string_view spec,
         return fail(ErrorCode::invalid_argument,
                     fmt::format("{}: no --to target given", source.id));
     if (is_named_volume(spec) || is_iscsi_lun(spec) || has_image_extension(spec)) {
-        auto ref = pools::resolve_volume(spec, options.pools);
+        auto ref = options.pool_opener.resolve_volume(spec);
         if (!ref) return fail(ref.error());
         plan.pool = std::move(ref->pool);
         plan.volume = ref->name;
     } else {
-        auto pool = pools::open_pool(spec, options.pools);
+        auto pool = options.pool_opener.open_pool(spec);
         if (!pool) return fail(pool.error());
         plan.pool = std::move(*pool);
     }
@@ -267,7 +267,11 @@ class MoveRun {
   public:
     MoveRun(qmp::Client& client, const MoveOptions& options, ProgressSink& progress,
             const std::atomic<bool>& cancel)
-        : m_client(client), m_options(options), m_progress(progress), m_cancel(cancel) {}
+        : m_client(client),
+          m_options(options),
+          m_progress(progress),
+          m_cancel(cancel),
+          m_clock(*options.clock) {}
 
     Result<MoveReport> run() {
         if (auto r = plan(); !r) return fail(r.error());
@@ -300,10 +304,11 @@ class MoveRun {
         if (!journal) return fail(journal.error());
         m_journal.emplace(std::move(*journal));
         m_env.client = &m_client;
+        m_env.clock = m_options.clock;
         m_env.step_timeout = m_options.qmp_timeout;
         // By value: an abandoned undo thread may outlive this run.
-        m_env.resolve = [config = m_options.pools](const std::string& url) {
-            return pools::resolve_volume(url, config);
+        m_env.resolve = [resolve = m_options.pool_opener.resolve_volume](const std::string& url) {
+            return resolve(url);
         };
         m_effects.emplace(*m_journal, m_env);
         const std::string id = m_journal->job().id;
@@ -381,7 +386,7 @@ class MoveRun {
             if (auto r = preflight(*source, *target_plan, m_options, *jobs); !r) return r;
             if (auto r = choose_target(*source, *target_plan, *disks); !r) return r;
             m_moves.push_back(std::make_unique<DiskMove>(m_client, *source, std::move(*target_plan),
-                                                         m_options, m_progress));
+                                                         m_options, m_progress, m_clock));
         }
         if (auto r = check_capacity(m_moves); !r) return r;
 
@@ -435,7 +440,7 @@ class MoveRun {
         if (m_options.copy_mode == CopyModePolicy::write_blocking && !m_has_copy_mode)
             return fail(ErrorCode::unsupported, "this QEMU's blockdev-mirror has no copy-mode");
         // Subscribed before the first mirror starts: no READY is missed.
-        mirror::Group group(m_client);
+        mirror::Group group(m_client, m_clock);
         for (auto& m : m_moves) group.add(m->mirror());
         mirror::CopyPolicy policy{.bandwidth = m_options.bandwidth,
                                   .timeout = m_options.timeout,
@@ -443,10 +448,11 @@ class MoveRun {
                                   .converge_window = m_options.converge_window,
                                   .auto_switch = m_options.copy_mode == CopyModePolicy::auto_switch,
                                   .can_switch = m_has_copy_mode,
-                                  .switch_in_place = m_has_job_change};
+                                  .switch_in_place = m_has_job_change,
+                                  .tick = m_options.sample_interval};
         const std::uint64_t initial_speed =
             m_options.bandwidth ? m_options.bandwidth / m_moves.size() : 0;
-        m_started = SteadyClock::now();
+        m_started = m_clock.now();
         for (auto& m : m_moves) {
             if (auto r = m->start(initial_mode(), initial_speed); !r)
                 return fail(r.error().with_context(m->source().id));
@@ -459,7 +465,7 @@ class MoveRun {
         std::map<const mirror::Mirror*, RateMeter> meters;
         auto on_sample = [&](const mirror::Mirror& m) {
             auto& meter = meters[&m];
-            meter.add(SteadyClock::now(), m.offset());
+            meter.add(m_clock.now(), m.offset());
             // After an in-place switch READY is not enough: wait until QEMU
             // says every guest write reaches both sides.
             const bool ready = m.ready_to_finish();
@@ -587,7 +593,7 @@ class MoveRun {
                                 d.target_allocated >> 20, d.source_allocated >> 20,
                                 m_options.delete_source ? "; the old volume is kept" : ""));
             if (m_options.delete_source && d.pivoted && sparse_ok) {
-                auto ref = pools::resolve_volume(m->source().location, m_options.pools);
+                auto ref = m_options.pool_opener.resolve_volume(m->source().location);
                 auto removed = ref ? ref->pool->remove(ref->name) : Result<void>(fail(ref.error()));
                 if (!removed)
                     m_progress.event("warning",
@@ -632,7 +638,7 @@ class MoveRun {
 
     MoveReport timed(MoveReport report) const {
         report.duration =
-            std::chrono::duration_cast<std::chrono::milliseconds>(SteadyClock::now() - m_started);
+            std::chrono::duration_cast<std::chrono::milliseconds>(m_clock.now() - m_started);
         report.guest_paused = m_guest_paused;
         return report;
     }
@@ -672,6 +678,7 @@ class MoveRun {
     const MoveOptions& m_options;
     ProgressSink& m_progress;
     const std::atomic<bool>& m_cancel;
+    Clock& m_clock;
     std::vector<std::unique_ptr<DiskMove>> m_moves;
     std::filesystem::path m_jobs_dir;
     std::optional<std::set<std::string>> m_held;  // volumes unfinished journals hold
@@ -683,7 +690,7 @@ class MoveRun {
     SteadyClock::time_point m_pause_deadline = SteadyClock::time_point::max();
     bool m_has_copy_mode = false;
     bool m_has_job_change = false;  // block-job-change can switch copy-mode in place
-    SteadyClock::time_point m_started = SteadyClock::now();
+    Clock::time_point m_started = m_clock.now();
     std::chrono::milliseconds m_guest_paused{0};
 };
 
@@ -750,6 +757,16 @@ Result<MoveReport> run_move(qmp::Client& client, const MoveOptions& options, Pro
                             const std::atomic<bool>& cancel) {
     MoveOptions effective = options;
     if (effective.state_dir.empty()) effective.state_dir = "/run/blockmig";
+    if (!effective.clock) effective.clock = &system_clock();
+    // The real pools unless a test handed in others (config by value: see PoolOpener).
+    if (!effective.pool_opener.open_pool)
+        effective.pool_opener.open_pool = [config = effective.pools](std::string_view spec) {
+            return pools::open_pool(spec, config);
+        };
+    if (!effective.pool_opener.resolve_volume)
+        effective.pool_opener.resolve_volume = [config = effective.pools](std::string_view spec) {
+            return pools::resolve_volume(spec, config);
+        };
     MoveRun run(client, effective, progress, cancel);
     return run.run();
 }

@@ -19,14 +19,18 @@
 #include <chrono>
 #include <cstdint>
 #include <filesystem>
+#include <functional>
+#include <memory>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "blockmig/progress.hpp"
 #include "pools/address.hpp"
 #include "pools/pool.hpp"
 #include "qmp/client.hpp"
+#include "qmp/clock.hpp"
 
 namespace blockmig {
 
@@ -35,6 +39,20 @@ enum class CopyModePolicy { background, write_blocking, auto_switch };
 struct DiskTarget {
     std::string disk;    // guest device id (qdev id) or block node name
     std::string target;  // pool spec or exact volume spec; empty = the default target
+};
+
+// How a move reaches its pools: a seam (docs/ARCHITECTURE.md, "Seams") so
+// unit tests drive a whole run_move() on MemPool or the fault pool. An
+// empty function means the real one: pools::open_pool / pools::resolve_volume
+// with MoveOptions::pools. A copy of resolve_volume goes to the undo thread
+// that deletes a created volume, which run_move() abandons when the pool
+// does not answer in time: capture by value what it needs.
+struct PoolOpener {
+    // A POOL spec (`--to POOL`) -> the pool, opened (connected).
+    std::function<Result<std::unique_ptr<pools::Pool>>(std::string_view spec)> open_pool;
+    // A VOLUME spec or URL (`--to VOLUME`, the source's location, a created
+    // target's URL when it is undone) -> its pool, opened, and its name there.
+    std::function<Result<pools::VolumeRef>(std::string_view spec)> resolve_volume;
 };
 
 struct MoveOptions {
@@ -65,6 +83,14 @@ struct MoveOptions {
     // --verify: the guest stays paused at most this long; then it is resumed
     // and the move fails (rolled back).
     std::chrono::seconds verify_timeout{120};
+    // Seams (unit tests): pools, and the time that the copy's --timeout,
+    // the stall and convergence watchdogs and the undo steps' polls read.
+    // The --verify pause and QMP call deadlines stay on real time: they
+    // bound real processes and sockets.
+    PoolOpener pool_opener;
+    Clock* clock = &system_clock();
+    // Longest quiet wait for a job event between two progress samples (real time).
+    std::chrono::milliseconds sample_interval{200};
 };
 
 struct DiskMoveReport {
