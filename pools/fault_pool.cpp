@@ -1,5 +1,6 @@
 // Fault injection (leveldb's ErrorEnv): a PoolWrapper whose volumes fail the
-// Nth write, return short reads or stall, so callers' error paths get tested.
+// Nth write, return short reads or stall, and whose create / remove fail on
+// demand, so callers' error paths get tested.
 #include <fmt/core.h>
 
 #include <atomic>
@@ -79,6 +80,17 @@ class FaultPool final : public PoolWrapper {
         m_state->plan = plan;
     }
 
+    Result<VolumeInfo> create(std::string_view name, std::uint64_t size,
+                              ImageFormat format) override {
+        if (auto code = m_state->plan.create_error)
+            return fail(*code, fmt::format("fault: injected failure of create '{}'", name));
+        return PoolWrapper::create(name, size, format);
+    }
+    Result<void> remove(std::string_view name) override {
+        if (auto code = m_state->plan.remove_error)
+            return fail(*code, fmt::format("fault: injected failure of remove '{}'", name));
+        return PoolWrapper::remove(name);
+    }
     Result<std::unique_ptr<Volume>> open(std::string_view name, bool writable) override {
         auto volume = PoolWrapper::open(name, writable);
         if (!volume) return fail(volume.error());

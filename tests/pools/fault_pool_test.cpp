@@ -81,4 +81,20 @@ TEST(FaultPool, ForwardsPoolCallsUnchanged) {
     EXPECT_EQ(pool->capacity()->free, 64 * k_mib);
 }
 
+TEST(FaultPool, CreateAndRemoveFailOnDemandAndTouchNothing) {
+    auto mem = make_mem_pool(64 * k_mib);
+    ASSERT_TRUE(mem->create("a", k_mib, ImageFormat::raw));
+    auto pool = make_fault_pool(
+        std::move(mem), {.create_error = ErrorCode::no_space, .remove_error = ErrorCode::io_error});
+    auto created = pool->create("b", k_mib, ImageFormat::raw);
+    ASSERT_FALSE(created);
+    EXPECT_EQ(created.error().code, ErrorCode::no_space);
+    EXPECT_NE(created.error().message.find("'b'"), std::string::npos) << created.error().message;
+    EXPECT_FALSE(pool->stat("b"));
+    auto removed = pool->remove("a");
+    ASSERT_FALSE(removed);
+    EXPECT_EQ(removed.error().code, ErrorCode::io_error);
+    EXPECT_TRUE(pool->stat("a"));
+}
+
 }  // namespace

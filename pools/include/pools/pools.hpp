@@ -66,10 +66,15 @@ struct FaultPlan {
     std::size_t short_read_max = 0;
     // Every volume I/O call sleeps this long first (simulates a slow server).
     std::chrono::milliseconds stall{0};
+    // The pool's create() / remove() fail with this code and touch nothing
+    // (a pool that filled up after its capacity was checked; a server that
+    // refuses a delete during a rollback); nullopt = forwarded.
+    std::optional<ErrorCode> create_error;
+    std::optional<ErrorCode> remove_error;
 };
 
 // Wraps `target` (a PoolWrapper subclass) and injects the faults of `plan`
-// into block I/O; everything else is forwarded unchanged.
+// into block I/O, create() and remove(); everything else is forwarded unchanged.
 std::unique_ptr<Pool> make_fault_pool(std::unique_ptr<Pool> target, FaultPlan plan);
 
 }  // namespace blockmig::pools
