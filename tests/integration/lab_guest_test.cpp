@@ -1,6 +1,7 @@
 // The lab guest boots, stamps its disk, and the verifier both passes an
 // intact disk and catches a corrupted block and a rolled-back block.
 #include <gtest/gtest.h>
+#include <signal.h>
 
 #include <cstdlib>
 #include <fstream>
@@ -95,6 +96,24 @@ TEST_F(LabGuestTest, VerifierFlagsZeroedBlockAsLost) {
             "conv=notrunc"});
     VerifyReport v = verify_raw(disk, k_blocks, ack);
     EXPECT_EQ(v.lost, 1u) << v.output;
+}
+
+// A QEMU that dies by itself is named as such (how it ended and what it
+// printed last), not left to show only as a refused QMP connection.
+TEST_F(LabGuestTest, QmpFailureAfterQemuDiedSaysHowItDied) {
+    ASSERT_EQ(kill(guest->pid(), SIGABRT), 0);
+    const auto deadline = Clock::now() + 10s;
+    while (guest->running() && Clock::now() < deadline) std::this_thread::sleep_for(20ms);
+    ASSERT_FALSE(guest->running());
+    try {
+        guest->qmp(R"({"execute":"query-status"})");
+        ADD_FAILURE() << "QMP answered after QEMU died";
+    } catch (const std::runtime_error& e) {
+        const std::string what = e.what();
+        EXPECT_NE(what.find("guest QEMU (pid "), std::string::npos) << what;
+        EXPECT_NE(what.find(" died: signal 6 (SIGABRT)"), std::string::npos) << what;
+        EXPECT_NE(what.find("GUEST-UP"), std::string::npos) << "its last output: " << what;
+    }
 }
 
 }  // namespace

@@ -12,12 +12,14 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <mutex>
 #include <regex>
 #include <sstream>
 #include <stdexcept>
+#include <utility>
 
 extern char** environ;
 
@@ -95,6 +97,15 @@ int free_tcp_port() {
 }
 
 std::atomic<int> g_counter{0};
+
+// "exit status 1", "signal 6 (SIGABRT), core dumped".
+std::string describe_wait_status(int st) {
+    if (WIFEXITED(st)) return "exit status " + std::to_string(WEXITSTATUS(st));
+    if (!WIFSIGNALED(st)) return "wait status " + std::to_string(st);
+    const char* name = sigabbrev_np(WTERMSIG(st));
+    return "signal " + std::to_string(WTERMSIG(st)) +
+           (name ? std::string(" (SIG") + name + ")" : "") + (WCOREDUMP(st) ? ", core dumped" : "");
+}
 
 }  // namespace
 
@@ -297,21 +308,44 @@ Guest::Guest(GuestConfig config) : m_config(std::move(config)), m_qmp(m_dir / "q
 
 Guest::~Guest() { stop(); }
 
-bool Guest::running() const { return m_pid > 0 && kill(m_pid, 0) == 0; }
+bool Guest::running() const { return !reap_if_exited() && m_pid > 0 && kill(m_pid, 0) == 0; }
+
+bool Guest::reap_if_exited() const {
+    if (m_wait_status) return true;
+    int st = 0;
+    if (m_pid <= 0 || waitpid(m_pid, &st, WNOHANG) != m_pid) return false;
+    m_wait_status = st;
+    m_dead_pid = std::exchange(m_pid, -1);
+    return true;
+}
+
+std::string Guest::death_report() {
+    if (!reap_if_exited()) return {};
+    {
+        // QEMU's last words (an assertion, say) are still in the pipe: let the reader drain it.
+        std::unique_lock lock(m_mutex);
+        m_changed.wait_for(lock, std::chrono::seconds(2), [&] {
+            return !m_lines.empty() && m_lines.back().second == "<console closed>";
+        });
+    }
+    std::string report = "lab: guest QEMU (pid " + std::to_string(m_dead_pid) +
+                         ") died: " + describe_wait_status(*m_wait_status) + "; last output:\n";
+    std::lock_guard lock(m_mutex);
+    const std::size_t first = m_lines.size() > 40 ? m_lines.size() - 40 : 0;
+    for (std::size_t i = first; i < m_lines.size(); ++i) report += m_lines[i].second + "\n";
+    return report;
+}
 
 bool Guest::wait_exit(std::chrono::milliseconds timeout) {
-    if (m_pid <= 0) return true;
     const auto deadline = Clock::now() + timeout;
-    while (Clock::now() < deadline) {
-        int st = 0;
-        if (waitpid(m_pid, &st, WNOHANG) == m_pid) {
-            m_pid = -1;  // reaped: stop() has nothing left to kill
-            if (m_reader.joinable()) m_reader.join();
-            return true;
-        }
+    while (!reap_if_exited()) {
+        if (m_pid <= 0) return true;
+        if (Clock::now() >= deadline) return false;
         std::this_thread::sleep_for(std::chrono::milliseconds(20));
     }
-    return false;
+    m_wait_status.reset();  // an expected exit: nothing to report
+    if (m_reader.joinable()) m_reader.join();
+    return true;
 }
 
 GuestConfig incoming_config(const GuestConfig& source, const std::string& netns) {
@@ -322,6 +356,11 @@ GuestConfig incoming_config(const GuestConfig& source, const std::string& netns)
 }
 
 void Guest::stop() {
+    // The lab did not stop it: say so, or the test shows only refused connections.
+    if (std::string why = death_report(); !why.empty() && !m_death_told) {
+        std::fprintf(stderr, "%s", why.c_str());
+        m_death_told = true;
+    }
     if (m_pid > 0) {
         terminate(m_pid, std::chrono::seconds(3));
         m_pid = -1;
@@ -425,13 +464,21 @@ std::string Guest::console() const {
 }
 
 std::string Guest::qmp(const std::string& command_json) {
+    // Appended to a failure: whether (and how) the QEMU process is gone.
+    auto gone_note = [&]() -> std::string {
+        std::string why = death_report();
+        if (why.empty()) return "; guest QEMU (pid " + std::to_string(m_pid) + ") still runs";
+        m_death_told = true;
+        return "; " + why;
+    };
     int s = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
     sockaddr_un a{};
     a.sun_family = AF_UNIX;
     std::strncpy(a.sun_path, m_qmp.c_str(), sizeof a.sun_path - 1);
     if (connect(s, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0) {
+        const std::string why = std::strerror(errno);
         close(s);
-        die("connect " + m_qmp.string() + ": " + std::strerror(errno));
+        die("connect " + m_qmp.string() + ": " + why + gone_note());
     }
     // A QEMU whose main loop is stuck (a drain on dead storage) accepts the
     // connection but never answers: fail the test instead of hanging it.
@@ -450,11 +497,11 @@ std::string Guest::qmp(const std::string& command_json) {
             if (n < 0 && errno == EINTR) continue;
             if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
                 close(s);
-                die("QMP " + command_json + ": no answer within 60 s");
+                die("QMP " + command_json + ": no answer within 60 s" + gone_note());
             }
             if (n <= 0) {
                 close(s);
-                die("QMP connection closed");
+                die("QMP connection closed" + gone_note());
             }
             buffer.append(buf, static_cast<size_t>(n));
         }
@@ -462,7 +509,7 @@ std::string Guest::qmp(const std::string& command_json) {
     auto send_and_reply = [&](const std::string& cmd) {
         std::string line = cmd + "\n";
         if (write(s, line.data(), line.size()) != static_cast<ssize_t>(line.size()))
-            die("QMP write failed");
+            die("QMP write failed" + gone_note());
         for (;;) {
             std::string reply = read_line();
             if (reply.find("\"event\"") == std::string::npos) return reply;

@@ -215,14 +215,24 @@ class Guest {
     void pause();
     void resume();
     void stop();
+    // Why QEMU is gone when the lab did not stop it ("exit status 1",
+    // "signal 6 (SIGABRT)") and the last lines it printed; empty while it
+    // runs or after stop()/wait_exit(). Reaps it.
+    std::string death_report();
 
   private:
     void read_console(int fd);
+    // Reaps QEMU if it has exited; true if it is gone.
+    bool reap_if_exited() const;
 
     GuestConfig m_config;
     TempDir m_dir{"guest"};
     fs::path m_qmp;
-    int m_pid = -1;
+    // Mutable: running() reaps a QEMU that exited (a zombie still answers kill(pid, 0)).
+    mutable int m_pid = -1;
+    mutable int m_dead_pid = -1;
+    mutable std::optional<int> m_wait_status;  // QEMU exited without stop()/wait_exit()
+    bool m_death_told = false;                 // death_report() already went into an error
     std::thread m_reader;
     mutable std::mutex m_mutex;
     std::condition_variable m_changed;
