@@ -715,10 +715,16 @@ Result<MoveReport> run_pivot(qmp::Client& client, const PivotOptions& options,
         if (!journal) return fail(journal.error());
         jobs::UndoEnv env;
         env.client = &client;
+        env.clock = options.clock ? options.clock : &system_clock();
         env.step_timeout = options.qmp_timeout;
-        env.resolve = [config = options.pools](const std::string& url) {
-            return pools::resolve_volume(url, config);
-        };
+        if (options.pool_opener.resolve_volume)
+            env.resolve = [resolve = options.pool_opener.resolve_volume](const std::string& url) {
+                return resolve(url);
+            };
+        else
+            env.resolve = [config = options.pools](const std::string& url) {
+                return pools::resolve_volume(url, config);
+            };
         const auto disks = journal->job().disks;
         auto r = jobs::recover_job(*journal, env,
                                    options.abort ? jobs::Intent::abort : jobs::Intent::pivot, dir,

@@ -100,7 +100,12 @@ class MoveRunTest : public ::testing::Test {
                 }};
     }
 
-    Result<MoveReport> move() {
+    Result<MoveReport> move() { return move(options()); }
+    Result<MoveReport> move(const MoveOptions& options) {
+        auto progress = make_null_progress();
+        return run_move(*guest.client, options, *progress, cancel);
+    }
+    MoveOptions options() {
         MoveOptions options;
         options.disks = {{"disk0", ""}};
         options.default_target = "testpool";
@@ -111,9 +116,19 @@ class MoveRunTest : public ::testing::Test {
         options.pool_opener = opener();
         options.clock = &clock;
         options.sample_interval = 1ms;  // a quiet tick costs no real time
+        return options;
+    }
+    // `blockmig pivot [--abort]` on what `move --no-pivot` left.
+    Result<MoveReport> pivot(bool abort) {
+        PivotOptions options{.abort = abort,
+                             .state_dir = dir / "run",
+                             .qmp_address = "/run/vm1.qmp",
+                             .jobs_dir = dir / "jobs",
+                             .qmp_timeout = 2s,
+                             .pool_opener = opener(),
+                             .clock = &clock};
         auto progress = make_null_progress();
-        std::atomic<bool> cancel{false};
-        return run_move(*guest.client, options, *progress, cancel);
+        return run_pivot(*guest.client, options, *progress);
     }
 
     // The QEMU side: the few queries FakeQemu leaves out, a record of the
@@ -171,6 +186,7 @@ class MoveRunTest : public ::testing::Test {
     std::unique_ptr<pools::Pool> mem = pools::make_mem_pool(64 * k_mib);
     std::unique_ptr<pools::Pool> faults;
     std::function<void()> on_query_jobs;
+    std::atomic<bool> cancel{false};
     std::mutex mutex;
     std::vector<std::string> observed;
 };
@@ -280,6 +296,91 @@ TEST_F(MoveRunTest, StalledCopyRollsBackAtTheStallTimeoutOnTheFakeClock) {
     EXPECT_GE(fake_took, 15s);
     EXPECT_LE(fake_took, 20s);
     EXPECT_LT(real_took, 3s);
+    EXPECT_EQ(guest.qemu->devices["disk0"], "disk0-fmt");
+    EXPECT_EQ(guest.qemu->nodes, original_nodes());
+    EXPECT_TRUE(guest.qemu->jobs.empty());
+    EXPECT_EQ(volumes(), 0u);
+    EXPECT_EQ(journals(), 0u);
+}
+
+TEST_F(MoveRunTest, TargetQemuCannotOpenDeletesTheCreatedVolume) {
+    guest.qemu->refuse_blockdev_add = true;
+    auto r = move();
+    ASSERT_FALSE(r);
+    EXPECT_NE(r.error().message.find("Could not open image"), std::string::npos)
+        << r.error().message;
+    EXPECT_FALSE(guest.qemu->got("blockdev-mirror"));
+    EXPECT_EQ(guest.qemu->nodes, original_nodes());
+    EXPECT_EQ(volumes(), 0u);
+    EXPECT_EQ(journals(), 0u);
+}
+
+TEST_F(MoveRunTest, InterruptWhileCopyingRollsBackToTheSource) {
+    guest.qemu->mirror_status = "running";
+    cancel = true;  // Ctrl-C as soon as the copy runs
+    auto r = move();
+    ASSERT_FALSE(r);
+    EXPECT_EQ(r.error().code, ErrorCode::cancelled);
+    EXPECT_TRUE(guest.qemu->got("blockdev-mirror"));
+    EXPECT_TRUE(guest.qemu->got("block-job-cancel"));
+    EXPECT_EQ(guest.qemu->devices["disk0"], "disk0-fmt");
+    EXPECT_EQ(guest.qemu->nodes, original_nodes());
+    EXPECT_TRUE(guest.qemu->jobs.empty());
+    EXPECT_EQ(volumes(), 0u);
+    EXPECT_EQ(journals(), 0u);
+}
+
+TEST_F(MoveRunTest, PivotWhoseReplyIsLostFinishesForward) {
+    guest.qemu->lose_complete_reply = true;
+    auto o = options();
+    o.qmp_timeout = 300ms;  // the lost reply's wait, in real time
+    auto r = move(o);
+    ASSERT_TRUE(r) << r.error().message;
+    EXPECT_TRUE(r->disks[0].pivoted);
+    EXPECT_EQ(guest.qemu->devices["disk0"], r->disks[0].target_node);
+    EXPECT_TRUE(mem->stat(k_volume));  // the guest's disk now: never deleted
+    EXPECT_EQ(journals(), 0u);
+}
+
+TEST_F(MoveRunTest, PivotThatQemuFailsLeavesTheGuestOnItsSourceAndNoVolume) {
+    guest.qemu->complete_fails = true;
+    auto r = move();
+    ASSERT_FALSE(r);
+    EXPECT_NE(r.error().message.find("stays on its source"), std::string::npos)
+        << r.error().message;
+    EXPECT_NE(r.error().message.find("Input/output error"), std::string::npos) << r.error().message;
+    EXPECT_EQ(guest.qemu->devices["disk0"], "disk0-fmt");
+    EXPECT_TRUE(guest.qemu->jobs.empty());
+    EXPECT_EQ(volumes(), 0u);
+    EXPECT_EQ(journals(), 0u);
+}
+
+TEST_F(MoveRunTest, NoPivotLeavesAJournaledReadyJobThatPivotFinishes) {
+    auto o = options();
+    o.no_pivot = true;
+    auto r = move(o);
+    ASSERT_TRUE(r) << r.error().message;
+    EXPECT_FALSE(r->disks[0].pivoted);
+    EXPECT_EQ(guest.qemu->devices["disk0"], "disk0-fmt");
+    ASSERT_EQ(guest.qemu->jobs.size(), 1u);
+    EXPECT_EQ(journals(), 1u);
+    auto p = pivot(false);
+    ASSERT_TRUE(p) << p.error().message;
+    ASSERT_EQ(p->disks.size(), 1u);
+    EXPECT_TRUE(p->disks[0].pivoted);
+    EXPECT_NE(guest.qemu->devices["disk0"], "disk0-fmt");
+    EXPECT_TRUE(mem->stat(k_volume));
+    EXPECT_TRUE(guest.qemu->jobs.empty());
+    EXPECT_EQ(journals(), 0u);
+}
+
+TEST_F(MoveRunTest, NoPivotThenPivotAbortDeletesTheVolumeThroughTheSeam) {
+    auto o = options();
+    o.no_pivot = true;
+    ASSERT_TRUE(move(o));
+    auto p = pivot(true);
+    ASSERT_TRUE(p) << p.error().message;
+    EXPECT_FALSE(p->disks[0].pivoted);
     EXPECT_EQ(guest.qemu->devices["disk0"], "disk0-fmt");
     EXPECT_EQ(guest.qemu->nodes, original_nodes());
     EXPECT_TRUE(guest.qemu->jobs.empty());

@@ -127,6 +127,9 @@ struct PivotOptions {
     std::string qmp_address;         // the guest, as `move` was given it
     std::filesystem::path jobs_dir;  // journals; default jobs::default_state_dir()
     std::chrono::milliseconds qmp_timeout{30'000};
+    // Seams, as in MoveOptions: how `--abort` reaches the target's pool, and time.
+    PoolOpener pool_opener;
+    Clock* clock = &system_clock();
 };
 
 // Finishes (or aborts) moves that `move --no-pivot` left READY on the guest
