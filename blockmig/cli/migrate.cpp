@@ -25,6 +25,10 @@ struct MigrateArgs {
     double bandwidth_mib = 0;
     int max_downtime_ms = 300;
     int timeout_s = 0;
+    double timeout_per_gib = 0;
+    std::string policy = "minimal-downtime";
+    std::string compress = "none";
+    int parallel = 0;
     bool keep_source = false;
     bool unsafe = false;
     std::string state_dir;
@@ -61,6 +65,14 @@ Result<void> run_migrate_command(const MigrateArgs& args, const GlobalOptions& g
     o.bandwidth = static_cast<std::uint64_t>(args.bandwidth_mib * 1024 * 1024);
     o.max_downtime = std::chrono::milliseconds(args.max_downtime_ms);
     o.timeout = std::chrono::seconds(args.timeout_s);
+    o.timeout_per_gib = args.timeout_per_gib;
+    o.policy = args.policy == "postcopy"  ? MigratePolicy::postcopy
+               : args.policy == "suspend" ? MigratePolicy::suspend
+                                          : MigratePolicy::minimal_downtime;
+    o.compress = args.compress == "zstd"     ? MigrateCompress::zstd
+                 : args.compress == "xbzrle" ? MigrateCompress::xbzrle
+                                             : MigrateCompress::none;
+    o.parallel = args.parallel;
     o.keep_source = args.keep_source;
     o.unsafe = args.unsafe;
     o.jobs_dir = args.state_dir;
@@ -90,13 +102,18 @@ Result<void> run_migrate_command(const MigrateArgs& args, const GlobalOptions& g
                                           {"ram_transferred", report->ram_transferred},
                                           {"iterations", report->iterations},
                                           {"bandwidth", report->bandwidth},
+                                          {"timeout", report->timeout.count()},
+                                          {"postcopy", report->postcopy},
+                                          {"multifd_bytes", report->multifd_bytes},
+                                          {"actions", report->actions},
                                           {"source_quit", report->source_quit}}
                                .dump());
         return {};
     }
-    fmt::print("migrated to {} in {:.1f} s: {:.1f} MiB of RAM in {} pass{}, downtime {} ms; {}\n",
+    fmt::print("migrated to {} in {:.1f} s: {:.1f} MiB of RAM in {} pass{}{}, downtime {} ms; {}\n",
                args.dst_qmp, seconds, static_cast<double>(report->ram_transferred) / (1 << 20),
-               report->iterations, report->iterations == 1 ? "" : "es", report->downtime_ms,
+               report->iterations, report->iterations == 1 ? "" : "es",
+               report->postcopy ? " then post-copy" : "", report->downtime_ms,
                report->source_quit ? "the source QEMU quit" : "the source QEMU is left paused");
     return {};
 }
@@ -132,9 +149,28 @@ void add_migrate_command(CLI::App& app, Dispatch& dispatch) {
     cmd->add_option("--max-downtime", args->max_downtime_ms,
                     "longest acceptable guest pause at the switchover, in ms (300)")
         ->check(CLI::PositiveNumber);
-    cmd->add_option("--timeout", args->timeout_s,
-                    "cancel (guest stays on the source) if not switched over after SEC seconds")
-        ->check(CLI::NonNegativeNumber);
+    auto* timeout =
+        cmd->add_option("--timeout", args->timeout_s,
+                        "cancel (guest stays on the source) if not switched over after SEC seconds")
+            ->check(CLI::NonNegativeNumber);
+    cmd->add_option("--timeout-per-gib", args->timeout_per_gib,
+                    "like --timeout, SEC per GiB of guest RAM plus the disks to copy (Nova uses "
+                    "800, KubeVirt 150)")
+        ->check(CLI::PositiveNumber)
+        ->excludes(timeout);
+    cmd->add_option("--policy", args->policy,
+                    "minimal-downtime: pre-copy, auto-converge throttles a guest that dirties RAM "
+                    "too fast (default); postcopy: post-copy after the first full pass (the guest "
+                    "runs on the destination while its RAM follows; no way back once switched); "
+                    "suspend: pause the guest for the whole copy (fastest, downtime = copy)")
+        ->check(CLI::IsMember({"minimal-downtime", "postcopy", "suspend"}));
+    cmd->add_option("--compress", args->compress,
+                    "zstd: multifd channels compress with zstd; xbzrle: delta-encode pages sent "
+                    "again; none (default)")
+        ->check(CLI::IsMember({"zstd", "xbzrle", "none"}));
+    cmd->add_option("--parallel", args->parallel,
+                    "N multifd channels (parallel TCP streams) on both sides")
+        ->check(CLI::Range(1, 255));
     cmd->add_flag("--keep-source", args->keep_source,
                   "leave the paused source QEMU running instead of quitting it");
     cmd->add_flag("--unsafe", args->unsafe,
@@ -144,6 +180,10 @@ void add_migrate_command(CLI::App& app, Dispatch& dispatch) {
         if (args->dst_addr.empty()) args->dst_addr = "127.0.0.1";
         if (args->dst_port != 0 && args->copy_storage != "all")
             throw CLI::ValidationError("--dst-port", "only with --copy-storage all");
+        if (args->compress == "xbzrle" && args->parallel > 0)
+            throw CLI::ValidationError("--compress xbzrle",
+                                       "does not combine with --parallel: multifd channels send "
+                                       "whole pages (use --compress zstd)");
         dispatch.action = [args, &dispatch] {
             return run_migrate_command(*args, dispatch.globals);
         };

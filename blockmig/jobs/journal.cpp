@@ -40,6 +40,7 @@ constexpr std::array k_effects{
     std::pair{EffectKind::incoming_started, "incoming_started"},
     std::pair{EffectKind::migration_started, "migration_started"},
     std::pair{EffectKind::switchover_sent, "switchover_sent"},
+    std::pair{EffectKind::postcopy_requested, "postcopy_requested"},
     std::pair{EffectKind::destination_resumed, "destination_resumed"},
     std::pair{EffectKind::source_quit, "source_quit"},
     std::pair{EffectKind::nbd_server_started, "nbd_server_started"},
@@ -286,6 +287,7 @@ json to_json(const Job& job) {
                             {"dst_addr", m->dst_addr},
                             {"copy_storage", m->copy_storage},
                             {"keep_source", m->keep_source},
+                            {"policy", m->policy},
                             {"phase", m->phase},
                             {"source_saved", m->source_saved}};
     return out;
@@ -333,6 +335,7 @@ Result<Job> job_from_json(const json& j) {
         facts.dst_addr = m->value("dst_addr", "");
         facts.copy_storage = m->value("copy_storage", "none");
         facts.keep_source = m->value("keep_source", false);
+        facts.policy = m->value("policy", "minimal-downtime");
         facts.phase = m->value("phase", "planned");
         facts.source_saved = m->value("source_saved", json::object());
         job.migration = std::move(facts);
@@ -544,6 +547,11 @@ std::vector<std::string> what_exists(const Job& job, std::string_view disk) {
                 break;
             case EffectKind::switchover_sent:
                 what = "switchover sent (the destination may run the guest)";
+                break;
+            case EffectKind::postcopy_requested:
+                what =
+                    "post-copy requested (after the switchover the destination holds the "
+                    "only live copy of the guest)";
                 break;
             case EffectKind::nbd_server_started:
                 what = "NBD server on the destination at " + r->name;

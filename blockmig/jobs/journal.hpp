@@ -47,8 +47,11 @@ enum class EffectKind {
     incoming_started,      // name: the URI the destination listens on
     migration_started,     // name: the URI the source sends to
     switchover_sent,       // name: "migrate-continue" (a barrier, like complete_sent)
-    destination_resumed,   // name: the destination's QMP address
-    source_quit,           // name: the source's QMP address
+    // name: "migrate-start-postcopy". With switchover_sent: past the point of
+    // no return (the destination runs the guest, part of its RAM on the source).
+    postcopy_requested,
+    destination_resumed,  // name: the destination's QMP address
+    source_quit,          // name: the source's QMP address
     // `migrate --copy-storage all`, on the DESTINATION QEMU (disk "@dst"):
     nbd_server_started,  // name: HOST:PORT the NBD server listens on
     export_added,        // name: the export's id (= its NBD name)
@@ -96,6 +99,7 @@ struct MigrationFacts {
     std::string dst_addr;               // host the destination listens on
     std::string copy_storage = "none";  // "none" / "all"
     bool keep_source = false;
+    std::string policy = "minimal-downtime";  // --policy
     // planned, configured, ram, switchover, completed, done, rolled_back
     std::string phase = "planned";
     nlohmann::json source_saved = nlohmann::json::object();  // {capabilities: {...}, parameters}

@@ -279,6 +279,7 @@ std::optional<UndoStep> undo_of(const Record& r) {
         case EffectKind::incoming_started:
         case EffectKind::migration_started:
         case EffectKind::switchover_sent:
+        case EffectKind::postcopy_requested:
         case EffectKind::destination_resumed:
         case EffectKind::source_quit:
             return std::nullopt;

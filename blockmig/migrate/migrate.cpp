@@ -14,6 +14,7 @@
 #include "qmp/migration.hpp"
 #include "settle.hpp"
 #include "storage.hpp"
+#include "tuning.hpp"
 
 namespace blockmig {
 
@@ -77,7 +78,34 @@ class Run {
                 return fail(r.error());
         if (auto r = migrate::check(*src, *dst, m_o.copy_storage, m_o.unsafe); !r)
             return fail(r.error());
+        if (auto r = plan_tuning(*src, *dst); !r) return fail(r.error());
         return std::pair{std::move(*src), std::move(*dst)};
+    }
+
+    // The options as QEMU settings on each side (migrate/tuning.hpp) and the
+    // deadline; refused here, before anything is touched, when a side lacks one.
+    Result<void> plan_tuning(const migrate::SideFacts& src, const migrate::SideFacts& dst) {
+        const bool zstd = m_o.compress == MigrateCompress::zstd;
+        auto src_support = migrate::detect_support(m_src, "source", zstd, m_o.qmp_timeout);
+        if (!src_support) return fail(src_support.error());
+        auto dst_support = migrate::detect_support(m_dst, "destination", zstd, m_o.qmp_timeout);
+        if (!dst_support) return fail(dst_support.error());
+        m_report.bandwidth = m_o.bandwidth ? m_o.bandwidth : k_unlimited;
+        auto plan = migrate::plan_tuning({.policy = m_o.policy,
+                                          .compress = m_o.compress,
+                                          .parallel = m_o.parallel,
+                                          .bandwidth = m_report.bandwidth,
+                                          .max_downtime = m_o.max_downtime,
+                                          .ram = src.memory},
+                                         *src_support, *dst_support);
+        if (!plan) return fail(plan.error());
+        m_plan = std::move(*plan);
+        std::uint64_t bytes = src.memory;
+        if (m_o.copy_storage == CopyStorage::all)
+            for (const auto& d : src.disks) bytes += d.size;
+        m_report.timeout = migrate::migration_timeout(m_o.timeout, m_o.timeout_per_gib, bytes);
+        (void)dst;
+        return {};
     }
 
     Result<void> open_journal(const migrate::SideFacts& src, const migrate::SideFacts& dst) {
@@ -89,7 +117,7 @@ class Run {
         facts.dst_addr = m_o.dst_addr;
         facts.copy_storage = m_o.copy_storage == CopyStorage::all ? "all" : "none";
         facts.keep_source = m_o.keep_source;
-        m_late_block_activate = dst.capabilities.contains("late-block-activate");
+        facts.policy = migrate::to_string(m_o.policy);
         job.migration = std::move(facts);
         auto journal = jobs::Journal::create(jobs_dir(), std::move(job));
         if (!journal) return fail(journal.error());
@@ -134,28 +162,33 @@ class Run {
     }
 
     Result<void> configure() {
-        if (auto r = phase("configured", "setting migration capabilities and parameters"); !r)
-            return r;
-        std::vector<std::pair<std::string, bool>> dst_caps{{"events", true}};
-        // The destination takes its image locks only at `cont`: until then the
-        // source may still be resumed safely (QEMU >= 3.0; absent in some).
-        if (m_late_block_activate) dst_caps.emplace_back("late-block-activate", true);
-        if (auto r = effect(
-                EffectKind::migration_configured, "destination",
-                [&] { return qmp::migrate_set_capabilities(m_dst, dst_caps, m_o.qmp_timeout); });
+        if (auto r = phase("configured", "setting migration capabilities and parameters (" +
+                                             m_plan.summary + ")");
             !r)
-            return fail(r.error().with_context("destination capabilities"));
+            return r;
+        if (auto r = effect(EffectKind::migration_configured, "destination",
+                            [&] { return apply(m_dst, m_plan.destination, "destination"); });
+            !r)
+            return r;
         if (auto r = save_source_settings(); !r) return r;
-        m_report.bandwidth = m_o.bandwidth ? m_o.bandwidth : k_unlimited;
-        return effect(EffectKind::migration_configured, "source", [&]() -> Result<void> {
-            auto caps = qmp::migrate_set_capabilities(
-                m_src, {{"events", true}, {"pause-before-switchover", true}}, m_o.qmp_timeout);
-            if (!caps) return fail(caps.error().with_context("source capabilities"));
-            return qmp::migrate_set_parameters(m_src,
-                                               {{"max-bandwidth", m_report.bandwidth},
-                                                {"downtime-limit", m_o.max_downtime.count()}},
-                                               m_o.qmp_timeout);
-        });
+        return effect(EffectKind::migration_configured, "source",
+                      [&] { return apply(m_src, m_plan.source, "source"); });
+    }
+
+    Result<void> apply(qmp::Client& client, const migrate::SideSettings& settings,
+                       const std::string& side) {
+        std::string names;
+        for (const auto& [name, on] : settings.capabilities)
+            names += (names.empty() ? "" : ", ") + name;
+        if (auto r = qmp::migrate_set_capabilities(client, settings.capabilities, m_o.qmp_timeout);
+            !r)
+            return fail(r.error().with_context(
+                fmt::format("the {} QEMU refused the capabilities {}", side, names)));
+        if (settings.parameters.empty()) return {};
+        if (auto r = qmp::migrate_set_parameters(client, settings.parameters, m_o.qmp_timeout); !r)
+            return fail(r.error().with_context(fmt::format("the {} QEMU refused the parameters {}",
+                                                           side, settings.parameters.dump())));
+        return {};
     }
 
     // What the source had before, journaled before it is changed.
@@ -166,10 +199,10 @@ class Run {
         if (!params) return fail(params.error().with_context("source parameters"));
         json saved{{"capabilities", json::object()}, {"parameters", json::object()}};
         for (const auto& [name, state] : *caps)
-            if (name == "events" || name == "pause-before-switchover")
-                saved["capabilities"][name] = state;
-        for (const char* p : {"max-bandwidth", "downtime-limit"})
-            if (params->contains(p)) saved["parameters"][p] = (*params)[p];
+            for (const auto& planned : m_plan.source.capabilities)
+                if (planned.first == name) saved["capabilities"][name] = state;
+        for (auto it = m_plan.source.parameters.begin(); it != m_plan.source.parameters.end(); ++it)
+            if (params->contains(it.key())) saved["parameters"][it.key()] = (*params)[it.key()];
         return m_journal->update([&](jobs::Job& job) { job.migration->source_saved = saved; });
     }
 
@@ -205,15 +238,18 @@ class Run {
             !r)
             return Failure{"ram", r.error().message};
         m_started = m_o.clock->now();
+        if (m_plan.pause_source)
+            if (auto r = pause_source(); !r) return Failure{"ram", r.error().message};
         if (auto r = effect(EffectKind::migration_started, uri,
                             [&] { return qmp::migrate(m_src, uri, m_o.qmp_timeout); });
             !r)
             return Failure{"ram", "migrate: " + r.error().message};
-        const auto deadline = deadline_after(*m_o.clock, m_o.timeout);
+        const auto deadline = deadline_after(*m_o.clock, m_report.timeout);
         for (;;) {
             if (m_cancel.load()) return Failure{"ram", "interrupted"};
             if (m_o.clock->now() > deadline)
-                return Failure{"ram", fmt::format("timed out after {} s", m_o.timeout.count())};
+                return Failure{"ram",
+                               fmt::format("timed out after {} s", m_report.timeout.count())};
             if (m_dst.state() == qmp::State::dead)
                 return Failure{"ram", "lost the destination's QMP connection (" +
                                           m_dst.dead_reason().message + ")"};
@@ -225,12 +261,47 @@ class Run {
                 report_progress();
                 continue;
             }
-            if (ev->name == "MIGRATION_PASS") continue;
+            if (ev->name == "MIGRATION_PASS") {
+                // Pass 2 begins once every page was sent once: what is left
+                // is what the guest dirtied meanwhile, and it moves post-copy.
+                if (m_plan.start_postcopy && !m_postcopy_requested &&
+                    ev->data.value("pass", 0) >= 2)
+                    if (auto r = request_postcopy(); !r)
+                        return Failure{"ram", "migrate-start-postcopy: " + r.error().message};
+                continue;
+            }
             const std::string status = ev->data.value("status", "");
             if (status == "pre-switchover") return std::nullopt;
             if (status == "failed" || status == "cancelled" || status == "completed")
                 return Failure{"ram", why_ended(status)};
         }
+    }
+
+    // suspend: the guest stops before its RAM moves; it runs again on the
+    // destination (`cont` at the end), or on the source if the migration fails.
+    Result<void> pause_source() {
+        if (auto r = qmp::stop(m_src, m_o.qmp_timeout); !r)
+            return fail(r.error().with_context("stop the guest (--policy suspend)"));
+        action("paused the guest on the source for the copy (--policy suspend)");
+        return {};
+    }
+
+    // Journaled before it is sent: once the switchover follows, the source
+    // is never resumed (settle.hpp, post-copy).
+    Result<void> request_postcopy() {
+        m_postcopy_requested = true;
+        if (auto r = effect(EffectKind::postcopy_requested, "migrate-start-postcopy",
+                            [&] { return qmp::migrate_start_postcopy(m_src, m_o.qmp_timeout); });
+            !r)
+            return r;
+        action("requested post-copy after the first full pass");
+        return {};
+    }
+
+    void action(const std::string& text) {
+        m_report.actions.push_back(text);
+        m_progress.event("policy", {{"policy", migrate::to_string(m_o.policy)}, {"action", text}},
+                         text);
     }
 
     std::string why_ended(const std::string& status) {
@@ -279,17 +350,50 @@ class Run {
             return Failure{"switchover", "migrate-continue: " + r.error().message};
         if (auto r = phase("switchover", "switching over"); !r)
             return Failure{"switchover", r.error().message};
-        auto done = sub.wait(
-            [](const qmp::Event& e) {
-                const std::string s = e.data.value("status", "");
-                return s == "completed" || s == "failed" || s == "cancelled";
-            },
-            m_o.switchover_timeout);
-        if (!done) return Failure{"switchover", "waiting for completion: " + done.error().message};
-        const std::string status = done->data.value("status", "");
-        if (status != "completed") return Failure{"switchover", why_ended(status)};
+        auto status = wait_for_completion(sub);
+        if (!status)
+            return Failure{"switchover", "waiting for completion: " + status.error().message};
+        if (*status != "completed") return Failure{"switchover", why_ended(*status)};
         record_stats();
         return std::nullopt;
+    }
+
+    // The migration's final status. Without post-copy the final state moves
+    // within switchover_timeout. In post-copy the guest already runs on the
+    // destination while the rest of its RAM follows at link speed: the wait
+    // lasts as long as pages keep moving (switchover_timeout without progress
+    // ends it, and settle.hpp never cancels a post-copy).
+    Result<std::string> wait_for_completion(qmp::EventSubscription& sub) {
+        auto last_progress = m_o.clock->now();
+        std::uint64_t transferred = 0;
+        for (;;) {
+            if (m_o.clock->now() - last_progress > m_o.switchover_timeout)
+                return fail(ErrorCode::timeout,
+                            m_report.postcopy ? "post-copy made no progress" : "timed out");
+            auto ev = sub.next(m_report.postcopy ? m_o.progress_interval : m_o.switchover_timeout);
+            if (!ev) {
+                if (ev.error().code != ErrorCode::timeout) return fail(ev.error());
+                if (!m_report.postcopy) continue;
+                auto info = qmp::query_migrate(m_src, m_o.qmp_timeout);
+                if (info && info->ram && info->ram->transferred != transferred) {
+                    transferred = info->ram->transferred;
+                    last_progress = m_o.clock->now();
+                }
+                report_progress();
+                continue;
+            }
+            const std::string status = ev->data.value("status", "");
+            if (status == "postcopy-active" && !m_report.postcopy) {
+                m_report.postcopy = true;
+                last_progress = m_o.clock->now();
+                action(
+                    "switched to post-copy: the guest runs on the destination and the rest "
+                    "of its RAM follows; from here the source is never resumed");
+                if (auto r = phase("postcopy", "post-copy: the guest runs on the destination"); !r)
+                    return fail(r.error());
+            }
+            if (status == "completed" || status == "failed" || status == "cancelled") return status;
+        }
     }
 
     void record_stats() {
@@ -305,6 +409,10 @@ class Run {
         }
         if (!info) return;
         m_report.downtime_ms = info->downtime_ms.value_or(-1);
+        if (const auto bytes =
+                info->raw.value("ram", json::object()).value("multifd-bytes", std::int64_t{-1});
+            bytes >= 0)
+            m_report.multifd_bytes = bytes;
         if (info->ram) {
             m_report.ram_transferred = info->ram->transferred;
             m_report.iterations = info->ram->dirty_sync_count;
@@ -372,7 +480,8 @@ class Run {
     std::optional<jobs::Journal> m_journal;
     std::pair<migrate::SideFacts, migrate::SideFacts> m_facts;
     std::optional<migrate::StorageCopy> m_storage;
-    bool m_late_block_activate = false;
+    migrate::TuningPlan m_plan;
+    bool m_postcopy_requested = false;
     Clock::time_point m_started{};
     MigrateReport m_report;
 };

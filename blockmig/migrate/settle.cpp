@@ -52,6 +52,60 @@ bool is_one_of(std::string_view s, std::initializer_list<std::string_view> set) 
     return std::find(set.begin(), set.end(), s) != set.end();
 }
 
+bool in_postcopy(std::string_view status) { return status.starts_with("postcopy"); }
+
+// migrate-start-postcopy may have been sent and the switchover too: from
+// then on the destination may run the guest while part of its RAM is only
+// on the source (the point of no return of post-copy).
+bool postcopy_past_switch(const jobs::Job& job) {
+    const bool requested =
+        std::any_of(job.records.begin(), job.records.end(), [](const jobs::Record& r) {
+            return r.effect == EffectKind::postcopy_requested && live(r);
+        });
+    return requested && switchover_sent(job);
+}
+
+constexpr std::string_view k_split =
+    "post-copy had started: the guest ran on the destination, which holds the only live copy "
+    "of it (the source's RAM is stale, resuming it would run the guest twice against the same "
+    "disks); the source stays paused and is never resumed";
+
+// Post-copy, decided before anything else may forward or undo: neither
+// QEMU may be stopped while pages still move, the source never resumed once
+// the destination may have run. nullopt: not a post-copy situation.
+std::optional<Decision> decide_postcopy(const jobs::Job& job, const Observation& now) {
+    const SideNow& s = now.src;
+    const SideNow& d = now.dst;
+    if (s.reachable && in_postcopy(s.migration))
+        return Decision{Verdict::again,
+                        fmt::format("post-copy is in progress (source {}, destination {}): the "
+                                    "guest runs on the destination and part of its RAM is still "
+                                    "only on the source, so neither QEMU may be stopped",
+                                    s.migration, d.reachable ? d.migration : d.error)};
+    if (d.reachable && in_postcopy(d.migration))
+        return Decision{
+            Verdict::wait,
+            fmt::format("post-copy is {} on the destination and the source {}: part "
+                        "of the guest's RAM may still be only on the source; neither "
+                        "QEMU may be stopped (the source can resume it with `migrate` "
+                        "resume=true after `migrate-recover` on the destination)",
+                        d.migration, s.reachable ? "says " + s.migration : "does not answer")};
+    if (!postcopy_past_switch(job)) return std::nullopt;
+    if (s.reachable && !is_one_of(s.migration, {"failed", "cancelled", "none"}))
+        return std::nullopt;  // still pre-switchover or completing: the usual rules
+    // The destination never ran the guest: its incoming side is still
+    // waiting for the device state, so the source's copy is whole.
+    if (d.reachable && d.run_state == "inmigrate" && s.reachable) return std::nullopt;
+    Decision out{Verdict::wait, fmt::format("{} (source migration {}, destination {})", k_split,
+                                            s.reachable ? s.migration : "unknown: " + s.error,
+                                            d.reachable ? d.run_state + ", migration " + d.migration
+                                                        : "does not answer: " + d.error)};
+    // A destination that runs after a failed post-copy may lack pages: it is
+    // paused rather than lost, for an operator (or a post-copy recovery) to judge.
+    out.pause_destination = d.reachable && d.run_state == "running";
+    return out;
+}
+
 // Marks every live record of `effect` with `state`.
 Result<void> mark(jobs::Journal& journal, EffectKind effect, RecordState state,
                   const std::string& note) {
@@ -94,7 +148,12 @@ std::string_view to_string(Verdict verdict) {
 Decision decide(const jobs::Job& job, const Observation& now) {
     const SideNow& s = now.src;
     const SideNow& d = now.dst;
-    if (d.reachable && (d.run_state == "running" || d.migration == "completed"))
+    if (d.reachable && d.migration == "completed")
+        return {Verdict::forward,
+                fmt::format("the destination has the guest (it is {}, migration completed)",
+                            d.run_state)};
+    if (auto p = decide_postcopy(job, now)) return *p;
+    if (d.reachable && d.run_state == "running")
         return {Verdict::forward, fmt::format("the destination has the guest (it is {}, migration "
                                               "{})",
                                               d.run_state, d.migration)};
@@ -142,6 +201,7 @@ class Settler {
                     return finish(undo(now));
                 case Verdict::wait:
                     m_result.verdict = Verdict::wait;
+                    if (d.pause_destination) pause_destination();
                     return m_result;
                 case Verdict::cancel_first:
                     cancel();
@@ -157,6 +217,13 @@ class Settler {
     }
 
   private:
+    void pause_destination() {
+        auto r = qmp::stop(*m_dst, m_timeout);
+        m_result.actions.push_back(
+            r ? "paused the guest on the destination (post-copy did not complete)"
+              : "could not pause the guest on the destination: " + r.error().message);
+    }
+
     Result<SettleResult> finish(Result<void> r) {
         if (!r) return fail(r.error());
         return m_result;

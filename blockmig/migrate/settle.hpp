@@ -3,6 +3,12 @@
 // `blockmig recover` use the same code, so a failure and a crash end alike.
 //
 // Decision (docs/state-machines.md, "Migration", recover table):
+// - post-copy first: while either side says postcopy-*, neither QEMU is
+//   stopped (wait for the end); once migrate-start-postcopy and the
+//   switchover were sent and the migration failed, the source is never
+//   resumed unless the destination still waits for the device state
+//   (inmigrate): the destination holds the only live copy -> wait (a
+//   running destination is paused rather than lost).
 // - the destination runs the guest, or has the whole migration (completed),
 //   or the source says completed -> forward: `cont` the destination, `quit`
 //   the source (unless keep_source). The source is never resumed then.
@@ -45,6 +51,9 @@ std::string_view to_string(Verdict verdict);
 struct Decision {
     Verdict verdict = Verdict::wait;
     std::string reason;
+    // wait after a failed post-copy with the destination running: `stop` it
+    // (a guest that may lack pages is paused rather than lost).
+    bool pause_destination = false;
 };
 
 // Pure. `job` supplies whether the switchover was sent.

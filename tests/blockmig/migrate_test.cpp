@@ -28,7 +28,10 @@ namespace {
 
 // One QEMU of a migration, as far as blockmig talks to it.
 struct FakeSide {
-    enum class Ram { reaches_switchover, fails, never_ends };
+    // postcopy: one full pass, then pre-switchover once migrate-start-postcopy
+    // came, then postcopy-active (the destination runs) until completed;
+    // postcopy_fails: the link dies in post-copy (QEMU pauses both sides).
+    enum class Ram { reaches_switchover, fails, never_ends, postcopy, postcopy_fails };
 
     std::mutex mutex;
     std::string run_state = "running";
@@ -36,8 +39,11 @@ struct FakeSide {
     std::string machine = "pc-i440fx-7.2-machine";
     std::uint64_t memory = 256 << 20;
     std::map<std::string, std::string> disks;  // device id -> filename
-    std::map<std::string, bool> caps{
-        {"events", false}, {"pause-before-switchover", false}, {"late-block-activate", false}};
+    std::map<std::string, bool> caps{{"events", false},
+                                     {"pause-before-switchover", false},
+                                     {"late-block-activate", false},
+                                     {"auto-converge", false},
+                                     {"postcopy-ram", false}};
     json params{{"max-bandwidth", 134217728}, {"downtime-limit", 300}};
     std::vector<std::string> commands;
     std::uint64_t disk_size = 4096;  // every disk's virtual size
@@ -53,6 +59,17 @@ struct FakeSide {
 
     bool got(const std::string& command, const std::string& arg = "") {
         std::lock_guard lock(mutex);
+        return sent(command, arg);
+    }
+    // Position of the first `command` sent, or -1 (order checks).
+    int index_of(const std::string& command) {
+        std::lock_guard lock(mutex);
+        for (std::size_t i = 0; i < commands.size(); ++i)
+            if (commands[i].starts_with(command + " ")) return static_cast<int>(i);
+        return -1;
+    }
+    // REQUIRES: mutex held.
+    bool sent(const std::string& command, const std::string& arg = "") const {
         for (const auto& c : commands)
             if (c.starts_with(command + " ") && c.find(arg) != std::string::npos) return true;
         return false;
@@ -187,7 +204,42 @@ struct FakeSide {
             } else if (ram == Ram::reaches_switchover) {
                 run_state = "finish-migrate";
                 event("pre-switchover");
+            } else if (ram == Ram::postcopy || ram == Ram::postcopy_fails) {
+                script->push_event("MIGRATION_PASS", {{"pass", 1}});
+                script->push_event("MIGRATION_PASS", {{"pass", 2}});
             }
+            return;
+        }
+        if (cmd == "migrate-start-postcopy") {
+            reply(json::object());
+            run_state = "finish-migrate";
+            event("pre-switchover");
+            return;
+        }
+        if (cmd == "stop") {
+            run_state = "paused";
+            return reply(json::object());
+        }
+        if (cmd == "migrate-continue" && sent("migrate-start-postcopy")) {
+            reply(json::object());
+            event("postcopy-active");
+            lock.unlock();
+            {
+                std::lock_guard peer_lock(peer->mutex);
+                peer->run_state = "running";
+                peer->migration = "postcopy-active";
+            }
+            std::lock_guard relock(mutex);
+            if (ram == Ram::postcopy_fails) {
+                event("postcopy-paused");
+                std::lock_guard peer_lock(peer->mutex);
+                peer->migration = "postcopy-paused";
+                return;
+            }
+            run_state = "postmigrate";
+            event("completed");
+            std::lock_guard peer_lock(peer->mutex);
+            peer->event("completed");
             return;
         }
         if (cmd == "migrate-continue") {
@@ -310,6 +362,87 @@ TEST_F(MigrateTest, BandwidthAndKeepSourceAreHonoured) {
     EXPECT_TRUE(src.side->got("migrate-set-parameters", R"("max-bandwidth":8388608)"));
     EXPECT_FALSE(src.side->got("quit"));
     EXPECT_FALSE(r->source_quit);
+}
+
+TEST_F(MigrateTest, DefaultPolicyAutoConvergesAndIsRestoredOnFailure) {
+    src.side->ram = FakeSide::Ram::fails;
+    ASSERT_FALSE(migrate());
+    EXPECT_TRUE(src.side->got("migrate-set-capabilities", "auto-converge"));
+    EXPECT_FALSE(dst.side->got("migrate-set-capabilities", "auto-converge")) << "sender only";
+    EXPECT_FALSE(src.side->caps["auto-converge"]) << "restored as it was";
+}
+
+TEST_F(MigrateTest, PostcopyStartsAfterTheFirstPassAndEndsOnTheDestination) {
+    options.policy = MigratePolicy::postcopy;
+    src.side->ram = FakeSide::Ram::postcopy;
+    auto r = migrate();
+    ASSERT_TRUE(r) << r.error().message;
+    for (auto* side : {src.side.get(), dst.side.get()})
+        EXPECT_TRUE(side->got("migrate-set-capabilities", "postcopy-ram"));
+    EXPECT_TRUE(src.side->got("migrate-start-postcopy"));
+    EXPECT_LT(src.side->index_of("migrate-start-postcopy"), src.side->index_of("migrate-continue"));
+    EXPECT_TRUE(r->postcopy);
+    EXPECT_FALSE(r->actions.empty());
+    EXPECT_TRUE(src.side->got("quit"));
+    EXPECT_FALSE(src.side->got("cont"));
+    EXPECT_EQ(journals(), 0u);
+}
+
+TEST_F(MigrateTest, FailedPostcopyNeverResumesTheSourceNorStopsEitherQemu) {
+    options.policy = MigratePolicy::postcopy;
+    src.side->ram = FakeSide::Ram::postcopy_fails;
+    auto r = migrate();
+    ASSERT_FALSE(r);
+    EXPECT_NE(r.error().message.find("phase switchover"), std::string::npos) << r.error().message;
+    EXPECT_NE(r.error().message.find("post-copy"), std::string::npos) << r.error().message;
+    EXPECT_NE(r.error().message.find("blockmig recover"), std::string::npos) << r.error().message;
+    EXPECT_FALSE(src.side->got("cont")) << "the source's RAM is stale: never resumed";
+    EXPECT_FALSE(src.side->got("migrate_cancel"));
+    EXPECT_FALSE(src.side->got("quit")) << "it still holds pages the destination lacks";
+    EXPECT_EQ(journals(), 1u) << "recover finishes it";
+}
+
+TEST_F(MigrateTest, SuspendPausesTheGuestBeforeTheCopyAndResumesItOnTheDestination) {
+    options.policy = MigratePolicy::suspend;
+    auto r = migrate();
+    ASSERT_TRUE(r) << r.error().message;
+    ASSERT_TRUE(src.side->got("stop"));
+    EXPECT_LT(src.side->index_of("stop"), src.side->index_of("migrate"));
+    EXPECT_TRUE(dst.side->got("cont"));
+    EXPECT_FALSE(src.side->got("migrate-set-capabilities", "auto-converge"));
+}
+
+TEST_F(MigrateTest, SuspendedGuestIsResumedOnTheSourceWhenTheMigrationFails) {
+    options.policy = MigratePolicy::suspend;
+    src.side->ram = FakeSide::Ram::fails;
+    src.side->resume_on_cancel = false;
+    auto r = migrate();
+    ASSERT_FALSE(r);
+    EXPECT_NE(r.error().message.find("keeps running on the source"), std::string::npos);
+    EXPECT_EQ(src.side->run_state, "running");
+}
+
+TEST_F(MigrateTest, TimeoutPerGibScalesWithTheGuestRam) {
+    src.side->ram = FakeSide::Ram::never_ends;
+    options.timeout_per_gib = 4;  // 256 MiB of RAM: 1 s
+    auto r = migrate();
+    ASSERT_FALSE(r);
+    EXPECT_NE(r.error().message.find("timed out after 1 s"), std::string::npos)
+        << r.error().message;
+}
+
+TEST_F(MigrateTest, AMissingCapabilityIsRefusedBeforeAnythingIsTouched) {
+    options.policy = MigratePolicy::postcopy;
+    dst.side->caps.erase("postcopy-ram");
+    auto r = migrate();
+    ASSERT_FALSE(r);
+    EXPECT_NE(r.error().message.find("the destination QEMU lacks the migration capability "
+                                     "postcopy-ram"),
+              std::string::npos)
+        << r.error().message;
+    EXPECT_FALSE(src.side->got("migrate-set-capabilities"));
+    EXPECT_FALSE(dst.side->got("migrate-set-capabilities"));
+    EXPECT_EQ(journals(), 0u);
 }
 
 TEST_F(MigrateTest, DestinationLostDuringRamLeavesTheGuestOnTheSource) {
@@ -556,6 +689,50 @@ TEST(MigrateDecide, FollowsWhatBothQemusSay) {
     migrate::Observation gone = seen("", "", "inmigrate", "active");
     gone.src.reachable = false;
     EXPECT_EQ(v(before, gone), Verdict::wait);
+}
+
+TEST(MigrateDecide, PostcopyIsNeverUndoneNorCutShort) {
+    using migrate::Verdict;
+    auto v = [](const jobs::Job& j, const migrate::Observation& o) {
+        return migrate::decide(j, o);
+    };
+    jobs::Job pc = migrate_job(true);
+    pc.records.push_back({.seq = 2,
+                          .effect = jobs::EffectKind::postcopy_requested,
+                          .name = "migrate-start-postcopy",
+                          .state = jobs::RecordState::done});
+    // In progress: the destination runs, but pages are still on the source:
+    // no forward (it would quit the source), no cancel.
+    auto d = v(pc, seen("finish-migrate", "postcopy-active", "running", "postcopy-active"));
+    EXPECT_EQ(d.verdict, Verdict::again) << d.reason;
+    d = v(pc, seen("finish-migrate", "postcopy-paused", "running", "postcopy-paused"));
+    EXPECT_EQ(d.verdict, Verdict::again);
+    migrate::Observation src_gone = seen("", "", "running", "postcopy-paused");
+    src_gone.src.reachable = false;
+    d = v(pc, src_gone);
+    EXPECT_EQ(d.verdict, Verdict::wait);
+    EXPECT_FALSE(d.pause_destination);
+    // Failed after the switch: the source is stale, never resumed; a running
+    // destination is paused rather than lost.
+    d = v(pc, seen("finish-migrate", "failed", "running", "failed"));
+    EXPECT_EQ(d.verdict, Verdict::wait) << d.reason;
+    EXPECT_TRUE(d.pause_destination);
+    EXPECT_NE(d.reason.find("only live copy"), std::string::npos) << d.reason;
+    d = v(pc, seen("finish-migrate", "failed", "", "", false));
+    EXPECT_EQ(d.verdict, Verdict::wait);
+    EXPECT_FALSE(d.pause_destination);
+    // The destination never left inmigrate: it never ran, the source is whole.
+    EXPECT_EQ(v(pc, seen("finish-migrate", "failed", "inmigrate", "failed")).verdict,
+              Verdict::undo);
+    // Completed: forward as always.
+    EXPECT_EQ(v(pc, seen("postmigrate", "completed", "running", "completed")).verdict,
+              Verdict::forward);
+    // Requested but the switchover not sent: pre-copy rules (cancel, undo).
+    jobs::Job early = migrate_job(false);
+    early.records = {pc.records[1]};
+    EXPECT_EQ(v(early, seen("running", "active", "inmigrate", "active")).verdict,
+              Verdict::cancel_first);
+    EXPECT_EQ(v(early, seen("running", "failed", "inmigrate", "failed")).verdict, Verdict::undo);
 }
 
 // ---- recover ----------------------------------------------------------------------

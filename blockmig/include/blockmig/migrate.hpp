@@ -36,6 +36,17 @@ namespace blockmig {
 
 enum class CopyStorage { none, all };
 
+// How the RAM moves (migrate/tuning.hpp maps them to QEMU's settings):
+// minimal_downtime: pre-copy, QEMU's auto-converge throttles a guest that
+//   dirties RAM faster than it is sent;
+// postcopy: pre-copy for one full pass, then post-copy: the guest runs on
+//   the destination while the rest of its RAM follows. From that switch on
+//   the guest's RAM is split across both hosts: nothing is rolled back;
+// suspend: the guest is paused for the whole copy (shortest total time,
+//   the downtime is the copy) and resumed on the destination.
+enum class MigratePolicy { minimal_downtime, postcopy, suspend };
+enum class MigrateCompress { none, zstd, xbzrle };
+
 struct MigrateOptions {
     std::string src_qmp;  // addresses as given: the guests' identities in the journal
     std::string dst_qmp;
@@ -47,9 +58,14 @@ struct MigrateOptions {
     std::uint64_t bandwidth = 0;  // bytes/s; 0 = unlimited (still set explicitly)
     std::chrono::milliseconds max_downtime{300};
     std::chrono::seconds timeout{0};  // whole migration; 0 = none
-    bool keep_source = false;         // leave the paused source QEMU instead of quitting it
-    bool unsafe = false;              // allow shared disks whose host cache is not bypassed
-    std::filesystem::path jobs_dir;   // journals; default jobs::default_state_dir()
+    // Instead of `timeout`: seconds per GiB of RAM plus the disks to copy (0 = none).
+    double timeout_per_gib = 0;
+    MigratePolicy policy = MigratePolicy::minimal_downtime;
+    MigrateCompress compress = MigrateCompress::none;
+    int parallel = 0;                // multifd channels; 0 = one migration stream
+    bool keep_source = false;        // leave the paused source QEMU instead of quitting it
+    bool unsafe = false;             // allow shared disks whose host cache is not bypassed
+    std::filesystem::path jobs_dir;  // journals; default jobs::default_state_dir()
     std::chrono::milliseconds qmp_timeout{30'000};  // deadline of each QMP call
     // How long the switchover (migrate-continue -> completed on both sides) may take.
     std::chrono::milliseconds switchover_timeout{60'000};
@@ -63,8 +79,12 @@ struct MigrateReport {
     std::chrono::milliseconds duration{0};  // migrate sent -> destination running
     std::int64_t downtime_ms = -1;          // QEMU's own count (query-migrate), -1 unknown
     std::uint64_t ram_transferred = 0;
-    std::uint64_t iterations = 0;  // RAM passes (dirty-sync-count)
-    std::uint64_t bandwidth = 0;   // the max-bandwidth that was set, bytes/s
+    std::uint64_t iterations = 0;      // RAM passes (dirty-sync-count)
+    std::uint64_t bandwidth = 0;       // the max-bandwidth that was set, bytes/s
+    std::chrono::seconds timeout{0};   // the deadline applied (--timeout or per GiB), 0 = none
+    bool postcopy = false;             // the migration switched to post-copy
+    std::int64_t multifd_bytes = -1;   // sent over multifd channels (QEMU's count), -1 unknown
+    std::vector<std::string> actions;  // each policy action, in order
     bool source_quit = false;
 };
 
