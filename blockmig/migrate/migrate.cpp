@@ -298,10 +298,12 @@ class Run {
         return {};
     }
 
-    void action(const std::string& text) {
+    // `qemu_status`: the MIGRATION status QEMU reported that prompted it.
+    void action(const std::string& text, const std::string& qemu_status = "") {
         m_report.actions.push_back(text);
-        m_progress.event("policy", {{"policy", migrate::to_string(m_o.policy)}, {"action", text}},
-                         text);
+        json fields{{"policy", migrate::to_string(m_o.policy)}, {"action", text}};
+        if (!qemu_status.empty()) fields["qemu_status"] = qemu_status;
+        m_progress.event("policy", fields, text);
     }
 
     std::string why_ended(const std::string& status) {
@@ -388,7 +390,8 @@ class Run {
                 last_progress = m_o.clock->now();
                 action(
                     "switched to post-copy: the guest runs on the destination and the rest "
-                    "of its RAM follows; from here the source is never resumed");
+                    "of its RAM follows; from here the source is never resumed",
+                    status);
                 if (auto r = phase("postcopy", "post-copy: the guest runs on the destination"); !r)
                     return fail(r.error());
             }

@@ -37,7 +37,6 @@ struct DiskFacts {
     std::string node;        // the device's top node (what a mirror reads / an export serves)
     std::uint64_t size = 0;  // the top node's virtual size in bytes (the guest's disk size)
     std::vector<std::string> names;  // every name of the device in query-blockstats
-    std::uint64_t size = 0;          // virtual size of the device's image (0 = not reported)
 };
 
 struct SideFacts {
