@@ -18,7 +18,9 @@
 // source (resumed if it was paused), the source's migration settings are
 // restored, and the Error names the phase and the cause. After the
 // switchover nothing is rolled back: only what both QEMUs say decides, and
-// the journal stays for `blockmig recover` when they cannot tell.
+// the journal stays for `blockmig recover` when they cannot tell. With
+// --policy postcopy the switchover is post-copy's point of no return: the
+// source is never resumed after it (docs/state-machines.md).
 #pragma once
 
 #include <atomic>
