@@ -106,8 +106,11 @@ Result<void> Group::supervise(Mirror& m, const CopyPolicy& policy, Clock::time_p
         now - m.last_progress() >= 2s)
         return {};
     // QEMU >= 8.2 switches the running job (block-job-change); older ones
-    // need a new mirror that copies everything again.
-    const bool in_place = policy.switch_in_place;
+    // need a new mirror that copies everything again. A mirror into a hop
+    // restarts too: on QEMU 10.0 a hop that dies under a mirror switched in
+    // place corrupted the guest QEMU's heap (docs/known-issues.md); a re-copy
+    // costs time, a dead guest costs its data.
+    const bool in_place = policy.switch_in_place && !m.uses_hop();
     if (on_notice)
         on_notice(m, Notice{.kind = "copy-mode",
                             .fields = {{"disk", m.spec().disk},
