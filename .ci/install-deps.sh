@@ -17,6 +17,8 @@ packages=(
   nfs-ganesha nfs-ganesha-vfs rpcbind libnfs-utils
   tgt libiscsi-bin
   busybox-static iproute2 iputils-ping socat
+  # QMP on another host (ssh://): the client blockmig runs; the server for the lab's sshd
+  openssh-client openssh-server
   # libvirt backend (daemon for later issues; no recommends keeps it small)
   libvirt-daemon-system libvirt-clients libvirt-daemon-driver-qemu
   # guest kernel is fetched with apt-get download; dpkg -x needs these

@@ -11,7 +11,6 @@
 
 #include <atomic>
 #include <cerrno>
-#include <charconv>
 #include <cstring>
 #include <vector>
 
@@ -227,24 +226,17 @@ Result<std::unique_ptr<Transport>> make_tcp_transport(const std::string& host, s
 
 Result<std::unique_ptr<Transport>> make_transport(std::string_view address,
                                                   std::chrono::milliseconds timeout) {
-    if (!address.starts_with("tcp:")) return make_unix_transport(std::string(address), timeout);
-    std::string_view rest = address.substr(4);
-    std::size_t colon = rest.rfind(':');
-    auto bad = [&] {
-        return fail(ErrorCode::invalid_argument,
-                    fmt::format("qmp: bad address '{}' (expected tcp:HOST:PORT or a socket path)",
-                                address));
-    };
-    if (colon == std::string_view::npos || colon == 0) return bad();
-    std::string_view host = rest.substr(0, colon), port_text = rest.substr(colon + 1);
-    if (host.size() >= 2 && host.front() == '[' && host.back() == ']')
-        host = host.substr(1, host.size() - 2);
-    unsigned port = 0;
-    auto [ptr, ec] = std::from_chars(port_text.data(), port_text.data() + port_text.size(), port);
-    if (ec != std::errc{} || ptr != port_text.data() + port_text.size() || port == 0 ||
-        port > 65535)
-        return bad();
-    return make_tcp_transport(std::string(host), static_cast<std::uint16_t>(port), timeout);
+    auto parsed = parse_address(address);
+    if (!parsed) return fail(parsed.error());
+    switch (parsed->kind) {
+        case Address::Kind::tcp:
+            return make_tcp_transport(parsed->host, parsed->port, timeout);
+        case Address::Kind::ssh:
+            return make_ssh_transport(*parsed, timeout);
+        case Address::Kind::unix_socket:
+            break;
+    }
+    return make_unix_transport(parsed->path, timeout);
 }
 
 }  // namespace blockmig::qmp

@@ -10,6 +10,7 @@
 #include <functional>
 #include <string>
 
+#include "qmp/client.hpp"
 #include "qmp/error.hpp"
 
 namespace blockmig::cli {
@@ -39,6 +40,12 @@ void add_compare_command(CLI::App& app, Dispatch& dispatch);
 void add_jobs_command(CLI::App& app, Dispatch& dispatch);
 void add_recover_command(CLI::App& app, Dispatch& dispatch);
 void add_migrate_command(CLI::App& app, Dispatch& dispatch);
+
+// Connects to a QMP address in any form (socket path, tcp:HOST:PORT,
+// ssh://[USER@]HOST[:PORT]/PATH), warning once per address on stderr when it
+// is unauthenticated TCP. Errors: those of qmp::Client::connect().
+Result<std::unique_ptr<qmp::Client>> connect_qmp(std::string_view address,
+                                                 qmp::ConnectOptions options);
 
 // Adds `--state-dir DIR` (where job journals live; default
 // $BLOCKMIG_STATE_DIR, else /var/lib/blockmig/jobs).

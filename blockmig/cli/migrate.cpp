@@ -37,18 +37,13 @@ struct MigrateArgs {
 Result<std::unique_ptr<qmp::Client>> connect(const std::string& address, const char* side,
                                              const MigrateOptions& o,
                                              const GlobalOptions& globals) {
-    if (address.starts_with("tcp:"))
-        fmt::print(stderr,
-                   "blockmig: warning: the {} QMP {} is unauthenticated TCP: anyone who reaches "
-                   "it controls that QEMU\n",
-                   side, address);
     qmp::ConnectOptions connect;
     connect.default_timeout = o.qmp_timeout;  // no QMP call may block forever
     if (globals.verbose)
         connect.log = [side](qmp::LogLevel, std::string_view text) {
             fmt::print(stderr, "qmp {}: {}\n", side, text);
         };
-    auto client = qmp::Client::connect(address, connect);
+    auto client = connect_qmp(address, connect);
     if (!client)
         return fail(
             client.error().with_context(fmt::format("connect to the {} {}", side, address)));
@@ -124,11 +119,13 @@ void add_migrate_command(CLI::App& app, Dispatch& dispatch) {
     auto args = std::make_shared<MigrateArgs>();
     auto* cmd = app.add_subcommand(
         "migrate", "live-migrate a running guest into a destination QEMU (-incoming defer)");
-    cmd->add_option("--src-qmp", args->src_qmp, "the guest's QMP (path or tcp:HOST:PORT)")
+    cmd->add_option("--src-qmp", args->src_qmp,
+                    "the guest's QMP (path, tcp:HOST:PORT or ssh://[USER@]HOST[:PORT]/PATH)")
         ->required();
-    cmd->add_option("--dst-qmp", args->dst_qmp,
-                    "the destination QEMU's QMP (path or tcp:HOST:PORT); it runs with the same "
-                    "devices and -incoming defer")
+    cmd->add_option(
+           "--dst-qmp", args->dst_qmp,
+           "the destination QEMU's QMP (path, tcp:HOST:PORT or ssh://[USER@]HOST[:PORT]/PATH); "
+           "it runs with the same devices and -incoming defer")
         ->required();
     cmd->add_option("--dst-addr", args->dst_addr,
                     "HOST[:PORT] the destination listens on for the migration stream (default "

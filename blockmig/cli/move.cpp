@@ -125,7 +125,7 @@ Result<void> run_move_command(const MoveArgs& args, const GlobalOptions& globals
         connect.log = [](qmp::LogLevel, std::string_view text) {
             fmt::print(stderr, "qmp: {}\n", text);
         };
-    auto client = qmp::Client::connect(args.qmp_socket, connect);
+    auto client = connect_qmp(args.qmp_socket, connect);
     if (!client)
         return fail(client.error().with_context(fmt::format("connect to {}", args.qmp_socket)));
 
@@ -176,7 +176,8 @@ void add_move_command(CLI::App& app, Dispatch& dispatch) {
     auto args = std::make_shared<MoveArgs>();
     auto* cmd = app.add_subcommand(
         "move", "live-move a running guest's disks to another pool (mirror, then pivot)");
-    cmd->add_option("--qmp", args->qmp_socket, "the guest's QMP socket (path or tcp:HOST:PORT)")
+    cmd->add_option("--qmp", args->qmp_socket,
+                    "the guest's QMP socket (path, tcp:HOST:PORT or ssh://[USER@]HOST[:PORT]/PATH)")
         ->required();
     auto* disk = cmd->add_option("--disk", args->disks, "device id or node name (repeatable)");
     auto* all = cmd->add_flag("--all-disks", args->all_disks, "move every disk");

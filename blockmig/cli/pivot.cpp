@@ -29,7 +29,7 @@ Result<void> run_pivot_command(const PivotArgs& args, const GlobalOptions& globa
     options.jobs_dir = args.state_dir;
     qmp::ConnectOptions connect;
     connect.default_timeout = options.qmp_timeout;
-    auto client = qmp::Client::connect(args.qmp_socket, connect);
+    auto client = connect_qmp(args.qmp_socket, connect);
     if (!client)
         return fail(client.error().with_context(fmt::format("connect to {}", args.qmp_socket)));
     auto progress =

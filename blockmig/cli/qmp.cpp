@@ -29,7 +29,7 @@ Result<std::unique_ptr<qmp::Client>> open(const QmpArgs& args, const GlobalOptio
             fmt::print(stderr, "{}\n", text);
         };
     }
-    return qmp::Client::connect(args.socket, std::move(options));
+    return connect_qmp(args.socket, std::move(options));
 }
 
 std::optional<std::chrono::milliseconds> timeout_of(const QmpArgs& args) {
@@ -93,7 +93,9 @@ Result<void> run_events(const QmpArgs& args, const GlobalOptions& globals) {
 void add_qmp_command(CLI::App& app, Dispatch& dispatch) {
     auto args = std::make_shared<QmpArgs>();
     CLI::App* qmp = app.add_subcommand("qmp", "send one QMP command to QEMU, or print its events");
-    qmp->add_option("socket", args->socket, "QMP socket: a Unix socket path or tcp:HOST:PORT")
+    qmp->add_option(
+           "socket", args->socket,
+           "QMP socket: a Unix socket path, tcp:HOST:PORT or ssh://[USER@]HOST[:PORT]/PATH")
         ->required();
     qmp->add_option("command", args->command, "QMP command, e.g. query-block");
     qmp->add_option("arguments", args->arguments, "command arguments as a JSON object");

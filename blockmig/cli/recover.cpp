@@ -57,14 +57,14 @@ Result<void> recover_one(const std::filesystem::path& dir, const std::string& id
     qmp::ConnectOptions connect;
     connect.timeout = std::chrono::seconds(args.step_timeout_s);
     connect.default_timeout = std::chrono::seconds(args.step_timeout_s);
-    auto client = qmp::Client::connect(journal->job().guest.qmp, connect);
+    auto client = connect_qmp(journal->job().guest.qmp, connect);
     jobs::UndoEnv env;
     env.client = client ? client->get() : nullptr;
     env.step_timeout = std::chrono::seconds(args.step_timeout_s);
     // A migration is settled from what both QEMUs say.
     decltype(client) dst_client = fail(ErrorCode::not_found, "no destination");
     if (journal->job().migration)
-        dst_client = qmp::Client::connect(journal->job().migration->destination.qmp, connect);
+        dst_client = connect_qmp(journal->job().migration->destination.qmp, connect);
     auto report = journal->job().migration
                       ? migrate::recover_migration(*journal, env.client,
                                                    dst_client ? dst_client->get() : nullptr,

@@ -4,12 +4,16 @@
 
 #include <filesystem>
 
+#include "qmp/address.hpp"
+
 namespace blockmig::jobs {
 
 namespace fs = std::filesystem;
 
 std::string canonical_address(std::string_view address) {
-    if (address.empty() || address.starts_with("tcp:")) return std::string(address);
+    auto parsed = qmp::parse_address(address);
+    if (!parsed) return std::string(address);
+    if (parsed->kind != qmp::Address::Kind::unix_socket) return qmp::to_string(*parsed);
     std::error_code ec;
     auto absolute = fs::weakly_canonical(fs::absolute(fs::path(address), ec), ec);
     return ec ? std::string(address) : absolute.string();
@@ -32,8 +36,11 @@ Result<GuestIdentity> identify_guest(qmp::Client& client, std::string_view addre
 
 std::optional<std::string> libvirt_evidence(std::string_view address,
                                             const std::vector<std::string>& node_names) {
+    // A socket path on this host, or on the other one (ssh://HOST/PATH).
+    auto parsed = qmp::parse_address(address);
+    std::string_view path = parsed ? std::string_view(parsed->path) : address;
     for (std::string_view dir : {"/run/libvirt/", "/var/run/libvirt/"})
-        if (address.starts_with(dir)) return fmt::format("its QMP socket {} is libvirt's", address);
+        if (path.starts_with(dir)) return fmt::format("its QMP socket {} is libvirt's", address);
     for (const auto& n : node_names)
         if (n.starts_with("libvirt-"))
             return fmt::format("its block node {} was named by libvirt", n);

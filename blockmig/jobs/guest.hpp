@@ -11,7 +11,8 @@
 
 namespace blockmig::jobs {
 
-// A Unix socket path made absolute (and canonical); tcp:HOST:PORT as is.
+// A Unix socket path made absolute (and canonical); tcp: and ssh:// addresses
+// in their canonical text (qmp::to_string).
 std::string canonical_address(std::string_view address);
 
 // The guest behind `client`: the QMP address made absolute (Unix sockets),

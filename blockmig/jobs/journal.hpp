@@ -79,7 +79,7 @@ Result<Record> record_from_json(const nlohmann::json& j);
 // Who the job acts on: a new job on the same guest is refused while an
 // unrecovered journal names it.
 struct GuestIdentity {
-    std::string qmp;   // QMP address as given (absolute path or tcp:HOST:PORT)
+    std::string qmp;   // QMP address (absolute path, tcp:HOST:PORT or ssh://...)
     int pid = -1;      // QEMU's pid when known (SO_PEERCRED)
     std::string uuid;  // query-uuid, when QEMU has one other than all zeroes
     std::string name;  // query-name

@@ -125,7 +125,8 @@ class EventSubscription {
 
 class Client {
   public:
-    // Connects to `address` (a Unix socket path or "tcp:HOST:PORT"), reads the
+    // Connects to `address` (any form make_transport() takes: a Unix socket path,
+    // "tcp:HOST:PORT", "ssh://[USER@]HOST[:PORT]/PATH"), reads the
     // greeting and negotiates capabilities. Returns a running client.
     // Errors: those of make_transport(); timeout; protocol (no greeting,
     // malformed data); qmp_command_failed (qmp_capabilities refused).

@@ -1,6 +1,7 @@
 // The byte-level connection under a QMP client: send a line (optionally with
-// file descriptors), receive a line, close. Unix and TCP sockets implement it
-// here; qmp/testing/scripted_transport.hpp has the scripted test double.
+// file descriptors), receive a line, close. Unix and TCP sockets and an
+// OpenSSH-forwarded remote Unix socket implement it here;
+// qmp/testing/scripted_transport.hpp has the scripted test double.
 #pragma once
 
 #include <chrono>
@@ -11,6 +12,7 @@
 #include <string>
 #include <string_view>
 
+#include "qmp/address.hpp"
 #include "qmp/error.hpp"
 
 namespace blockmig::qmp {
@@ -55,8 +57,31 @@ Result<std::unique_ptr<Transport>> make_unix_transport(
 Result<std::unique_ptr<Transport>> make_tcp_transport(
     const std::string& host, std::uint16_t port,
     std::chrono::milliseconds timeout = std::chrono::seconds(10));
-// "tcp:HOST:PORT" (HOST may be [v6]) -> TCP; anything else is a Unix socket path.
-// Errors: invalid_argument for a malformed tcp: address, plus those above.
+struct SshOptions {
+    // An ssh_config file for `ssh -F`. Empty: $BLOCKMIG_SSH_CONFIG when set,
+    // else ssh's own (~/.ssh/config, /etc/ssh/ssh_config, ssh-agent).
+    std::string config_file;
+};
+
+// The Unix socket `address.path` on `address.host`, through the system's
+// OpenSSH client: `ssh -N -L` forwards it to a socket in a private 0700
+// directory (nothing but sshd needed there). The ssh process is owned by the
+// transport (killed and reaped when it is destroyed; SIGTERMed by the kernel
+// if the thread that called this exits first). BatchMode (no prompt: keys,
+// agent or ssh_config only), ConnectTimeout from `timeout`, and a dead link
+// ends the stream within ~15 s. No fd passing; peer_pid() is unknown.
+// Errors, one line naming the address and what ssh said: invalid_argument
+// (not an ssh address), not_found (no ssh in PATH, unknown host), io_error
+// (host unreachable, authentication failed, host key not trusted), timeout
+// (no forward by the deadline). A socket sshd cannot open shows on the first
+// receive_line(): not_found, "sshd on HOST cannot open PATH ...".
+Result<std::unique_ptr<Transport>> make_ssh_transport(
+    const Address& address, std::chrono::milliseconds timeout = std::chrono::seconds(10),
+    const SshOptions& options = {});
+
+// Any address parse_address() accepts: a socket path, tcp:HOST:PORT or
+// ssh://[USER@]HOST[:PORT]/PATH. Errors: those of parse_address() and of the
+// transport chosen.
 Result<std::unique_ptr<Transport>> make_transport(
     std::string_view address, std::chrono::milliseconds timeout = std::chrono::seconds(10));
 
