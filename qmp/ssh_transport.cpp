@@ -229,11 +229,15 @@ Error ssh_exited(const Address& a, const std::string& text) {
 // local peer is ssh, not QEMU), and ssh's own words when the stream ends.
 class SshTransport final : public Transport {
   public:
-    SshTransport(Address address, std::unique_ptr<SshProcess> ssh, std::unique_ptr<Transport> inner)
+    // `said_before`: how much ssh had written to its stderr before the local
+    // connection was made (anything after may be about this connection).
+    SshTransport(Address address, std::unique_ptr<SshProcess> ssh, std::unique_ptr<Transport> inner,
+                 std::size_t said_before)
         : m_address(std::move(address)),
           m_peer(to_string(m_address)),
           m_ssh(std::move(ssh)),
-          m_inner(std::move(inner)) {}
+          m_inner(std::move(inner)),
+          m_said_before(said_before) {}
     ~SshTransport() override {
         m_inner.reset();
         m_ssh.reset();  // kills and reaps ssh, removes the directory
@@ -348,9 +352,11 @@ Result<std::unique_ptr<Transport>> make_ssh_transport(const Address& address, mi
         if (ssh->exited()) return fail(ssh_exited(address, ssh->stderr_text()));
         std::error_code ec;
         if (fs::is_socket(ssh->socket_path(), ec)) {
+            const std::size_t said_before = ssh->stderr_text().size();
             auto inner = make_unix_transport(ssh->socket_path().string(), milliseconds(1000));
             if (inner)
-                return std::make_unique<SshTransport>(address, std::move(ssh), std::move(*inner));
+                return std::make_unique<SshTransport>(address, std::move(ssh), std::move(*inner),
+                                                      said_before);
             // bound but not yet listening: try again
         }
         if (Steady::now() >= deadline) {
