@@ -8,6 +8,7 @@
 #include <atomic>
 
 #include "commands.hpp"
+#include "pool_shared.hpp"
 #include "qmp/client.hpp"
 
 namespace blockmig::cli {
@@ -22,6 +23,10 @@ struct MigrateArgs {
     std::string src_qmp, dst_qmp, dst_addr;
     std::string copy_storage;
     int dst_port = 0;
+    std::string dst_pool;
+    bool dst_launch = false;
+    std::vector<std::string> launch_argv;  // after --
+    std::optional<std::string> pools_file;
     double bandwidth_mib = 0;
     int max_downtime_ms = 300;
     int timeout_s = 0;
@@ -57,6 +62,12 @@ Result<void> run_migrate_command(const MigrateArgs& args, const GlobalOptions& g
     o.dst_addr = args.dst_addr;
     o.copy_storage = args.copy_storage == "all" ? CopyStorage::all : CopyStorage::none;
     o.nbd_port = static_cast<std::uint16_t>(args.dst_port);
+    if (args.dst_launch) {
+        auto config = pools::load_pools_config(args.pools_file);
+        if (!config) return fail(config.error());
+        o.launch = DestinationLaunch{
+            .pool = args.dst_pool, .config = std::move(*config), .argv = args.launch_argv};
+    }
     o.bandwidth = static_cast<std::uint64_t>(args.bandwidth_mib * 1024 * 1024);
     o.max_downtime = std::chrono::milliseconds(args.max_downtime_ms);
     o.timeout = std::chrono::seconds(args.timeout_s);
@@ -73,8 +84,12 @@ Result<void> run_migrate_command(const MigrateArgs& args, const GlobalOptions& g
     o.jobs_dir = args.state_dir;
     auto src = connect(args.src_qmp, "source", o, globals);
     if (!src) return fail(src.error());
-    auto dst = connect(args.dst_qmp, "destination", o, globals);
-    if (!dst) return fail(dst.error());
+    std::unique_ptr<qmp::Client> dst;
+    if (!args.dst_launch) {
+        auto c = connect(args.dst_qmp, "destination", o, globals);
+        if (!c) return fail(c.error());
+        dst = std::move(*c);
+    }
 
     auto progress =
         globals.output == OutputFormat::json ? make_json_progress() : make_text_progress();
@@ -83,7 +98,8 @@ Result<void> run_migrate_command(const MigrateArgs& args, const GlobalOptions& g
     sa.sa_handler = on_migrate_interrupt;
     sigaction(SIGINT, &sa, nullptr);
     sigaction(SIGTERM, &sa, nullptr);
-    auto report = run_migrate(**src, **dst, o, *progress, g_interrupted);
+    auto report = dst ? run_migrate(**src, *dst, o, *progress, g_interrupted)
+                      : run_migrate_launching(**src, o, *progress, g_interrupted);
     signal(SIGINT, SIG_DFL);
     signal(SIGTERM, SIG_DFL);
     if (!report) return fail(report.error());
@@ -106,9 +122,10 @@ Result<void> run_migrate_command(const MigrateArgs& args, const GlobalOptions& g
         return {};
     }
     fmt::print("migrated to {} in {:.1f} s: {:.1f} MiB of RAM in {} pass{}{}, downtime {} ms; {}\n",
-               args.dst_qmp, seconds, static_cast<double>(report->ram_transferred) / (1 << 20),
-               report->iterations, report->iterations == 1 ? "" : "es",
-               report->postcopy ? " then post-copy" : "", report->downtime_ms,
+               args.dst_launch ? "the QEMU blockmig started" : args.dst_qmp, seconds,
+               static_cast<double>(report->ram_transferred) / (1 << 20), report->iterations,
+               report->iterations == 1 ? "" : "es", report->postcopy ? " then post-copy" : "",
+               report->downtime_ms,
                report->source_quit ? "the source QEMU quit" : "the source QEMU is left paused");
     return {};
 }
@@ -122,11 +139,21 @@ void add_migrate_command(CLI::App& app, Dispatch& dispatch) {
     cmd->add_option("--src-qmp", args->src_qmp,
                     "the guest's QMP (path, tcp:HOST:PORT or ssh://[USER@]HOST[:PORT]/PATH)")
         ->required();
-    cmd->add_option(
-           "--dst-qmp", args->dst_qmp,
-           "the destination QEMU's QMP (path, tcp:HOST:PORT or ssh://[USER@]HOST[:PORT]/PATH); "
-           "it runs with the same devices and -incoming defer")
-        ->required();
+    auto* dst_qmp = cmd->add_option(
+        "--dst-qmp", args->dst_qmp,
+        "the destination QEMU's QMP (path, tcp:HOST:PORT or ssh://[USER@]HOST[:PORT]/PATH); "
+        "it runs with the same devices and -incoming defer");
+    cmd->add_option("--dst-pool", args->dst_pool,
+                    "with --dst-launch: the pool where blockmig creates the destination's volumes "
+                    "(raw, each the size of its source disk)");
+    auto* launch = cmd->add_flag(
+        "--dst-launch", args->dst_launch,
+        "blockmig starts the destination QEMU: the command after -- (run as argv, no shell; "
+        "{qmp} = its QMP socket, {vol:DEV} = the volume made for disk DEV), e.g. -- ip netns "
+        "exec B qemu-system-x86_64 ... -qmp unix:{qmp},server=on,wait=off -incoming defer");
+    launch->excludes(dst_qmp);
+    cmd->add_option("CMD", args->launch_argv, "with --dst-launch: the destination's command");
+    add_pools_option(*cmd, args->pools_file);
     cmd->add_option("--dst-addr", args->dst_addr,
                     "HOST[:PORT] the destination listens on for the migration stream (default "
                     "127.0.0.1; port 0 or none = QEMU picks)")
@@ -181,6 +208,15 @@ void add_migrate_command(CLI::App& app, Dispatch& dispatch) {
             throw CLI::ValidationError("--compress xbzrle",
                                        "does not combine with --parallel: multifd channels send "
                                        "whole pages (use --compress zstd)");
+        if (!args->dst_launch && args->dst_qmp.empty())
+            throw CLI::ValidationError("--dst-qmp", "give --dst-qmp, or --dst-launch -- CMD...");
+        if (args->dst_launch &&
+            (args->dst_pool.empty() || args->launch_argv.empty() || args->copy_storage != "all"))
+            throw CLI::ValidationError("--dst-launch",
+                                       "needs --dst-pool POOL, --copy-storage all and the command "
+                                       "after --");
+        if (!args->dst_launch && (!args->dst_pool.empty() || !args->launch_argv.empty()))
+            throw CLI::ValidationError("--dst-pool", "only with --dst-launch");
         dispatch.action = [args, &dispatch] {
             return run_migrate_command(*args, dispatch.globals);
         };

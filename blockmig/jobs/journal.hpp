@@ -55,6 +55,8 @@ enum class EffectKind {
     // `migrate --copy-storage all`, on the DESTINATION QEMU (disk "@dst"):
     nbd_server_started,  // name: HOST:PORT the NBD server listens on
     export_added,        // name: the export's id (= its NBD name)
+    // `migrate --dst-launch` (disk "@launch"): the destination QEMU blockmig started.
+    destination_launched,  // name: its QMP socket ({qmp}); pid once known
 };
 std::string_view to_string(EffectKind kind);
 Result<EffectKind> parse_effect_kind(std::string_view text);

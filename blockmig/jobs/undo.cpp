@@ -3,6 +3,7 @@
 #include <fmt/core.h>
 #include <signal.h>
 #include <sys/wait.h>
+#include <unistd.h>
 
 #include <condition_variable>
 #include <fstream>
@@ -28,6 +29,7 @@ constexpr std::array k_kinds{
     std::pair{UndoKind::cancel_job, "cancel_job"},
     std::pair{UndoKind::export_del, "export_del"},
     std::pair{UndoKind::nbd_server_stop, "nbd_server_stop"},
+    std::pair{UndoKind::stop_launched, "stop_launched"},
 };
 
 std::string cmdline_of(int pid) {
@@ -175,6 +177,47 @@ StepOutcome stop_daemon(const UndoStep& step, UndoEnv& env) {
     return {true, fmt::format("stopped storage daemon {}", *pid)};
 }
 
+// A destination QEMU that `migrate --dst-launch` started: the pid is trusted
+// only while that process's command line still names its QMP socket (a
+// recycled pid belongs to someone else). SIGTERM, then SIGKILL.
+// Without a pid (blockmig died between fork and journaling it), the process
+// whose command line names the socket (a per-job path) is the one.
+int launched_pid(const UndoStep& step) {
+    auto names_socket = [&](int pid) {
+        return !step.socket.empty() && cmdline_of(pid).find(step.socket) != std::string::npos;
+    };
+    if (step.pid > 0) return !process_gone(step.pid) && names_socket(step.pid) ? step.pid : -1;
+    std::error_code ec;
+    for (const auto& e : fs::directory_iterator("/proc", ec)) {
+        const std::string name = e.path().filename().string();
+        if (name.find_first_not_of("0123456789") != std::string::npos) continue;
+        const int pid = std::stoi(name);
+        if (pid != getpid() && names_socket(pid) && !process_gone(pid)) return pid;
+    }
+    return -1;
+}
+
+StepOutcome stop_launched(const UndoStep& step, UndoEnv& env) {
+    const int pid = launched_pid(step);
+    if (pid <= 0)
+        return {true, fmt::format("the destination QEMU on {} is not running", step.socket)};
+    kill(pid, SIGTERM);
+    const auto grace = deadline_after(
+        *env.clock,
+        std::min<std::chrono::milliseconds>(env.step_timeout / 2, std::chrono::seconds(3)));
+    while (!process_gone(pid) && before(env, grace)) env.clock->sleep_for(env.poll_interval);
+    if (!process_gone(pid)) kill(pid, SIGKILL);
+    const auto deadline = deadline_after(*env.clock, env.step_timeout);
+    while (!process_gone(pid)) {
+        if (!before(env, deadline))
+            return left(fmt::format("destination QEMU {}", pid), "it did not exit after SIGKILL");
+        env.clock->sleep_for(env.poll_interval);
+    }
+    std::error_code ec;
+    fs::remove(step.socket, ec);
+    return {true, fmt::format("stopped the destination QEMU {} that blockmig started", pid)};
+}
+
 // The pool call runs on its own thread: libiscsi/libnfs calls against a dead
 // server can block far longer than any deadline (issue #8: a LUN delete sat
 // in iscsi_reportluns_sync() for minutes). On timeout the thread is
@@ -269,6 +312,10 @@ std::optional<UndoStep> undo_of(const Record& r) {
         case EffectKind::nbd_server_started:
             s.kind = UndoKind::nbd_server_stop;
             return s;
+        case EffectKind::destination_launched:
+            s.kind = UndoKind::stop_launched;
+            s.socket = r.name;
+            return s;
         case EffectKind::complete_sent:
         case EffectKind::node_repointed:
         case EffectKind::source_deleted:
@@ -337,6 +384,8 @@ StepOutcome run_undo_step(const UndoStep& step, UndoEnv& env) {
             return export_del(step, env);
         case UndoKind::nbd_server_stop:
             return nbd_server_stop(step, env);
+        case UndoKind::stop_launched:
+            return stop_launched(step, env);
     }
     return left(step.name, "unknown step");
 }

@@ -27,6 +27,8 @@ enum class UndoKind {
     // Destination-side (`migrate`, disk "@dst"): run with the destination's UndoEnv.
     export_del,       // name: export id (= NBD export name)
     nbd_server_stop,  // name: the server's address (for messages)
+    // `migrate --dst-launch` (disk "@launch"), never after the destination ran the guest:
+    stop_launched,  // name: its QMP socket; pid: the process (trusted only if its argv names it)
 };
 std::string_view to_string(UndoKind kind);
 

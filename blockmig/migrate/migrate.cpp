@@ -9,6 +9,7 @@
 #include <cmath>
 
 #include "jobs/journal.hpp"
+#include "launch.hpp"
 #include "preflight.hpp"
 #include "qmp/commands.hpp"
 #include "qmp/migration.hpp"
@@ -46,24 +47,74 @@ struct Failure {
 
 class Run {
   public:
-    Run(qmp::Client& src, qmp::Client& dst, const MigrateOptions& options, ProgressSink& progress,
+    // `dst`: nullptr when blockmig launches the destination (options.launch).
+    Run(qmp::Client& src, qmp::Client* dst, const MigrateOptions& options, ProgressSink& progress,
         const std::atomic<bool>& cancel)
         : m_src(src), m_dst(dst), m_o(options), m_progress(progress), m_cancel(cancel) {}
 
     Result<MigrateReport> run() {
+        if (m_o.launch) return run_launched();
         auto facts = preflight();
         if (!facts) return fail(facts.error());
         if (auto r = open_journal(facts->first, facts->second); !r) return fail(r.error());
         m_facts = std::move(*facts);
-        m_report.job = m_journal->job().id;
-        m_progress.event("job", {{"job", m_report.job}},
-                         fmt::format("job {} (recover with `{}` if blockmig dies)", m_report.job,
-                                     jobs::recover_command(jobs_dir(), m_report.job)));
+        announce_job();
         if (auto f = drive(); f) return failed(*f);
         return finish();
     }
 
   private:
+    void announce_job() {
+        m_report.job = m_journal->job().id;
+        m_progress.event("job", {{"job", m_report.job}},
+                         fmt::format("job {} (recover with `{}` if blockmig dies)", m_report.job,
+                                     jobs::recover_command(jobs_dir(), m_report.job)));
+    }
+
+    // --dst-launch: the source is checked, the journal opened (its
+    // destination is the {qmp} socket), volumes made and the QEMU started,
+    // then the full pre-flight; any failure from here on is undone.
+    Result<MigrateReport> run_launched() {
+        auto src = migrate::gather(m_src, m_o.src_qmp, "source", m_o.qmp_timeout);
+        if (!src) return fail(src.error());
+        if (auto r = jobs::refuse_if_unrecovered(jobs_dir(), src->identity); !r)
+            return fail(r.error());
+        std::vector<std::string> disks;
+        for (const auto& d : src->disks) disks.push_back(d.device);
+        if (auto r = migrate::check_launch(m_o.launch->argv, disks); !r) return fail(r.error());
+        migrate::SideFacts unknown;
+        if (auto r = open_journal(*src, unknown); !r) return fail(r.error());
+        announce_job();
+        const auto socket = migrate::launch_socket(jobs_dir(), m_report.job).string();
+        if (auto w =
+                m_journal->update([&](jobs::Job& job) { job.migration->destination.qmp = socket; });
+            !w)
+            return fail(w.error());
+        m_progress.event("phase", {{"phase", "launch"}},
+                         fmt::format("creating the destination's volumes in {} and starting it",
+                                     m_o.launch->pool));
+        auto client =
+            migrate::launch_destination(*m_journal, *m_o.launch, *src, jobs_dir(), m_o.qmp_timeout);
+        if (!client) return failed(Failure{"launch", client.error().message});
+        m_launched = std::move(*client);
+        m_dst = m_launched.get();
+        auto dst = migrate::gather(*m_dst, socket, "destination", m_o.qmp_timeout);
+        if (!dst) return failed(Failure{"launch", dst.error().message});
+        if (auto r = migrate::check(*src, *dst, m_o.copy_storage, m_o.unsafe); !r)
+            return failed(Failure{"launch", r.error().message});
+        if (auto r = plan_tuning(*src, *dst); !r)
+            return failed(Failure{"launch", r.error().message});
+        if (auto w = m_journal->update([&](jobs::Job& job) {
+                job.migration->destination = dst->identity;
+                job.migration->destination.qmp = socket;
+            });
+            !w)
+            return fail(w.error());
+        m_facts = {std::move(*src), std::move(*dst)};
+        if (auto f = drive(); f) return failed(*f);
+        return finish();
+    }
+
     std::filesystem::path jobs_dir() const {
         return m_o.jobs_dir.empty() ? jobs::default_state_dir() : m_o.jobs_dir;
     }
@@ -71,7 +122,7 @@ class Run {
     Result<std::pair<migrate::SideFacts, migrate::SideFacts>> preflight() {
         auto src = migrate::gather(m_src, m_o.src_qmp, "source", m_o.qmp_timeout);
         if (!src) return fail(src.error());
-        auto dst = migrate::gather(m_dst, m_o.dst_qmp, "destination", m_o.qmp_timeout);
+        auto dst = migrate::gather(*m_dst, m_o.dst_qmp, "destination", m_o.qmp_timeout);
         if (!dst) return fail(dst.error());
         for (const auto* side : {&*src, &*dst})
             if (auto r = jobs::refuse_if_unrecovered(jobs_dir(), side->identity); !r)
@@ -88,7 +139,7 @@ class Run {
         const bool zstd = m_o.compress == MigrateCompress::zstd;
         auto src_support = migrate::detect_support(m_src, "source", zstd, m_o.qmp_timeout);
         if (!src_support) return fail(src_support.error());
-        auto dst_support = migrate::detect_support(m_dst, "destination", zstd, m_o.qmp_timeout);
+        auto dst_support = migrate::detect_support(*m_dst, "destination", zstd, m_o.qmp_timeout);
         if (!dst_support) return fail(dst_support.error());
         m_report.bandwidth = m_o.bandwidth ? m_o.bandwidth : k_unlimited;
         auto plan = migrate::plan_tuning({.policy = m_o.policy,
@@ -151,7 +202,7 @@ class Run {
         if (m_o.copy_storage == CopyStorage::all) {
             if (auto r = phase("mirror", "copying every disk to the destination"); !r)
                 return Failure{"mirror", r.error().message};
-            m_storage.emplace(m_src, m_dst, *m_journal, m_o, m_progress);
+            m_storage.emplace(m_src, *m_dst, *m_journal, m_o, m_progress);
             if (auto r = m_storage->copy(m_facts.first, m_facts.second, m_cancel); !r)
                 return Failure{"mirror", r.error().message};
         }
@@ -167,7 +218,7 @@ class Run {
             !r)
             return r;
         if (auto r = effect(EffectKind::migration_configured, "destination",
-                            [&] { return apply(m_dst, m_plan.destination, "destination"); });
+                            [&] { return apply(*m_dst, m_plan.destination, "destination"); });
             !r)
             return r;
         if (auto r = save_source_settings(); !r) return r;
@@ -215,12 +266,12 @@ class Run {
         }
         const std::string uri = fmt::format("tcp:{}:{}", host, port);
         if (auto r = effect(EffectKind::incoming_started, uri,
-                            [&] { return qmp::migrate_incoming(m_dst, uri, m_o.qmp_timeout); });
+                            [&] { return qmp::migrate_incoming(*m_dst, uri, m_o.qmp_timeout); });
             !r)
             return fail(r.error().with_context("migrate-incoming " + uri));
         if (port != "0") return uri;
         // Port 0: QEMU picked a free one and reports it (socket-address).
-        auto info = qmp::query_migrate(m_dst, m_o.qmp_timeout);
+        auto info = qmp::query_migrate(*m_dst, m_o.qmp_timeout);
         if (!info) return fail(info.error().with_context("destination query-migrate"));
         if (info->listen_ports.empty())
             return fail(ErrorCode::unsupported,
@@ -250,9 +301,9 @@ class Run {
             if (m_o.clock->now() > deadline)
                 return Failure{"ram",
                                fmt::format("timed out after {} s", m_report.timeout.count())};
-            if (m_dst.state() == qmp::State::dead)
+            if (m_dst->state() == qmp::State::dead)
                 return Failure{"ram", "lost the destination's QMP connection (" +
-                                          m_dst.dead_reason().message + ")"};
+                                          m_dst->dead_reason().message + ")"};
             auto ev = sub.next(m_o.progress_interval);
             if (!ev) {
                 if (ev.error().code != ErrorCode::timeout)
@@ -430,7 +481,7 @@ class Run {
             !r)
             return fail(r.error());
         // settle() removes the exports before the destination runs the guest.
-        auto s = migrate::settle(*m_journal, &m_src, &m_dst, m_o.qmp_timeout);
+        auto s = migrate::settle(*m_journal, &m_src, m_dst, m_o.qmp_timeout);
         if (!s) return fail(s.error());
         m_report.duration =
             std::chrono::duration_cast<std::chrono::milliseconds>(m_o.clock->now() - m_started);
@@ -450,9 +501,9 @@ class Run {
         // settle() also cancels the mirrors and removes the NBD nodes and
         // exports (from the journal, as a recovery would); the source's disks
         // were never switched, so this never touches the guest's data.
-        auto s =
-            migrate::settle(*m_journal, &m_src,
-                            m_dst.state() == qmp::State::dead ? nullptr : &m_dst, m_o.qmp_timeout);
+        auto s = migrate::settle(*m_journal, &m_src,
+                                 !m_dst || m_dst->state() == qmp::State::dead ? nullptr : m_dst,
+                                 m_o.qmp_timeout);
         if (!s) return fail(s.error());
         if (s->verdict == migrate::Verdict::forward && s->settled && s->left_behind.empty()) {
             // The migration got through after all (e.g. completed while being cancelled).
@@ -476,7 +527,8 @@ class Run {
     }
 
     qmp::Client& m_src;
-    qmp::Client& m_dst;
+    qmp::Client* m_dst;
+    std::unique_ptr<qmp::Client> m_launched;  // the destination's QMP, when blockmig started it
     const MigrateOptions& m_o;
     ProgressSink& m_progress;
     const std::atomic<bool>& m_cancel;
@@ -493,7 +545,15 @@ class Run {
 
 Result<MigrateReport> run_migrate(qmp::Client& src, qmp::Client& dst, const MigrateOptions& options,
                                   ProgressSink& progress, const std::atomic<bool>& cancel) {
-    return Run(src, dst, options, progress, cancel).run();
+    return Run(src, &dst, options, progress, cancel).run();
+}
+
+Result<MigrateReport> run_migrate_launching(qmp::Client& src, const MigrateOptions& options,
+                                            ProgressSink& progress,
+                                            const std::atomic<bool>& cancel) {
+    if (!options.launch)
+        return fail(ErrorCode::invalid_argument, "migrate: no destination to launch");
+    return Run(src, nullptr, options, progress, cancel).run();
 }
 
 }  // namespace blockmig

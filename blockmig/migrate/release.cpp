@@ -8,6 +8,7 @@
 #include <memory>
 
 #include "jobs/undo.hpp"
+#include "launch.hpp"
 
 namespace blockmig::migrate {
 
@@ -16,7 +17,7 @@ namespace {
 std::vector<std::string> source_disks(const jobs::Job& job) {
     std::vector<std::string> out;
     for (const auto& r : job.records)
-        if (!r.disk.empty() && r.disk != k_destination &&
+        if (!r.disk.empty() && r.disk != k_destination && r.disk != k_launched &&
             std::find(out.begin(), out.end(), r.disk) == out.end())
             out.push_back(r.disk);
     return out;
@@ -108,6 +109,16 @@ Result<Released> release_destination(jobs::Journal& journal, qmp::Client* dst,
     if (!journal.job().migration) return Released{};
     return release(journal, {k_destination}, dst, journal.job().migration->destination.qmp,
                    "destination", timeout);
+}
+
+Result<Released> release_launched(jobs::Journal& journal, qmp::Milliseconds timeout) {
+    auto plan = jobs::undo_plan(journal.job(), k_launched);
+    if (!plan) return fail(plan.error());
+    if (plan->empty()) return Released{};
+    jobs::UndoEnv env{.step_timeout = timeout};
+    auto report = jobs::run_undo(journal, *plan, env);
+    if (!report) return fail(report.error());
+    return Released{report->done, report->left_behind};
 }
 
 }  // namespace blockmig::migrate

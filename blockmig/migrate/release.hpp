@@ -38,6 +38,11 @@ Result<Released> release_source_disks(jobs::Journal& journal, qmp::Client* src,
 Result<Released> release_destination(jobs::Journal& journal, qmp::Client* dst,
                                      qmp::Milliseconds timeout);
 
+// What `--dst-launch` made (launch.hpp): the QEMU it started, then the
+// volumes. Only for an undo: after the destination ran the guest they are
+// the guest's.
+Result<Released> release_launched(jobs::Journal& journal, qmp::Milliseconds timeout);
+
 // Whether a failed QMP connect proves nothing listens at the address any
 // more (no such socket, or the connection refused).
 bool proves_gone(const Error& connect_error);

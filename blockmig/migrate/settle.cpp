@@ -278,6 +278,10 @@ class Settler {
         auto dst = release_destination(m_journal, m_dst, m_timeout);
         if (!dst) return fail(dst.error());
         take(*dst);
+        // A destination blockmig started (--dst-launch) never had the guest.
+        auto launched = release_launched(m_journal, m_timeout);
+        if (!launched) return fail(launched.error());
+        take(*launched);
         return {};
     }
 

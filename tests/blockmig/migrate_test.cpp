@@ -14,6 +14,7 @@
 
 #include "jobs/journal.hpp"
 #include "jobs_test_util.hpp"
+#include "migrate/launch.hpp"
 #include "migrate/preflight.hpp"
 #include "migrate/recover.hpp"
 #include "migrate/settle.hpp"
@@ -649,6 +650,35 @@ TEST_F(Preflight, CopyAllMatchesEveryDiskBySizeAndNamesBothSizes) {
 TEST_F(Preflight, RefusesAMissingCapability) {
     dst.capabilities.erase("pause-before-switchover");
     EXPECT_NE(refusal().find("pause-before-switchover"), std::string::npos);
+}
+
+// ---- --dst-launch's command (pure) ---------------------------------------------------
+
+TEST(MigrateLaunchCommand, PlaceholdersAreCheckedAgainstTheSourceDisks) {
+    const std::vector<std::string> disks{"disk0", "disk1"};
+    auto refusal = [&](std::vector<std::string> argv) {
+        auto r = migrate::check_launch(argv, disks);
+        return r ? "" : r.error().message;
+    };
+    EXPECT_EQ(refusal({"qemu", "-qmp", "unix:{qmp},server=on", "file={vol:disk0}"}), "");
+    EXPECT_NE(refusal({"qemu", "file={vol:disk0}"}).find("has no {qmp}"), std::string::npos);
+    EXPECT_EQ(refusal({"qemu", "{qmp}", "file={vol:disk2}"}),
+              "--dst-launch: {vol:disk2}: the source has no disk disk2 (it has: disk0, disk1)");
+    EXPECT_NE(refusal({"qemu", "{qmp}", "{volume:disk0}"}).find("unknown placeholder {volume:"),
+              std::string::npos);
+    EXPECT_NE(refusal({}).find("no command"), std::string::npos);
+}
+
+TEST(MigrateLaunchCommand, ExpandsEveryPlaceholderInEveryArgument) {
+    auto out = migrate::expand_launch(
+        {"ip", "netns", "exec", "b", "qemu", "-qmp", "unix:{qmp},server=on",
+         "file={vol:disk0},x={vol:disk1}", "{vol:disk0}{vol:disk0}"},
+        "/s/j.dst.qmp", {{"disk0", "/pool/a.raw"}, {"disk1", "nfs://h/e/b.raw"}});
+    ASSERT_EQ(out.size(), 9u);
+    EXPECT_EQ(out[3], "b");
+    EXPECT_EQ(out[6], "unix:/s/j.dst.qmp,server=on");
+    EXPECT_EQ(out[7], "file=/pool/a.raw,x=nfs://h/e/b.raw");
+    EXPECT_EQ(out[8], "/pool/a.raw/pool/a.raw");
 }
 
 // ---- the settle decision (pure) ---------------------------------------------------

@@ -11,7 +11,12 @@
 //   running on A with no block job or NBD node there and no export or NBD
 //   server on B;
 // - B's NBD port 10809 taken by another program: the next port is used
-//   (an explicit --dst-port that is taken fails cleanly).
+//   (an explicit --dst-port that is taken fails cleanly);
+// - --dst-pool + --dst-launch with `ip netns exec B ...`: blockmig makes B's
+//   volume and starts B's QEMU; on success the guest runs there and every
+//   block the source acknowledged is on the new volume; when the launched
+//   QEMU is refused (another memory size) it is stopped and the volume
+//   deleted.
 // QEMU's monitor serves one client at a time, so while blockmig runs the
 // test watches the journal (`blockmig jobs`), never QMP.
 #include <arpa/inet.h>
@@ -311,6 +316,119 @@ TEST_F(MigrateAll, TakenNbdPortOnTheDestinationMovesToTheNext) {
     EXPECT_EQ(qmp_return(*dst, R"({"execute":"query-status"})")["status"], "running");
     auto v = pause_and_verify(*dst, dst_disk.string(), "raw", k_blocks);
     EXPECT_TRUE(v.intact()) << v.output;
+}
+
+// blockmig starts B's QEMU: the lab guest's command line inside `ip netns exec`.
+class MigrateLaunch : public MigrateAll {
+  protected:
+    void SetUp() override {
+        MigrateAll::SetUp();
+        dst.reset();  // blockmig makes its own
+        fs::create_directories(pool);
+    }
+    void TearDown() override {
+        // A launched QEMU a failed test left: found by its per-job socket path.
+        for (int pid : processes_where([&](const std::string& cmdline) {
+                 return cmdline.find(state.string()) != std::string::npos &&
+                        cmdline.find("qemu-system") != std::string::npos;
+             }))
+            kill(pid, SIGKILL);
+    }
+
+    std::vector<std::string> launch_args(std::vector<std::string> env) {
+        std::vector<std::string> a{"migrate",
+                                   "--src-qmp",
+                                   src->qmp_socket().string(),
+                                   "--dst-addr",
+                                   HostPair::k_addr_b,
+                                   "--copy-storage",
+                                   "all",
+                                   "--state-dir",
+                                   state.string(),
+                                   "--dst-pool",
+                                   pool.string(),
+                                   "--dst-launch",
+                                   "--output",
+                                   "json",
+                                   "--",
+                                   "ip",
+                                   "netns",
+                                   "exec",
+                                   hosts->ns_b(),
+                                   "env"};
+        env.push_back("BLOCKMIG_GUEST_APPEND=stamp.hb=100 stamp.blocks=" +
+                      std::to_string(k_blocks));
+        a.insert(a.end(), env.begin(), env.end());
+        const std::vector<std::string> qemu{
+            (blockmig::lab::script_dir() / "guest.sh").string(),
+            "run",
+            "{qmp}",
+            "-blockdev",
+            "driver=file,node-name=disk0-file,filename={vol:disk0},cache.direct=on,aio=native",
+            "-blockdev",
+            "driver=raw,node-name=disk0-fmt,file=disk0-file,cache.direct=on",
+            "-device",
+            "virtio-blk-pci,drive=disk0-fmt,id=disk0",
+            "-incoming",
+            "defer"};
+        a.insert(a.end(), qemu.begin(), qemu.end());
+        return a;
+    }
+
+    json qmp_at(const fs::path& socket, const std::string& command) {
+        auto r = blockmig_cli({"qmp", socket.string(), command});
+        json j = json::parse(r.out.substr(std::min(r.out.find('{'), r.out.size())), nullptr, false);
+        return j.is_discarded() ? json::object() : j;
+    }
+
+    fs::path pool = dir / "pool-b";
+};
+
+TEST_F(MigrateLaunch, BlockmigMakesTheDestinationAndTheGuestRunsThere) {
+    auto r = blockmig_cli_split(launch_args({}), dir.path());
+    ASSERT_EQ(r.status, 0) << r.out << r.err;
+    json done = json::parse(lines_of(r.out).back(), nullptr, false);
+    ASSERT_EQ(done.value("event", ""), "done") << r.out;
+    EXPECT_TRUE(src->wait_exit(15s)) << "the source QEMU quits";
+    const auto ack = src->last_ack("vda");
+    ASSERT_TRUE(ack) << "the source guest acknowledged writes";
+
+    // The volume blockmig made, the only one in the pool, holds the guest now.
+    const auto volumes = entries_of(pool);
+    ASSERT_EQ(volumes.size(), 1u);
+    const fs::path volume = pool / *volumes.begin();
+    EXPECT_EQ(fs::file_size(volume), 64u << 20) << "the source disk's size";
+    const fs::path socket = state / (done["job"].get<std::string>() + ".dst.qmp");
+    EXPECT_EQ(qmp_at(socket, "query-status").value("status", ""), "running") << socket;
+    EXPECT_EQ(jobs_listing()["jobs"].size(), 0u);
+    // Every block the source acknowledged is on the new volume.
+    qmp_at(socket, "stop");
+    auto v = blockmig::lab::verify_raw(volume, k_blocks, ack);
+    EXPECT_TRUE(v.intact()) << v.output;
+    blockmig_cli({"qmp", socket.string(), "quit"});
+}
+
+TEST_F(MigrateLaunch, ARefusedDestinationIsStoppedAndItsVolumeDeleted) {
+    // Another memory size: the pre-flight refuses the QEMU blockmig started.
+    auto r = blockmig_cli(launch_args({"BLOCKMIG_GUEST_MEM=512"}));
+    EXPECT_EQ(r.status, 1) << r.out;
+    std::size_t errors = 0;
+    for (const auto& l : lines_of(r.out))
+        if (l.starts_with("blockmig: error:")) {
+            ++errors;
+            EXPECT_NE(l.find("phase launch"), std::string::npos) << l;
+            EXPECT_NE(l.find("memory sizes differ"), std::string::npos) << l;
+            EXPECT_NE(l.find("keeps running on the source"), std::string::npos) << l;
+        }
+    EXPECT_EQ(errors, 1u) << r.out;
+    EXPECT_TRUE(entries_of(pool).empty()) << "the volume blockmig made is deleted";
+    EXPECT_TRUE(processes_where([&](const std::string& cmdline) {
+                    return cmdline.find(state.string()) != std::string::npos;
+                }).empty())
+        << "the QEMU blockmig started is stopped";
+    EXPECT_EQ(jobs_listing()["jobs"].size(), 0u);
+    expect_source_clean();
+    expect_guest_verifies_on_the_source();
 }
 
 }  // namespace

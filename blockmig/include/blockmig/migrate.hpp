@@ -27,10 +27,12 @@
 #include <chrono>
 #include <cstdint>
 #include <filesystem>
+#include <optional>
 #include <string>
 #include <vector>
 
 #include "blockmig/progress.hpp"
+#include "pools/address.hpp"
 #include "qmp/client.hpp"
 #include "qmp/clock.hpp"
 
@@ -49,6 +51,16 @@ enum class CopyStorage { none, all };
 enum class MigratePolicy { minimal_downtime, postcopy, suspend };
 enum class MigrateCompress { none, zstd, xbzrle };
 
+// `--dst-pool POOL --dst-launch -- CMD...` (migrate/launch.hpp): blockmig
+// creates the destination's volumes in `pool` and starts its QEMU with
+// `argv` ({qmp} and {vol:DEV} replaced).
+struct DestinationLaunch {
+    std::string pool;  // POOL spec (pools/address.hpp)
+    pools::PoolsConfig config;
+    std::vector<std::string> argv;
+    std::chrono::milliseconds start_timeout{60'000};  // until its QMP answers
+};
+
 struct MigrateOptions {
     std::string src_qmp;  // addresses as given: the guests' identities in the journal
     std::string dst_qmp;
@@ -57,6 +69,8 @@ struct MigrateOptions {
     // copy_storage all: the destination's NBD server port; 0 = the first
     // free one of 10809-10824 (the one used is journaled).
     std::uint16_t nbd_port = 0;
+    // Set: blockmig makes the destination (dst_qmp is then its {qmp} socket).
+    std::optional<DestinationLaunch> launch;
     std::uint64_t bandwidth = 0;  // bytes/s; 0 = unlimited (still set explicitly)
     std::chrono::milliseconds max_downtime{300};
     std::chrono::seconds timeout{0};  // whole migration; 0 = none
@@ -94,5 +108,11 @@ struct MigrateReport {
 // (SIGINT) aborts with rollback until the switchover. Blocks until done.
 Result<MigrateReport> run_migrate(qmp::Client& src, qmp::Client& dst, const MigrateOptions& options,
                                   ProgressSink& progress, const std::atomic<bool>& cancel);
+
+// The same with a destination blockmig makes itself (options.launch set):
+// volumes created, the QEMU started and connected; all undone on failure.
+Result<MigrateReport> run_migrate_launching(qmp::Client& src, const MigrateOptions& options,
+                                            ProgressSink& progress,
+                                            const std::atomic<bool>& cancel);
 
 }  // namespace blockmig
