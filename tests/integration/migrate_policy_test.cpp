@@ -7,7 +7,8 @@
 // - --policy suspend: the guest sends no heartbeat while its RAM moves and
 //   runs on B afterwards;
 // - --parallel 2 --compress zstd: both QEMUs report 2 multifd channels with
-//   zstd, and the source's own count of bytes sent over multifd is not 0.
+//   zstd, and the source's own count of bytes sent over multifd is not 0
+//   (on QEMU >= 8 or KVM, as post-copy).
 #include <gtest/gtest.h>
 
 #include "migrate_test_util.hpp"
@@ -16,7 +17,16 @@ using namespace migrate_test;
 
 namespace {
 
-class MigratePolicy : public SharedRig {};
+class MigratePolicy : public SharedRig {
+  protected:
+    // QEMU 7.2 running the guest under TCG (no KVM): its post-copy and
+    // multifd hand the destination guest bad memory in this lab.
+    bool qemu7_under_tcg() {
+        const json version = qmp_return(*src, R"({"execute":"query-version"})");
+        const bool kvm = qmp_return(*src, R"({"execute":"query-kvm"})").value("enabled", false);
+        return version["qemu"].value("major", 0) < 8 && !kvm;
+    }
+};
 
 // The first `event` line whose fields satisfy `match`, or null.
 template <typename Match>
@@ -32,9 +42,7 @@ TEST_F(MigratePolicy, PostcopyRunsTheGuestOnTheDestinationWhileItsRamFollows) {
     // completion path a few seconds after the switch, twice out of twice, on
     // this rig); QEMU 10.0 passes the same test. KVM hosts are not affected
     // by TCG's path; the lab here has no KVM.
-    const json version = qmp_return(*src, R"({"execute":"query-version"})");
-    const bool kvm = qmp_return(*src, R"({"execute":"query-kvm"})").value("enabled", false);
-    if (version["qemu"].value("major", 0) < 8 && !kvm)
+    if (qemu7_under_tcg())
         GTEST_SKIP() << "QEMU 7.2 post-copy under TCG corrupts the guest (QEMU's defect); run "
                         "with BLOCKMIG_QEMU=10";
     // 4 MiB/s and a 1 ms downtime limit: pre-copy cannot converge after the
@@ -106,6 +114,13 @@ TEST_F(MigratePolicy, SuspendPausesTheGuestForTheCopyAndResumesItOnTheDestinatio
 }
 
 TEST_F(MigratePolicy, ParallelZstdChannelsOnBothSides) {
+    // Same QEMU 7.2 + TCG defect with multifd: in the CI rehearsal of stop 15
+    // the destination guest's kernel oopsed (NULL dereference in its timer
+    // tick) right after a multifd+zstd switchover, twice in a row; QEMU 10.0
+    // passes (docs/known-issues.md).
+    if (qemu7_under_tcg())
+        GTEST_SKIP() << "QEMU 7.2 multifd under TCG corrupts the guest (QEMU's defect); run "
+                        "with BLOCKMIG_QEMU=10";
     auto r = blockmig_cli_split(migrate_args({"--parallel", "2", "--compress", "zstd",
                                               "--keep-source", "--output", "json"}),
                                 dir.path());
