@@ -29,68 +29,14 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include "move_test_util.hpp"
+#include "migrate_test_util.hpp"
 
-using namespace move_test;
-using blockmig::lab::HostPair;
+using namespace migrate_test;
 
 namespace {
 
-constexpr std::uint64_t k_blocks = 8192;  // 32 MiB stamped
-
-class MigrateAll : public ::testing::Test {
+class MigrateAll : public CopyRig {
   protected:
-    void SetUp() override {
-        LAB_REQUIRE();
-        hosts = std::make_unique<HostPair>("200mbit");
-        blockmig::lab::run_ok({"truncate", "-s", "64M", src_disk.string()});
-        blockmig::lab::run_ok({"truncate", "-s", "64M", dst_disk.string()});
-        config = GuestConfig{.disks = {{"disk0", src_disk, "raw"}},
-                             .stamp_blocks = k_blocks,
-                             .netns = hosts->ns_a()};
-        src = std::make_unique<Guest>(config);
-        ASSERT_TRUE(src->wait_for_line("GUEST-UP", 120s)) << src->console();
-        ASSERT_TRUE(src->wait_for_ack("vda", 1, 120s)) << src->console();
-        GuestConfig other = config;
-        other.disks[0].path = dst_disk;
-        dst = std::make_unique<Guest>(blockmig::lab::incoming_config(other, hosts->ns_b()));
-    }
-
-    std::vector<std::string> migrate_args(std::vector<std::string> extra = {}) {
-        std::vector<std::string> a{"migrate",
-                                   "--src-qmp",
-                                   src->qmp_socket().string(),
-                                   "--dst-qmp",
-                                   dst->qmp_socket().string(),
-                                   "--dst-addr",
-                                   HostPair::k_addr_b,
-                                   "--copy-storage",
-                                   "all",
-                                   "--state-dir",
-                                   state.string()};
-        a.insert(a.end(), extra.begin(), extra.end());
-        return a;
-    }
-
-    json jobs_listing() {
-        auto r = blockmig_cli({"--output", "json", "jobs", "--state-dir", state.string()});
-        EXPECT_EQ(r.status, 0) << r.out;
-        auto j = json::parse(r.out.substr(r.out.find('{')), nullptr, false);
-        return j.is_discarded() ? json::object() : j;
-    }
-
-    bool wait_for_phase(const std::string& phase, std::chrono::milliseconds timeout) {
-        const auto deadline = Clock::now() + timeout;
-        while (Clock::now() < deadline) {
-            json l = jobs_listing();
-            if (!l["jobs"].empty() && l["jobs"][0].contains("migration") &&
-                l["jobs"][0]["migration"].value("phase", "") == phase)
-                return true;
-            std::this_thread::sleep_for(100ms);
-        }
-        return false;
-    }
-
     // The journal shows a mirror job's record: the copy is under way.
     bool wait_for_mirror_job(std::chrono::milliseconds timeout) {
         const auto deadline = Clock::now() + timeout;
@@ -102,22 +48,6 @@ class MigrateAll : public ::testing::Test {
             std::this_thread::sleep_for(100ms);
         }
         return false;
-    }
-
-    // blockmig started as a child of the test, so it can be SIGKILLed.
-    pid_t spawn_blockmig(std::vector<std::string> args) {
-        args.insert(args.begin(), BLOCKMIG_BINARY);
-        pid_t pid = fork();
-        if (pid == 0) {
-            std::vector<char*> argv;
-            for (auto& a : args) argv.push_back(a.data());
-            argv.push_back(nullptr);
-            int null = open("/dev/null", O_WRONLY);
-            dup2(null, 1);
-            execv(argv[0], argv.data());
-            _exit(127);
-        }
-        return pid;
     }
 
     // The job is abandoned: listed as needing recovery, recovered onto the source.
@@ -149,20 +79,6 @@ class MigrateAll : public ::testing::Test {
         EXPECT_NE(stop.find("NBD server not running"), std::string::npos)
             << "the NBD server is still running: " << stop;
     }
-
-    void expect_guest_verifies_on_the_source() {
-        ASSERT_TRUE(guest_keeps_writing(*src));
-        auto v = pause_and_verify(*src, src_disk.string(), "raw", k_blocks);
-        EXPECT_TRUE(v.intact()) << v.output;
-    }
-
-    std::unique_ptr<HostPair> hosts;
-    blockmig::lab::TempDir dir{"migrate-all"};
-    fs::path src_disk = dir / "src.raw";
-    fs::path dst_disk = dir / "dst.raw";
-    fs::path state = dir / "jobs";
-    GuestConfig config;
-    std::unique_ptr<Guest> src, dst;
 };
 
 TEST_F(MigrateAll, GuestRunsOnTheDestinationAndItsOwnDiskVerifies) {
@@ -205,28 +121,14 @@ TEST_F(MigrateAll, DestinationKilledDuringTheMirrorLeavesTheGuestOnTheSource) {
     ASSERT_TRUE(cli.wait(60s)) << "blockmig ends after the destination died";
     const auto& r = cli.result();
     EXPECT_EQ(r.status, 1) << r.out;
-    std::size_t errors = 0;
-    for (const auto& l : lines_of(r.out))
-        if (l.starts_with("blockmig: error:")) {
-            ++errors;
-            EXPECT_NE(l.find("phase mirror"), std::string::npos) << l;
-            EXPECT_NE(l.find("keeps running on the source"), std::string::npos) << l;
-        }
-    EXPECT_EQ(errors, 1u) << r.out;
-    EXPECT_EQ(qmp_return(*src, R"({"execute":"query-status"})")["status"], "running");
-    EXPECT_TRUE(qmp_return(*src, R"({"execute":"query-block-jobs"})").empty());
-    const json nodes = qmp_return(*src, R"({"execute":"query-named-block-nodes"})");
-    for (const auto& n : nodes)
-        EXPECT_NE(n.value("drv", ""), "nbd") << "an NBD client node is left: " << n.dump();
-    EXPECT_EQ(jobs_listing()["jobs"].size(), 0u);
-    ASSERT_TRUE(guest_keeps_writing(*src));
-    auto v = pause_and_verify(*src, src_disk.string(), "raw", k_blocks);
-    EXPECT_TRUE(v.intact()) << v.output;
+    expect_one_error_line(r.out, {"phase mirror", "keeps running on the source"});
+    expect_source_clean();
+    expect_guest_on_source();
 }
 
 TEST_F(MigrateAll, KilledWhileTheMirrorsCopyIsRecoveredOntoTheSource) {
     // 1 MiB/s: the 32 MiB copy is still running when blockmig dies.
-    pid_t pid = spawn_blockmig(migrate_args({"--bandwidth", "1"}));
+    pid_t pid = spawn_blockmig(migrate_args({"--bandwidth", "1"}), true);
     const bool copying = wait_for_mirror_job(60s);
     std::this_thread::sleep_for(2s);
     kill(pid, SIGKILL);
@@ -241,12 +143,12 @@ TEST_F(MigrateAll, KilledWhileTheMirrorsCopyIsRecoveredOntoTheSource) {
     // Its migration never started: the destination still waits, emptied.
     EXPECT_EQ(qmp_return(*dst, R"({"execute":"query-status"})")["status"], "inmigrate");
     expect_destination_clean();
-    expect_guest_verifies_on_the_source();
+    expect_guest_on_source();
 }
 
 TEST_F(MigrateAll, KilledWhileTheRamMovesIsRecoveredOntoTheSource) {
     // 2 MiB/s: the disk is in sync after ~16 s, the ~100 MiB of RAM takes longer.
-    pid_t pid = spawn_blockmig(migrate_args({"--bandwidth", "2"}));
+    pid_t pid = spawn_blockmig(migrate_args({"--bandwidth", "2"}), true);
     const bool in_ram = wait_for_phase("ram", 120s);
     std::this_thread::sleep_for(1s);
     kill(pid, SIGKILL);
@@ -259,7 +161,7 @@ TEST_F(MigrateAll, KilledWhileTheRamMovesIsRecoveredOntoTheSource) {
     // Its incoming migration failed: the destination QEMU exits by itself,
     // its exports and NBD server with it.
     EXPECT_TRUE(dst->wait_exit(30s)) << dst->console();
-    expect_guest_verifies_on_the_source();
+    expect_guest_on_source();
 }
 
 // A listening socket on ADDR:PORT inside network namespace `ns`: another
@@ -412,15 +314,8 @@ TEST_F(MigrateLaunch, ARefusedDestinationIsStoppedAndItsVolumeDeleted) {
     // Another memory size: the pre-flight refuses the QEMU blockmig started.
     auto r = blockmig_cli(launch_args({"BLOCKMIG_GUEST_MEM=512"}));
     EXPECT_EQ(r.status, 1) << r.out;
-    std::size_t errors = 0;
-    for (const auto& l : lines_of(r.out))
-        if (l.starts_with("blockmig: error:")) {
-            ++errors;
-            EXPECT_NE(l.find("phase launch"), std::string::npos) << l;
-            EXPECT_NE(l.find("memory sizes differ"), std::string::npos) << l;
-            EXPECT_NE(l.find("keeps running on the source"), std::string::npos) << l;
-        }
-    EXPECT_EQ(errors, 1u) << r.out;
+    expect_one_error_line(r.out,
+                          {"phase launch", "memory sizes differ", "keeps running on the source"});
     EXPECT_TRUE(entries_of(pool).empty()) << "the volume blockmig made is deleted";
     EXPECT_TRUE(processes_where([&](const std::string& cmdline) {
                     return cmdline.find(state.string()) != std::string::npos;
@@ -428,7 +323,7 @@ TEST_F(MigrateLaunch, ARefusedDestinationIsStoppedAndItsVolumeDeleted) {
         << "the QEMU blockmig started is stopped";
     EXPECT_EQ(jobs_listing()["jobs"].size(), 0u);
     expect_source_clean();
-    expect_guest_verifies_on_the_source();
+    expect_guest_on_source();
 }
 
 }  // namespace

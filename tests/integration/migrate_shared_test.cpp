@@ -18,106 +18,28 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include "move_test_util.hpp"
+#include "migrate_test_util.hpp"
 
-using namespace move_test;
-using blockmig::lab::HostPair;
+using namespace migrate_test;
 
 namespace {
 
-constexpr std::uint64_t k_blocks = 8192;  // 32 MiB stamped
-
-class MigrateShared : public ::testing::Test {
-  protected:
-    void SetUp() override {
-        LAB_REQUIRE();
-        hosts = std::make_unique<HostPair>("200mbit");
-        blockmig::lab::run_ok({"truncate", "-s", "64M", disk.string()});
-        config = GuestConfig{
-            .disks = {{"disk0", disk, "raw"}}, .stamp_blocks = k_blocks, .netns = hosts->ns_a()};
-        src = std::make_unique<Guest>(config);
-        ASSERT_TRUE(src->wait_for_line("GUEST-UP", 120s)) << src->console();
-        ASSERT_TRUE(src->wait_for_ack("vda", 1, 120s)) << src->console();
-        dst = std::make_unique<Guest>(blockmig::lab::incoming_config(config, hosts->ns_b()));
-    }
-
-    std::vector<std::string> migrate_args(std::vector<std::string> extra = {}) {
-        std::vector<std::string> a{"migrate",
-                                   "--src-qmp",
-                                   src->qmp_socket().string(),
-                                   "--dst-qmp",
-                                   dst->qmp_socket().string(),
-                                   "--dst-addr",
-                                   HostPair::k_addr_b,
-                                   "--copy-storage",
-                                   "none",
-                                   "--state-dir",
-                                   state.string()};
-        a.insert(a.end(), extra.begin(), extra.end());
-        return a;
-    }
-
-    json jobs_listing() {
-        auto r = blockmig_cli({"--output", "json", "jobs", "--state-dir", state.string()});
-        EXPECT_EQ(r.status, 0) << r.out;
-        auto j = json::parse(r.out.substr(r.out.find('{')), nullptr, false);
-        return j.is_discarded() ? json::object() : j;
-    }
-
-    // Waits until the journal says the RAM is being sent (blockmig is connected
-    // to both monitors, so the journal is the only window).
-    bool wait_for_ram_phase(std::chrono::milliseconds timeout) {
-        const auto deadline = Clock::now() + timeout;
-        while (Clock::now() < deadline) {
-            json l = jobs_listing();
-            if (!l["jobs"].empty() && l["jobs"][0].contains("migration") &&
-                l["jobs"][0]["migration"].value("phase", "") == "ram")
-                return true;
-            std::this_thread::sleep_for(100ms);
-        }
-        return false;
-    }
-
-    // The guest is alive on the source, its migration over, nothing left.
-    void expect_guest_on_source() {
-        EXPECT_EQ(qmp_return(*src, R"({"execute":"query-status"})")["status"], "running");
-        const json caps = qmp_return(*src, R"({"execute":"query-migrate-capabilities"})");
-        for (const auto& c : caps) {
-            if (c["capability"] == "pause-before-switchover") {
-                EXPECT_FALSE(c["state"].get<bool>()) << "the source's settings are restored";
-            }
-        }
-        EXPECT_EQ(jobs_listing()["jobs"].size(), 0u);
-        ASSERT_TRUE(guest_keeps_writing(*src));
-        auto v = pause_and_verify(*src, disk.string(), "raw", k_blocks);
-        EXPECT_TRUE(v.intact()) << v.output;
-    }
-
-    std::unique_ptr<HostPair> hosts;
-    blockmig::lab::TempDir dir{"migrate"};
-    fs::path disk = dir / "shared.raw";
-    fs::path state = dir / "jobs";
-    GuestConfig config;
-    std::unique_ptr<Guest> src, dst;
-};
+class MigrateShared : public SharedRig {};
 
 TEST_F(MigrateShared, GuestRunsOnTheDestinationAndEveryBlockVerifies) {
     auto r = blockmig_cli_split(migrate_args({"--output", "json"}), dir.path());
     ASSERT_EQ(r.status, 0) << r.out << r.err;
     EXPECT_TRUE(r.err.empty()) << r.err;
-    auto lines = lines_of(r.out);
-    ASSERT_FALSE(lines.empty());
+    const auto events = json_lines(r.out);
+    ASSERT_FALSE(events.empty());
     bool saw_ram = false;
-    for (const auto& l : lines) {
-        json j = json::parse(l, nullptr, false);
-        ASSERT_FALSE(j.is_discarded()) << "not JSON: " << l;
+    for (const auto& j : events)
         if (j["event"] == "ram") {
             saw_ram = true;
-            EXPECT_TRUE(j.contains("remaining") && j.contains("iteration")) << l;
+            EXPECT_TRUE(j.contains("remaining") && j.contains("iteration")) << j.dump();
         }
-    }
     EXPECT_TRUE(saw_ram) << r.out;
-    json done = json::parse(lines.back());
+    const json& done = events.back();
     EXPECT_EQ(done["event"], "done");
     EXPECT_TRUE(done["source_quit"].get<bool>());
     EXPECT_GT(done["downtime_ms"].get<std::int64_t>(), 0)
@@ -135,18 +57,13 @@ TEST_F(MigrateShared, GuestRunsOnTheDestinationAndEveryBlockVerifies) {
     std::cerr << "guest heartbeat gap across the switchover: " << gap.count()
               << " ms (QEMU's downtime " << done["downtime_ms"] << " ms)\n";
     EXPECT_LT(gap, 5s) << "TCG on a loaded machine; QEMU's limit is 300 ms";
-    EXPECT_EQ(qmp_return(*dst, R"({"execute":"query-status"})")["status"], "running");
-    ASSERT_TRUE(dst->wait_for_ack("vda", 1, 60s)) << dst->console();
-    ASSERT_TRUE(guest_keeps_writing(*dst)) << "the guest keeps writing on the destination";
-    EXPECT_EQ(jobs_listing()["jobs"].size(), 0u);
-    auto v = pause_and_verify(*dst, disk.string(), "raw", k_blocks);
-    EXPECT_TRUE(v.intact()) << v.output;
+    expect_guest_on_destination();
 }
 
 TEST_F(MigrateShared, DestinationKilledDuringRamLeavesTheGuestOnTheSource) {
     // 2 MiB/s: the ~100 MiB of RAM takes long enough to be interrupted.
     BackgroundCli cli(migrate_args({"--bandwidth", "2"}), src->qmp_socket().string());
-    ASSERT_TRUE(wait_for_ram_phase(60s));
+    ASSERT_TRUE(wait_for_phase("ram", 60s));
     std::this_thread::sleep_for(1s);
     const auto killed = Clock::now();
     kill(dst->pid(), SIGKILL);
@@ -154,21 +71,14 @@ TEST_F(MigrateShared, DestinationKilledDuringRamLeavesTheGuestOnTheSource) {
     const auto& r = cli.result();
     EXPECT_EQ(r.status, 1) << r.out;
     EXPECT_LT(cli.finished() - killed, 20s);
-    std::size_t errors = 0;
-    for (const auto& l : lines_of(r.out))
-        if (l.starts_with("blockmig: error:")) {
-            ++errors;
-            EXPECT_NE(l.find("phase ram"), std::string::npos) << l;
-            EXPECT_NE(l.find("keeps running on the source"), std::string::npos) << l;
-        }
-    EXPECT_EQ(errors, 1u) << r.out;
+    expect_one_error_line(r.out, {"phase ram", "keeps running on the source"});
     expect_guest_on_source();
 }
 
 TEST_F(MigrateShared, LinkDownDuringRamIsCancelled) {
     BackgroundCli cli(migrate_args({"--bandwidth", "2", "--timeout", "20"}),
                       src->qmp_socket().string());
-    ASSERT_TRUE(wait_for_ram_phase(60s));
+    ASSERT_TRUE(wait_for_phase("ram", 60s));
     std::this_thread::sleep_for(1s);
     hosts->set_link(false);
     const auto cut = Clock::now();
@@ -204,17 +114,8 @@ TEST_F(MigrateShared, DestinationOnAnotherFileIsRefusedUntouched) {
 }
 
 TEST_F(MigrateShared, KilledBlockmigIsRecoveredOntoTheSource) {
-    std::vector<std::string> args = migrate_args({"--bandwidth", "2"});
-    args.insert(args.begin(), BLOCKMIG_BINARY);
-    pid_t pid = fork();
-    if (pid == 0) {
-        std::vector<char*> argv;
-        for (auto& a : args) argv.push_back(a.data());
-        argv.push_back(nullptr);
-        execv(argv[0], argv.data());
-        _exit(127);
-    }
-    const bool in_ram = wait_for_ram_phase(60s);
+    pid_t pid = spawn_blockmig(migrate_args({"--bandwidth", "2"}));
+    const bool in_ram = wait_for_phase("ram", 60s);
     std::this_thread::sleep_for(1s);
     kill(pid, SIGKILL);
     waitpid(pid, nullptr, 0);

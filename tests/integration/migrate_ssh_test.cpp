@@ -5,56 +5,31 @@
 // --copy-storage all: the guest's blocks go over NBD to B's own disk file.
 #include <gtest/gtest.h>
 
-#include "move_test_util.hpp"
+#include "migrate_test_util.hpp"
 #include "sshd.hpp"
 
-using namespace move_test;
-using blockmig::lab::HostPair;
+using namespace migrate_test;
 using blockmig::lab::SshServer;
 
 namespace {
 
-constexpr std::uint64_t k_blocks = 4096;  // 16 MiB stamped
-
-class MigrateSsh : public ::testing::Test {
+class MigrateSsh : public CopyRig {
   protected:
     void SetUp() override {
-        LAB_REQUIRE();
-        if (auto why = SshServer::missing_prerequisite(); !why.empty()) {
-            if (blockmig::lab::running_in_ci()) FAIL() << "lab unavailable in CI: " << why;
-            GTEST_SKIP() << "lab unavailable: " << why;
-        }
-        hosts = std::make_unique<HostPair>("200mbit");
+        SSH_REQUIRE();
+        CopyRig::SetUp();
+        if (HasFatalFailure()) return;
         sshd = std::make_unique<SshServer>(hosts->ns_b(), HostPair::k_addr_b, 2222);
-        blockmig::lab::run_ok({"truncate", "-s", "32M", src_disk.string()});
-        blockmig::lab::run_ok({"truncate", "-s", "32M", dst_disk.string()});
-        GuestConfig config{.disks = {{"disk0", src_disk, "raw"}},
-                           .stamp_blocks = k_blocks,
-                           .netns = hosts->ns_a()};
-        src = std::make_unique<Guest>(config);
-        ASSERT_TRUE(src->wait_for_line("GUEST-UP", 120s)) << src->console();
-        ASSERT_TRUE(src->wait_for_ack("vda", 1, 120s)) << src->console();
-        GuestConfig other = config;
-        other.disks[0].path = dst_disk;
-        dst = std::make_unique<Guest>(blockmig::lab::incoming_config(other, hosts->ns_b()));
     }
 
     // blockmig on host A, with the test's ssh identity and known_hosts.
     SplitResult on_host_a(std::vector<std::string> args) {
         std::vector<std::string> argv{
-            "ip",          "netns", "exec",
-            hosts->ns_a(), "env",   "BLOCKMIG_SSH_CONFIG=" + sshd->client_config().string()};
-        argv.insert(argv.end(), BLOCKMIG_BINARY);
+            "ip",           "netns", "exec",
+            hosts->ns_a(),  "env",   "BLOCKMIG_SSH_CONFIG=" + sshd->client_config().string(),
+            BLOCKMIG_BINARY};
         argv.insert(argv.end(), args.begin(), args.end());
-        const fs::path err_file = dir / "blockmig.stderr";
-        std::vector<std::string> sh{"sh", "-c", "f=$1; shift; exec \"$@\" 2>\"$f\"", "sh",
-                                    err_file.string()};
-        sh.insert(sh.end(), argv.begin(), argv.end());
-        CommandResult r = blockmig::lab::run(sh);
-        std::ifstream in(err_file);
-        std::stringstream err;
-        err << in.rdbuf();
-        return {r.status, r.out, err.str()};
+        return run_split(argv, dir.path());
     }
 
     std::string dst_url() const { return sshd->url(dst->qmp_socket()); }
@@ -66,13 +41,7 @@ class MigrateSsh : public ::testing::Test {
                 }).empty();
     }
 
-    std::unique_ptr<HostPair> hosts;
     std::unique_ptr<SshServer> sshd;
-    blockmig::lab::TempDir dir{"migrate-ssh"};
-    fs::path src_disk = dir / "src.raw";
-    fs::path dst_disk = dir / "dst.raw";
-    fs::path state = dir / "jobs";
-    std::unique_ptr<Guest> src, dst;
 };
 
 TEST_F(MigrateSsh, QmpOnTheOtherHostAnswersThroughSsh) {

@@ -13,21 +13,28 @@ namespace migrate_test {
 using namespace move_test;
 using blockmig::lab::HostPair;
 
-// Shared storage: both QEMUs open `disk` (one mount namespace).
-class SharedRig : public ::testing::Test {
+// Shared storage (`shared`): both QEMUs open `disk` (one mount namespace),
+// migrated with --copy-storage none. Otherwise B has its own empty
+// `dst_disk` of the same size, migrated with --copy-storage all.
+class Rig : public ::testing::Test {
   protected:
     static constexpr std::uint64_t k_blocks = 8192;  // 32 MiB stamped
+
+    explicit Rig(bool shared) : m_shared(shared), dst_disk(shared ? disk : dir / "dst.raw") {}
 
     void SetUp() override {
         LAB_REQUIRE();
         hosts = std::make_unique<HostPair>("200mbit");
         blockmig::lab::run_ok({"truncate", "-s", "64M", disk.string()});
+        if (!m_shared) blockmig::lab::run_ok({"truncate", "-s", "64M", dst_disk.string()});
         config = GuestConfig{
             .disks = {{"disk0", disk, "raw"}}, .stamp_blocks = k_blocks, .netns = hosts->ns_a()};
         src = std::make_unique<Guest>(config);
         ASSERT_TRUE(src->wait_for_line("GUEST-UP", 120s)) << src->console();
         ASSERT_TRUE(src->wait_for_ack("vda", 1, 120s)) << src->console();
-        dst = std::make_unique<Guest>(blockmig::lab::incoming_config(config, hosts->ns_b()));
+        GuestConfig other = config;
+        other.disks[0].path = dst_disk;
+        dst = std::make_unique<Guest>(blockmig::lab::incoming_config(other, hosts->ns_b()));
     }
 
     std::vector<std::string> migrate_args(std::vector<std::string> extra = {}) {
@@ -39,19 +46,14 @@ class SharedRig : public ::testing::Test {
                                    "--dst-addr",
                                    HostPair::k_addr_b,
                                    "--copy-storage",
-                                   "none",
+                                   m_shared ? "none" : "all",
                                    "--state-dir",
                                    state.string()};
         a.insert(a.end(), extra.begin(), extra.end());
         return a;
     }
 
-    json jobs_listing() {
-        auto r = blockmig_cli({"--output", "json", "jobs", "--state-dir", state.string()});
-        EXPECT_EQ(r.status, 0) << r.out;
-        auto j = json::parse(r.out.substr(r.out.find('{')), nullptr, false);
-        return j.is_discarded() ? json::object() : j;
-    }
+    json jobs_listing() { return move_test::jobs_listing(state); }
 
     // Waits until the journal names `phase` (blockmig holds both monitors).
     bool wait_for_phase(const std::string& phase, std::chrono::milliseconds timeout) {
@@ -77,22 +79,66 @@ class SharedRig : public ::testing::Test {
         return events;
     }
 
-    // The guest runs and writes on the destination, every stamped block verifies.
+    // blockmig's lines that start "blockmig: error:" each contain every one of
+    // `needles`, and there is exactly one such line.
+    static void expect_one_error_line(const std::string& out, std::vector<std::string> needles) {
+        std::size_t errors = 0;
+        for (const auto& l : lines_of(out))
+            if (l.starts_with("blockmig: error:")) {
+                ++errors;
+                for (const auto& n : needles) EXPECT_NE(l.find(n), std::string::npos) << l;
+            }
+        EXPECT_EQ(errors, 1u) << out;
+    }
+
+    // The guest runs and writes on the destination, every stamped block
+    // verifies on the destination's disk file.
     void expect_guest_on_destination() {
         EXPECT_EQ(qmp_return(*dst, R"({"execute":"query-status"})")["status"], "running");
         ASSERT_TRUE(dst->wait_for_ack("vda", 1, 60s)) << dst->console();
         ASSERT_TRUE(guest_keeps_writing(*dst)) << "the guest keeps writing on the destination";
         EXPECT_EQ(jobs_listing()["jobs"].size(), 0u);
-        auto v = pause_and_verify(*dst, disk.string(), "raw", k_blocks);
+        auto v = pause_and_verify(*dst, dst_disk.string(), "raw", k_blocks);
         EXPECT_TRUE(v.intact()) << v.output;
     }
 
+    // The guest is alive on the source, its migration over, its settings
+    // restored, no journal left, and every stamped block verifies there.
+    void expect_guest_on_source() {
+        EXPECT_EQ(qmp_return(*src, R"({"execute":"query-status"})")["status"], "running");
+        const json caps = qmp_return(*src, R"({"execute":"query-migrate-capabilities"})");
+        for (const auto& c : caps) {
+            if (c["capability"] == "pause-before-switchover") {
+                EXPECT_FALSE(c["state"].get<bool>()) << "the source's settings are restored";
+            }
+        }
+        EXPECT_EQ(jobs_listing()["jobs"].size(), 0u);
+        ASSERT_TRUE(guest_keeps_writing(*src));
+        auto v = pause_and_verify(*src, disk.string(), "raw", k_blocks);
+        EXPECT_TRUE(v.intact()) << v.output;
+    }
+
+  private:
+    bool m_shared;
+
+  protected:
     std::unique_ptr<HostPair> hosts;
     blockmig::lab::TempDir dir{"migrate"};
-    fs::path disk = dir / "shared.raw";
+    fs::path disk = dir / "src.raw";  // the source's disk (both sides' when shared)
+    fs::path dst_disk;                // the destination's disk
     fs::path state = dir / "jobs";
     GuestConfig config;
     std::unique_ptr<Guest> src, dst;
+};
+
+class SharedRig : public Rig {
+  protected:
+    SharedRig() : Rig(true) {}
+};
+
+class CopyRig : public Rig {
+  protected:
+    CopyRig() : Rig(false) {}
 };
 
 }  // namespace migrate_test

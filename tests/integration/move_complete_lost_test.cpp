@@ -23,28 +23,6 @@ namespace {
 
 constexpr std::uint64_t k_blocks = 4096;
 
-pid_t spawn_blockmig(std::vector<std::string> args) {
-    args.insert(args.begin(), BLOCKMIG_BINARY);
-    pid_t pid = fork();
-    if (pid == 0) {
-        std::vector<char*> argv;
-        for (auto& a : args) argv.push_back(a.data());
-        argv.push_back(nullptr);
-        execv(argv[0], argv.data());
-        _exit(127);
-    }
-    return pid;
-}
-
-json jobs_listing(const fs::path& state) {
-    auto r = blockmig_cli({"--output", "json", "jobs", "--state-dir", state.string()});
-    EXPECT_EQ(r.status, 0) << r.out;
-    auto brace = r.out.find('{');
-    if (brace == std::string::npos) return json::object();
-    auto j = json::parse(r.out.substr(brace), nullptr, false);
-    return j.is_discarded() ? json::object() : j;
-}
-
 TEST(MoveCompleteLost, KilledRightAfterBlockJobCompleteIsFinishedForwardByRecover) {
     LAB_REQUIRE();
     blockmig::lab::TempDir dir("cplost");

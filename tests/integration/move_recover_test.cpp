@@ -29,27 +29,13 @@ class MoveRecover : public ::testing::Test {
 
     // Starts `blockmig move` without waiting for it.
     pid_t start_move(std::vector<std::string> extra) {
-        std::vector<std::string> args{BLOCKMIG_BINARY, "move",        "--qmp", qmp,
-                                      "--disk",        "disk0",       "--to",  pool.string(),
-                                      "--state-dir",   state.string()};
+        std::vector<std::string> args{"move", "--qmp",       qmp,           "--disk",      "disk0",
+                                      "--to", pool.string(), "--state-dir", state.string()};
         args.insert(args.end(), extra.begin(), extra.end());
-        pid_t pid = fork();
-        if (pid == 0) {
-            std::vector<char*> argv;
-            for (auto& a : args) argv.push_back(a.data());
-            argv.push_back(nullptr);
-            execv(argv[0], argv.data());
-            _exit(127);
-        }
-        return pid;
+        return spawn_blockmig(std::move(args));
     }
 
-    json jobs_listing() {
-        auto r = blockmig_cli({"--output", "json", "jobs", "--state-dir", state.string()});
-        EXPECT_EQ(r.status, 0) << r.out;
-        auto j = json::parse(r.out.substr(r.out.find('{')), nullptr, false);
-        return j.is_discarded() ? json::object() : j;
-    }
+    json jobs_listing() { return move_test::jobs_listing(state); }
 
     void expect_nothing_left() {
         EXPECT_TRUE(block_jobs(*guest).empty()) << block_jobs(*guest).dump();

@@ -4,9 +4,11 @@
 // product: the lab's own QMP client, the file system, diskstamp.
 #pragma once
 
+#include <fcntl.h>
 #include <gtest/gtest.h>
 #include <signal.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <chrono>
 #include <condition_variable>
@@ -51,18 +53,50 @@ struct SplitResult {
     std::string err;  // stderr only
 };
 
-// Runs the blockmig binary with stdout and stderr kept apart (the JSON
-// contract is about stdout alone). `scratch` holds the stderr file.
-inline SplitResult blockmig_cli_split(std::vector<std::string> args, const fs::path& scratch) {
+// Runs `argv` with stdout and stderr kept apart (the JSON contract is about
+// stdout alone). `scratch` holds the stderr file.
+inline SplitResult run_split(const std::vector<std::string>& argv, const fs::path& scratch) {
     const fs::path err_file = scratch / "blockmig.stderr";
-    std::vector<std::string> argv{
-        "sh", "-c", "f=$1; shift; exec \"$@\" 2>\"$f\"", "sh", err_file.string(), BLOCKMIG_BINARY};
-    argv.insert(argv.end(), args.begin(), args.end());
-    CommandResult r = blockmig::lab::run(argv);
+    std::vector<std::string> sh{"sh", "-c", "f=$1; shift; exec \"$@\" 2>\"$f\"", "sh",
+                                err_file.string()};
+    sh.insert(sh.end(), argv.begin(), argv.end());
+    CommandResult r = blockmig::lab::run(sh);
     std::ifstream in(err_file);
     std::stringstream err;
     err << in.rdbuf();
     return {r.status, r.out, err.str()};
+}
+
+// The blockmig binary with stdout and stderr kept apart.
+inline SplitResult blockmig_cli_split(std::vector<std::string> args, const fs::path& scratch) {
+    args.insert(args.begin(), BLOCKMIG_BINARY);
+    return run_split(args, scratch);
+}
+
+// Starts the blockmig binary as a child of the test, so it can be SIGKILLed
+// mid-job; stdout goes to /dev/null when `quiet`.
+inline pid_t spawn_blockmig(std::vector<std::string> args, bool quiet = false) {
+    args.insert(args.begin(), BLOCKMIG_BINARY);
+    pid_t pid = fork();
+    if (pid == 0) {
+        std::vector<char*> argv;
+        for (auto& a : args) argv.push_back(a.data());
+        argv.push_back(nullptr);
+        if (quiet) dup2(open("/dev/null", O_WRONLY), 1);
+        execv(argv[0], argv.data());
+        _exit(127);
+    }
+    return pid;
+}
+
+// `blockmig jobs --output json` of a state dir; {} when it prints no JSON.
+inline json jobs_listing(const fs::path& state) {
+    auto r = blockmig_cli({"--output", "json", "jobs", "--state-dir", state.string()});
+    EXPECT_EQ(r.status, 0) << r.out;
+    auto brace = r.out.find('{');
+    if (brace == std::string::npos) return json::object();
+    auto j = json::parse(r.out.substr(brace), nullptr, false);
+    return j.is_discarded() ? json::object() : j;
 }
 
 inline std::vector<std::string> lines_of(const std::string& text) {

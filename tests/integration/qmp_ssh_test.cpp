@@ -10,6 +10,7 @@
 #include <sstream>
 
 #include "lab.hpp"
+#include "move_test_util.hpp"
 #include "qmp/client.hpp"
 #include "qmp_daemon.hpp"
 #include "sshd.hpp"
@@ -21,30 +22,12 @@ using namespace std::chrono_literals;
 
 namespace {
 
-#define SSH_REQUIRE()                                                                       \
-    do {                                                                                    \
-        LAB_REQUIRE();                                                                      \
-        if (auto why = SshServer::missing_prerequisite(); !why.empty()) {                   \
-            if (blockmig::lab::running_in_ci()) FAIL() << "lab unavailable in CI: " << why; \
-            GTEST_SKIP() << "lab unavailable: " << why;                                     \
-        }                                                                                   \
-    } while (0)
-
 // ssh processes this test's transports started (their -L names the socket).
 std::vector<int> ssh_forwarding_to(const std::string& socket) {
-    std::vector<int> out;
-    for (const auto& e : fs::directory_iterator("/proc")) {
-        const std::string name = e.path().filename().string();
-        if (name.find_first_not_of("0123456789") != std::string::npos) continue;
-        std::ifstream in(e.path() / "cmdline");
-        std::string cmdline((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-        for (char& c : cmdline)
-            if (c == '\0') c = ' ';
-        if (cmdline.starts_with("ssh ") && cmdline.find("blockmig-ssh-") != std::string::npos &&
-            cmdline.find(socket) != std::string::npos)
-            out.push_back(std::stoi(name));
-    }
-    return out;
+    return move_test::processes_where([&](const std::string& cmdline) {
+        return cmdline.starts_with("ssh ") && cmdline.find("blockmig-ssh-") != std::string::npos &&
+               cmdline.find(socket) != std::string::npos;
+    });
 }
 
 class QmpSsh : public ::testing::Test {
@@ -58,8 +41,7 @@ class QmpSsh : public ::testing::Test {
     void TearDown() override { ::unsetenv("BLOCKMIG_SSH_CONFIG"); }
 
     blockmig::lab::CommandResult cli(std::vector<std::string> args) {
-        args.insert(args.begin(), BLOCKMIG_BINARY);
-        return blockmig::lab::run(args);
+        return move_test::blockmig_cli(std::move(args));
     }
 
     // An ssh_config like the server's, with one line changed.

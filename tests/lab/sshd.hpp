@@ -43,3 +43,13 @@ class SshServer {
 };
 
 }  // namespace blockmig::lab
+
+// LAB_REQUIRE() plus sshd: skips outside CI when sshd or ssh is missing, fails under CI.
+#define SSH_REQUIRE()                                                                       \
+    do {                                                                                    \
+        LAB_REQUIRE();                                                                      \
+        if (auto why = blockmig::lab::SshServer::missing_prerequisite(); !why.empty()) {    \
+            if (blockmig::lab::running_in_ci()) FAIL() << "lab unavailable in CI: " << why; \
+            GTEST_SKIP() << "lab unavailable: " << why;                                     \
+        }                                                                                   \
+    } while (0)
