@@ -6,6 +6,7 @@
 #include <signal.h>
 
 #include <atomic>
+#include <filesystem>
 
 #include "commands.hpp"
 #include "pool_shared.hpp"
@@ -37,6 +38,7 @@ struct MigrateArgs {
     bool keep_source = false;
     bool unsafe = false;
     std::string state_dir;
+    std::string report;  // --report FILE.svg
 };
 
 Result<std::unique_ptr<qmp::Client>> connect(const std::string& address, const char* side,
@@ -53,6 +55,26 @@ Result<std::unique_ptr<qmp::Client>> connect(const std::string& address, const c
         return fail(
             client.error().with_context(fmt::format("connect to the {} {}", side, address)));
     return client;
+}
+
+std::string mib(std::uint64_t bytes) {
+    return fmt::format("{:.1f} MiB", static_cast<double>(bytes) / (1 << 20));
+}
+
+// The final report for people: total time, QEMU's downtime, bytes per
+// stream, RAM passes, each policy action.
+void print_migrate_summary(const MigrateReport& r, const std::string& destination) {
+    fmt::print(
+        "migrated to {} in {:.1f} s ({:.1f} s of it moving RAM): {} RAM pass{}{}, QEMU "
+        "downtime {} ms; {}\n",
+        destination, r.total.count() / 1000.0, r.duration.count() / 1000.0, r.iterations,
+        r.iterations == 1 ? "" : "es", r.postcopy ? " then post-copy" : "", r.downtime_ms,
+        r.source_quit ? "the source QEMU quit" : "the source QEMU is left paused");
+    std::string streams;
+    for (const auto& s : r.streams)
+        streams += fmt::format("{}{} {}", streams.empty() ? "" : ", ", s.stream, mib(s.bytes));
+    if (!streams.empty()) fmt::print("bytes moved: {}\n", streams);
+    for (const auto& a : r.actions) fmt::print("policy: {}\n", a);
 }
 
 Result<void> run_migrate_command(const MigrateArgs& args, const GlobalOptions& globals) {
@@ -104,30 +126,17 @@ Result<void> run_migrate_command(const MigrateArgs& args, const GlobalOptions& g
     signal(SIGTERM, SIG_DFL);
     if (!report) return fail(report.error());
 
-    const double seconds = report->duration.count() / 1000.0;
+    // The migration is done whatever happens to the report: a failure to
+    // write it is one error line after the summary.
+    Result<void> written;
+    if (!args.report.empty()) written = write_report_svg(args.report, *report);
     if (globals.output == OutputFormat::json) {
-        fmt::print("{}\n", nlohmann::json{{"event", "done"},
-                                          {"job", report->job},
-                                          {"seconds", seconds},
-                                          {"downtime_ms", report->downtime_ms},
-                                          {"ram_transferred", report->ram_transferred},
-                                          {"iterations", report->iterations},
-                                          {"bandwidth", report->bandwidth},
-                                          {"timeout", report->timeout.count()},
-                                          {"postcopy", report->postcopy},
-                                          {"multifd_bytes", report->multifd_bytes},
-                                          {"actions", report->actions},
-                                          {"source_quit", report->source_quit}}
-                               .dump());
-        return {};
+        fmt::print("{}\n", report_json(*report).dump());
+        return written;
     }
-    fmt::print("migrated to {} in {:.1f} s: {:.1f} MiB of RAM in {} pass{}{}, downtime {} ms; {}\n",
-               args.dst_launch ? "the QEMU blockmig started" : args.dst_qmp, seconds,
-               static_cast<double>(report->ram_transferred) / (1 << 20), report->iterations,
-               report->iterations == 1 ? "" : "es", report->postcopy ? " then post-copy" : "",
-               report->downtime_ms,
-               report->source_quit ? "the source QEMU quit" : "the source QEMU is left paused");
-    return {};
+    print_migrate_summary(*report, args.dst_launch ? "the QEMU blockmig started" : args.dst_qmp);
+    if (written && !args.report.empty()) fmt::print("report: {}\n", args.report);
+    return written;
 }
 
 }  // namespace
@@ -200,8 +209,17 @@ void add_migrate_command(CLI::App& app, Dispatch& dispatch) {
     cmd->add_flag("--unsafe", args->unsafe,
                   "allow shared disks opened with a host cache (cache mode other than none)");
     add_state_dir_option(*cmd, args->state_dir);
+    cmd->add_option("--report", args->report,
+                    "after a successful migration, write FILE.svg: remaining bytes, dirty rate, "
+                    "throughput and the downtime limit over time, the guest's pause marked")
+        ->type_name("FILE");
     cmd->callback([args, &dispatch] {
         if (args->dst_addr.empty()) args->dst_addr = "127.0.0.1";
+        if (!args->report.empty()) {
+            const auto dir = std::filesystem::path(args->report).parent_path();
+            if (!dir.empty() && !std::filesystem::is_directory(dir))
+                throw CLI::ValidationError("--report", "no directory " + dir.string());
+        }
         if (args->dst_port != 0 && args->copy_storage != "all")
             throw CLI::ValidationError("--dst-port", "only with --copy-storage all");
         if (args->compress == "xbzrle" && args->parallel > 0)

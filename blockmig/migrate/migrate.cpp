@@ -15,6 +15,7 @@
 #include "qmp/migration.hpp"
 #include "settle.hpp"
 #include "storage.hpp"
+#include "timeline.hpp"
 #include "tuning.hpp"
 
 namespace blockmig {
@@ -50,7 +51,12 @@ class Run {
     // `dst`: nullptr when blockmig launches the destination (options.launch).
     Run(qmp::Client& src, qmp::Client* dst, const MigrateOptions& options, ProgressSink& progress,
         const std::atomic<bool>& cancel)
-        : m_src(src), m_dst(dst), m_o(options), m_progress(progress), m_cancel(cancel) {}
+        : m_src(src),
+          m_dst(dst),
+          m_o(options),
+          m_recorder(progress, *options.clock),
+          m_progress(m_recorder),
+          m_cancel(cancel) {}
 
     Result<MigrateReport> run() {
         if (m_o.launch) return run_launched();
@@ -322,7 +328,10 @@ class Run {
                 continue;
             }
             const std::string status = ev->data.value("status", "");
-            if (status == "pre-switchover") return std::nullopt;
+            if (status == "pre-switchover") {
+                guest_event("paused", "switchover");
+                return std::nullopt;
+            }
             if (status == "failed" || status == "cancelled" || status == "completed")
                 return Failure{"ram", why_ended(status)};
         }
@@ -334,6 +343,7 @@ class Run {
         if (auto r = qmp::stop(m_src, m_o.qmp_timeout); !r)
             return fail(r.error().with_context("stop the guest (--policy suspend)"));
         action("paused the guest on the source for the copy (--policy suspend)");
+        guest_event("paused", "suspend");
         return {};
     }
 
@@ -365,24 +375,49 @@ class Run {
         return fmt::format("the migration {}{}", status, desc.empty() ? "" : ": " + desc);
     }
 
+    // The guest stops (pre-switchover, --policy suspend) or runs again on
+    // the destination: the pause the report marks.
+    void guest_event(const std::string& state, const std::string& reason) {
+        m_progress.event("guest", {{"state", state}, {"reason", reason}},
+                         state == "paused" ? fmt::format("the guest is paused ({})", reason)
+                                           : "the guest runs on the destination");
+    }
+
     void report_progress() {
+        if (m_storage) m_storage->sample();
         auto info = qmp::query_migrate(m_src, m_o.qmp_timeout);
         if (!info || !info->ram) return;
-        const auto& ram = *info->ram;
+        ram_event(*info);
+    }
+
+    // One RAM sample for the live view and the report. The downtime limit
+    // is read each time: a policy may have raised it.
+    void ram_event(const qmp::MigrationInfo& info) {
+        const auto& ram = *info.ram;
         const double rate = ram.mbps * 1e6 / 8;
+        // dirty-pages-rate is in pages/s, 0 until QEMU's second pass.
+        const double dirty = static_cast<double>(ram.dirty_pages_rate) *
+                             static_cast<double>(ram.page_size ? ram.page_size : 4096);
+        std::int64_t limit = -1;
+        if (auto params = qmp::query_migrate_parameters(m_src, m_o.qmp_timeout); params)
+            limit = params->value("downtime-limit", std::int64_t{-1});
         m_progress.event(
             "ram",
-            {{"status", info->status},
+            {{"status", info.status},
              {"transferred", ram.transferred},
              {"remaining", ram.remaining},
              {"total", ram.total},
              {"rate", std::llround(rate)},
              {"iteration", ram.dirty_sync_count},
              {"dirty_pages_rate", ram.dirty_pages_rate},
-             {"expected_downtime_ms", info->expected_downtime_ms.value_or(-1)}},
-            fmt::format("ram: pass {}, {} sent, {} remaining, {}/s", ram.dirty_sync_count,
-                        human_mib(ram.transferred), human_mib(ram.remaining),
-                        human_mib(static_cast<std::uint64_t>(rate))));
+             {"dirty_rate", std::llround(dirty)},
+             {"downtime_limit_ms", limit},
+             {"expected_downtime_ms", info.expected_downtime_ms.value_or(-1)}},
+            fmt::format("ram: pass {}, {} sent, {} remaining, {}/s, guest dirties {}/s, downtime "
+                        "limit {} ms",
+                        ram.dirty_sync_count, human_mib(ram.transferred), human_mib(ram.remaining),
+                        human_mib(static_cast<std::uint64_t>(rate)),
+                        human_mib(static_cast<std::uint64_t>(dirty)), limit));
     }
 
     // At pre-switchover the source's vCPUs are stopped: the barrier is
@@ -470,7 +505,29 @@ class Run {
         if (info->ram) {
             m_report.ram_transferred = info->ram->transferred;
             m_report.iterations = info->ram->dirty_sync_count;
+            ram_event(*info);  // the last point of the report's series
         }
+        fill_streams();
+    }
+
+    // Bytes per stream: QEMU's `transferred` counts the multifd channels too.
+    void fill_streams() {
+        m_report.streams.clear();
+        const std::uint64_t multifd =
+            m_report.multifd_bytes > 0 ? static_cast<std::uint64_t>(m_report.multifd_bytes) : 0;
+        m_report.streams.push_back(
+            {"ram", m_report.ram_transferred - std::min(multifd, m_report.ram_transferred)});
+        if (m_report.multifd_bytes >= 0 && m_o.parallel > 0)
+            m_report.streams.push_back({"multifd", multifd});
+        if (m_storage)
+            for (auto& s : m_storage->streams()) m_report.streams.push_back(std::move(s));
+    }
+
+    // The end of the run as the report sees it: the guest runs on the destination.
+    void close_report() {
+        guest_event("running", "destination");
+        m_report.total = std::chrono::milliseconds(std::llround(m_recorder.elapsed() * 1000));
+        m_report.timeline = m_recorder.timeline();
     }
 
     // Success: the same forward steps a recovery takes (cont on the
@@ -492,6 +549,7 @@ class Run {
                                     jobs::recover_command(jobs_dir(), m_report.job)));
         for (const auto& a : s->actions)
             if (a.starts_with("quit")) m_report.source_quit = true;
+        close_report();
         if (auto r = m_journal->remove(); !r) return fail(r.error());
         return m_report;
     }
@@ -508,6 +566,7 @@ class Run {
         if (s->verdict == migrate::Verdict::forward && s->settled && s->left_behind.empty()) {
             // The migration got through after all (e.g. completed while being cancelled).
             record_stats();
+            close_report();
             if (auto r = m_journal->remove(); !r) return fail(r.error());
             return m_report;
         }
@@ -530,6 +589,8 @@ class Run {
     qmp::Client* m_dst;
     std::unique_ptr<qmp::Client> m_launched;  // the destination's QMP, when blockmig started it
     const MigrateOptions& m_o;
+    // Passes everything on to the caller's sink and keeps the time series.
+    migrate::TimelineRecorder m_recorder;
     ProgressSink& m_progress;
     const std::atomic<bool>& m_cancel;
     std::optional<jobs::Journal> m_journal;

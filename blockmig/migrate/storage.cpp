@@ -188,4 +188,34 @@ Result<void> StorageCopy::finish() {
     return {};
 }
 
+void StorageCopy::sample() {
+    auto jobs = qmp::query_block_jobs(m_src, m_o.qmp_timeout);
+    if (!jobs) return;
+    const auto now = std::chrono::steady_clock::now();
+    for (const auto& m : m_mirrors) {
+        auto it = std::find_if(jobs->begin(), jobs->end(),
+                               [&](const auto& j) { return j.id == m->job_id(); });
+        if (it == jobs->end()) continue;
+        auto& meter = m_meters[m->spec().disk];
+        meter.add(now, it->offset);
+        m_sampled[m->spec().disk] = it->offset;
+        m_progress.progress({.item = m->spec().disk,
+                             .phase = "sync",
+                             .bytes = it->offset,
+                             .total = it->len,
+                             .rate = meter.rate(),
+                             .eta_seconds = 0});
+    }
+}
+
+std::vector<StreamBytes> StorageCopy::streams() const {
+    std::vector<StreamBytes> out;
+    for (const auto& m : m_mirrors) {
+        auto it = m_sampled.find(m->spec().disk);
+        const std::uint64_t sampled = it == m_sampled.end() ? 0 : it->second;
+        out.push_back({"disk:" + m->spec().disk, std::max(m->bytes_copied(), sampled)});
+    }
+    return out;
+}
+
 }  // namespace blockmig::migrate

@@ -15,6 +15,7 @@
 #pragma once
 
 #include <atomic>
+#include <map>
 #include <memory>
 #include <string>
 #include <vector>
@@ -40,6 +41,12 @@ class StorageCopy {
     // the NBD client nodes are removed from the source.
     Result<void> finish();
 
+    // While the RAM moves: one query-block-jobs, each mirror's progress
+    // passed to the sink (phase "sync"). Best effort: a failed query is skipped.
+    void sample();
+    // Bytes each mirror wrote to the destination ("disk:DEV"), QEMU's count.
+    std::vector<StreamBytes> streams() const;
+
   private:
     Result<void> start_server();
     Result<void> export_disks(const SideFacts& src, const SideFacts& dst);
@@ -57,6 +64,8 @@ class StorageCopy {
     qmp::SocketAddress m_server;
     bool m_in_place = false, m_can_switch = false;
     std::vector<std::unique_ptr<mirror::Mirror>> m_mirrors;
+    std::map<std::string, RateMeter> m_meters;       // sample(): per disk
+    std::map<std::string, std::uint64_t> m_sampled;  // sample(): the last offset per disk
 };
 
 // The ports the destination's NBD server may listen on: `port` alone when

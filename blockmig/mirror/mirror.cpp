@@ -308,6 +308,8 @@ Result<void> Mirror::wait_ended(qmp::EventSubscription& sub, std::chrono::millis
         auto it = std::find_if(jobs->begin(), jobs->end(),
                                [&](const auto& j) { return j.id == job_id(); });
         if (it == jobs->end()) return {};
+        // The last count QEMU gave: bytes_copied() includes the final sync.
+        m_offset = std::max(m_offset, it->offset);
         if (it->status == "concluded") {
             *error = it->error;
             (void)qmp::job_dismiss(m_client, job_id(), m_effects.env().step_timeout);

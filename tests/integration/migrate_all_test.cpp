@@ -3,6 +3,7 @@
 // its own local disk file, a destination QEMU on host B with the same
 // devices, -incoming defer and its own empty disk file of the same size.
 // - success: the guest runs and keeps writing on B, the source QEMU is gone,
+//   the final report (JSON and --report SVG) has its series and the pause,
 //   every block verifies on B's disk file;
 // - the destination QEMU killed during the mirror phase: one clear line, the
 //   guest keeps running on A, no block job and no NBD node left on A;
@@ -28,6 +29,9 @@
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
+
+#include <fstream>
+#include <map>
 
 #include "migrate_test_util.hpp"
 
@@ -79,10 +83,39 @@ class MigrateAll : public CopyRig {
         EXPECT_NE(stop.find("NBD server not running"), std::string::npos)
             << "the NBD server is still running: " << stop;
     }
+
+    // The final report: bytes per stream (the disk's mirror carried at
+    // least the disk), the time series with RAM remaining ending at 0, the
+    // guest's pause; the SVG drawn from it with the same.
+    static void expect_final_report(const json& done, const fs::path& svg) {
+        EXPECT_GT(done["total_seconds"].get<double>(), done["seconds"].get<double>());
+        std::map<std::string, std::uint64_t> streams;
+        for (const auto& s : done["streams"]) streams[s["stream"]] = s["bytes"];
+        EXPECT_GT(streams["ram"], 0u) << done.dump();
+        EXPECT_GE(streams["disk:disk0"], 64u << 20) << done.dump();
+        const json& tl = done["timeline"];
+        ASSERT_FALSE(tl["samples"].empty()) << done.dump();
+        EXPECT_EQ(tl["samples"].back()["ram_remaining"], 0) << tl.dump();
+        EXPECT_TRUE(tl["samples"].front()["disk_remaining"].contains("disk0")) << tl.dump();
+        EXPECT_GT(tl["paused_at"].get<double>(), 0);
+        EXPECT_GE(tl["resumed_at"].get<double>(), tl["paused_at"].get<double>());
+        EXPECT_EQ(tl["pause_reason"], "switchover");
+        std::ifstream in(svg);
+        ASSERT_TRUE(in) << "no report at " << svg;
+        const std::string text{std::istreambuf_iterator<char>(in), {}};
+        const auto ram = text.find(R"(data-series="ram-remaining" points=")");
+        ASSERT_NE(ram, std::string::npos) << text;
+        EXPECT_NE(text[ram + 36], '"') << "a non-empty RAM remaining series";
+        EXPECT_NE(text.find(R"(data-series="disk-remaining-disk0" points=")"), std::string::npos);
+        EXPECT_NE(text.find(R"(<rect class="pause")"), std::string::npos) << "the pause is marked";
+        EXPECT_TRUE(text.ends_with("</svg>\n"));
+    }
 };
 
 TEST_F(MigrateAll, GuestRunsOnTheDestinationAndItsOwnDiskVerifies) {
-    auto r = blockmig_cli_split(migrate_args({"--output", "json"}), dir.path());
+    const fs::path svg = dir / "report.svg";
+    auto r = blockmig_cli_split(migrate_args({"--output", "json", "--report", svg.string()}),
+                                dir.path());
     ASSERT_EQ(r.status, 0) << r.out << r.err;
     auto lines = lines_of(r.out);
     ASSERT_FALSE(lines.empty());
@@ -98,6 +131,7 @@ TEST_F(MigrateAll, GuestRunsOnTheDestinationAndItsOwnDiskVerifies) {
     EXPECT_EQ(done["event"], "done") << r.out;
     EXPECT_TRUE(done["source_quit"].get<bool>());
     EXPECT_TRUE(src->wait_exit(15s)) << "the source QEMU quits";
+    expect_final_report(done, svg);
 
     EXPECT_EQ(qmp_return(*dst, R"({"execute":"query-status"})")["status"], "running");
     ASSERT_TRUE(dst->wait_for_ack("vda", 1, 60s)) << dst->console();

@@ -31,6 +31,7 @@
 #include <string>
 #include <vector>
 
+#include "blockmig/migrate_report.hpp"
 #include "blockmig/progress.hpp"
 #include "pools/address.hpp"
 #include "qmp/client.hpp"
@@ -102,6 +103,11 @@ struct MigrateReport {
     std::int64_t multifd_bytes = -1;   // sent over multifd channels (QEMU's count), -1 unknown
     std::vector<std::string> actions;  // each policy action, in order
     bool source_quit = false;
+    // The first change to either QEMU -> the guest runs on the destination
+    // (includes the disk copy, which `duration` does not).
+    std::chrono::milliseconds total{0};
+    std::vector<StreamBytes> streams;  // bytes per stream (migrate_report.hpp)
+    MigrateTimeline timeline;          // what the live view showed, over time
 };
 
 // Migrates the guest behind `src` into the QEMU behind `dst`. `cancel`
