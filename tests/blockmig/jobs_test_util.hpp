@@ -221,6 +221,14 @@ struct FakeGuest {
             std::make_unique<blockmig::qmp::testing::ScriptedTransport>(script), options);
         if (c) client = std::move(*c);
     }
+
+    // One disk, "disk0" on node disk0-fmt over disk0-proto, whose mirrors
+    // start and run (the guest most orchestration tests move).
+    void with_disk0() {
+        qemu->devices["disk0"] = "disk0-fmt";
+        qemu->nodes = {"disk0-fmt", "disk0-proto"};
+        qemu->respond_mirror = true;
+    }
 };
 
 inline fs::path temp_dir(const std::string& tag) {

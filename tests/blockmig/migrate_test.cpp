@@ -769,6 +769,14 @@ TEST(MigrateDecide, PostcopyIsNeverUndoneNorCutShort) {
 
 class MigrateRecover : public MigrateTest {
   protected:
+    // Both QEMUs say the migration completed; the guest waits on the destination.
+    void both_completed_destination_paused() {
+        src.side->migration = "completed";
+        src.side->run_state = "postmigrate";
+        dst.side->migration = "completed";
+        dst.side->run_state = "paused";
+    }
+
     jobs::Journal journal(const std::string& phase, bool switchover_sent) {
         jobs::Job job = migrate_job(switchover_sent);
         // Sockets nobody listens on: a QEMU asked again is proven gone.
@@ -844,10 +852,7 @@ TEST_F(MigrateRecover, ADestinationThatIsGoneTookItsExportsAlong) {
 }
 
 TEST_F(MigrateRecover, ForwardRemovesTheExportsBeforeTheDestinationRuns) {
-    src.side->migration = "completed";
-    src.side->run_state = "postmigrate";
-    dst.side->migration = "completed";
-    dst.side->run_state = "paused";
+    both_completed_destination_paused();
     auto j = copy_journal("switchover", true);
     auto r =
         migrate::recover_migration(j, src.client.get(), dst.client.get(), 500ms, options.jobs_dir);
@@ -862,10 +867,7 @@ TEST_F(MigrateRecover, ForwardRemovesTheExportsBeforeTheDestinationRuns) {
 }
 
 TEST_F(MigrateRecover, ADestinationThatKeepsItsExportIsNotResumed) {
-    src.side->migration = "completed";
-    src.side->run_state = "postmigrate";
-    dst.side->migration = "completed";
-    dst.side->run_state = "paused";
+    both_completed_destination_paused();
     dst.side->failing = "block-export-del";
     auto j = copy_journal("switchover", true);
     auto r =
@@ -920,10 +922,7 @@ TEST_F(MigrateRecover, PausedAtPreSwitchoverIsResumedOnTheSource) {
 }
 
 TEST_F(MigrateRecover, CompletedMigrationIsFinishedForward) {
-    src.side->migration = "completed";
-    src.side->run_state = "postmigrate";
-    dst.side->migration = "completed";
-    dst.side->run_state = "paused";
+    both_completed_destination_paused();
     auto j = journal("switchover", true);
     auto r =
         migrate::recover_migration(j, src.client.get(), dst.client.get(), 500ms, options.jobs_dir);

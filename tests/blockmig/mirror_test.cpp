@@ -25,10 +25,7 @@ class MirrorTest : public ::testing::Test {
   protected:
     void SetUp() override {
         ASSERT_TRUE(guest.client);
-        auto& q = *guest.qemu;
-        q.devices["disk0"] = "disk0-fmt";
-        q.nodes = {"disk0-fmt", "disk0-proto"};
-        q.respond_mirror = true;
+        guest.with_disk0();
         jobs::Job job;
         job.guest.qmp = "/run/vm1.qmp";
         auto j = jobs::Journal::create(dir, job);

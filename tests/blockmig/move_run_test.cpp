@@ -67,10 +67,7 @@ class MoveRunTest : public ::testing::Test {
   protected:
     void SetUp() override {
         ASSERT_TRUE(guest.client);
-        auto& q = *guest.qemu;
-        q.devices["disk0"] = "disk0-fmt";
-        q.nodes = {"disk0-fmt", "disk0-proto"};
-        q.respond_mirror = true;
+        guest.with_disk0();
         use_faults({});
         guest.script->set_responder([this](const json& m, auto& s) { respond(m, s); });
     }
