@@ -11,6 +11,9 @@
 //   `blockmig jobs` says needs-recovery, `blockmig recover` leaves the guest
 //   running on A with no block job or NBD node there and no export or NBD
 //   server on B;
+// - blockmig SIGKILLed the moment the source announces pre-switchover, and
+//   completed: `recover` leaves the guest running on exactly one side (after
+//   completed: the destination), every block verifying there;
 // - B's NBD port 10809 taken by another program: the next port is used
 //   (an explicit --dst-port that is taken fails cleanly);
 // - --dst-pool + --dst-launch with `ip netns exec B ...`: blockmig makes B's
@@ -196,6 +199,66 @@ TEST_F(MigrateAll, KilledWhileTheRamMovesIsRecoveredOntoTheSource) {
     // its exports and NBD server with it.
     EXPECT_TRUE(dst->wait_exit(30s)) << dst->console();
     expect_guest_on_source();
+}
+
+// blockmig SIGKILLed the moment the source's QEMU announces `status` (seen
+// on a second monitor): the switchover is under way, so what `recover` does
+// depends on how far blockmig got, and QEMU decides: the guest must run on
+// exactly one side afterwards, every block the source acknowledged there.
+class MigrateAllKilledAtSwitchover : public MigrateAll {
+  protected:
+    // The direction `recover` took ("undo" or "forward").
+    std::string kill_at_and_recover(const std::string& status) {
+        QmpEvents events(watch);
+        const auto started = Clock::now();
+        pid_t pid = spawn_blockmig(migrate_args({"--bandwidth", "8"}), true);
+        auto at = events.wait_until(
+            [&](const json& e) {
+                return e.value("event", "") == "MIGRATION" &&
+                       e["data"].value("status", "") == status;
+            },
+            started, 180s);
+        kill(pid, SIGKILL);
+        int exit_status = 0;
+        waitpid(pid, &exit_status, 0);
+        EXPECT_TRUE(at) << "no MIGRATION " << status << "; events: " << events.names();
+        if (!WIFSIGNALED(exit_status)) return "finished before it was killed";
+        auto r =
+            blockmig_cli({"--output", "json", "recover", "--state-dir", state.string(), "--all"});
+        EXPECT_EQ(r.status, 0) << r.out;
+        std::cerr << r.out;
+        json report = json::parse(lines_of(r.out).front(), nullptr, false);
+        EXPECT_TRUE(report.value("journal_removed", false)) << r.out;
+        EXPECT_EQ(jobs_listing()["jobs"].size(), 0u);
+        return report.is_discarded() ? "?" : report["disks"][0].value("direction", "?");
+    }
+
+    // The guest runs on the destination alone: the source quit, no export left.
+    void expect_finished_on_the_destination() {
+        EXPECT_TRUE(src->wait_exit(30s)) << "the source QEMU quits";
+        const auto ack = src->last_ack("vda");
+        EXPECT_TRUE(qmp_return(*dst, R"({"execute":"query-block-exports"})").empty());
+        expect_guest_on_destination();
+        ASSERT_TRUE(ack);
+        std::cerr << "last block the source acknowledged: " << ack_text(ack) << "\n";
+    }
+};
+
+TEST_F(MigrateAllKilledAtSwitchover, AtPreSwitchoverTheGuestRunsOnExactlyOneSide) {
+    const std::string direction = kill_at_and_recover("pre-switchover");
+    if (direction == "undo") {
+        expect_source_clean();
+        expect_guest_on_source();
+        EXPECT_TRUE(dst->wait_exit(30s)) << "the destination's incoming migration failed";
+    } else {
+        ASSERT_EQ(direction, "forward");
+        expect_finished_on_the_destination();
+    }
+}
+
+TEST_F(MigrateAllKilledAtSwitchover, AfterTheSwitchoverRecoverFinishesOnTheDestination) {
+    ASSERT_EQ(kill_at_and_recover("completed"), "forward");
+    expect_finished_on_the_destination();
 }
 
 // A listening socket on ADDR:PORT inside network namespace `ns`: another

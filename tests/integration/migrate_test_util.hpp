@@ -7,6 +7,7 @@
 #pragma once
 
 #include "move_test_util.hpp"
+#include "qmp_events.hpp"
 
 namespace migrate_test {
 
@@ -27,13 +28,16 @@ class Rig : public ::testing::Test {
         hosts = std::make_unique<HostPair>("200mbit");
         blockmig::lab::run_ok({"truncate", "-s", "64M", disk.string()});
         if (!m_shared) blockmig::lab::run_ok({"truncate", "-s", "64M", dst_disk.string()});
-        config = GuestConfig{
-            .disks = {{"disk0", disk, "raw"}}, .stamp_blocks = k_blocks, .netns = hosts->ns_a()};
+        config = GuestConfig{.disks = {{"disk0", disk, "raw"}},
+                             .extra_args = QmpEvents::monitor_args(watch),
+                             .stamp_blocks = k_blocks,
+                             .netns = hosts->ns_a()};
         src = std::make_unique<Guest>(config);
         ASSERT_TRUE(src->wait_for_line("GUEST-UP", 120s)) << src->console();
         ASSERT_TRUE(src->wait_for_ack("vda", 1, 120s)) << src->console();
         GuestConfig other = config;
         other.disks[0].path = dst_disk;
+        other.extra_args.clear();  // the watch monitor is the source's
         dst = std::make_unique<Guest>(blockmig::lab::incoming_config(other, hosts->ns_b()));
     }
 
@@ -127,6 +131,7 @@ class Rig : public ::testing::Test {
     fs::path disk = dir / "src.raw";  // the source's disk (both sides' when shared)
     fs::path dst_disk;                // the destination's disk
     fs::path state = dir / "jobs";
+    fs::path watch = dir / "watch.qmp";  // a second monitor on the source, for QmpEvents
     GuestConfig config;
     std::unique_ptr<Guest> src, dst;
 };
