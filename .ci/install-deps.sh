@@ -21,6 +21,8 @@ packages=(
   openssh-client openssh-server
   # libvirt backend (daemon for later issues; no recommends keeps it small)
   libvirt-daemon-system libvirt-clients libvirt-daemon-driver-qemu
+  # bench/ (run by hand, not by CI): JSON and arithmetic in the bench scripts
+  jq bc
   # guest kernel is fetched with apt-get download; dpkg -x needs these
   apt-utils ca-certificates
 )
