@@ -73,7 +73,7 @@ to_bytes() {
 # "EPOCH-SECONDS LINE" in OUT, timestamped when it arrives.
 watch_console() {
   local file=$1 out=$2
-  ( tail -n +1 -F "$file" 2>/dev/null | while IFS= read -r l; do printf '%s %s\n' "$EPOCHREALTIME" "$l"; done ) >"$out" &
+  ( tail -n +1 -F "$file" 2>/dev/null | while IFS= read -r l; do printf '%s %s\n' "$EPOCHREALTIME" "$l"; done ) >"$out" 2>/dev/null &
   # Rounds run in $(...) subshells: the PIDs go to a file the EXIT trap reads.
   echo $! >>"$work/watchers"
   disown $!
