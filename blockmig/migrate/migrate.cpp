@@ -468,6 +468,7 @@ class Run {
                     last_progress = m_o.clock->now();
                 }
                 report_progress();
+                note_destination_running();
                 continue;
             }
             const std::string status = ev->data.value("status", "");
@@ -480,9 +481,20 @@ class Run {
                     status);
                 if (auto r = phase("postcopy", "post-copy: the guest runs on the destination"); !r)
                     return fail(r.error());
+                note_destination_running();
             }
             if (status == "completed" || status == "failed" || status == "cancelled") return status;
         }
+    }
+
+    // Post-copy: the guest's pause ends when the destination runs it, long
+    // before the last page arrives. Asked until it says so (the report's mark).
+    void note_destination_running() {
+        if (m_destination_running) return;
+        auto status = qmp::query_status(*m_dst, m_o.qmp_timeout);
+        if (!status || !status->running) return;
+        m_destination_running = true;
+        guest_event("running", "post-copy");
     }
 
     void record_stats() {
@@ -525,7 +537,7 @@ class Run {
 
     // The end of the run as the report sees it: the guest runs on the destination.
     void close_report() {
-        guest_event("running", "destination");
+        if (!m_destination_running) guest_event("running", "destination");
         m_report.total = std::chrono::milliseconds(std::llround(m_recorder.elapsed() * 1000));
         m_report.timeline = m_recorder.timeline();
     }
@@ -598,6 +610,7 @@ class Run {
     std::optional<migrate::StorageCopy> m_storage;
     migrate::TuningPlan m_plan;
     bool m_postcopy_requested = false;
+    bool m_destination_running = false;  // the guest was seen running there (post-copy)
     Clock::time_point m_started{};
     MigrateReport m_report;
 };

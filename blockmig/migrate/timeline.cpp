@@ -64,7 +64,7 @@ void TimelineRecorder::event(const std::string& name, const nlohmann::json& fiel
         if (state == "paused" && m_timeline.paused_at < 0) {
             m_timeline.paused_at = elapsed();
             m_timeline.pause_reason = fields.value("reason", "");
-        } else if (state == "running" && m_timeline.paused_at >= 0) {
+        } else if (state == "running" && m_timeline.paused_at >= 0 && m_timeline.resumed_at < 0) {
             m_timeline.resumed_at = elapsed();
         }
     } else if (name == "policy" && fields.value("qemu_status", "") == "postcopy-active" &&

@@ -68,6 +68,13 @@ TEST_F(MigratePolicy, PostcopyRunsTheGuestOnTheDestinationWhileItsRamFollows) {
     const json& done = events.back();
     EXPECT_EQ(done["event"], "done") << r.out;
     EXPECT_TRUE(done.value("postcopy", false)) << r.out;
+    // The report: paused at pre-switchover, then post-copy, running on the
+    // destination from then on (not only once the last page arrived).
+    const json& tl = done["timeline"];
+    EXPECT_GE(tl.value("paused_at", -1.0), 0) << tl.dump();
+    EXPECT_GE(tl.value("postcopy_at", -1.0), tl.value("paused_at", -1.0)) << tl.dump();
+    EXPECT_GE(tl.value("resumed_at", -1.0), tl.value("postcopy_at", -1.0)) << tl.dump();
+    EXPECT_LT(tl.value("resumed_at", -1.0), done.value("total_seconds", 0.0)) << tl.dump();
     EXPECT_TRUE(done.value("source_quit", false));
     EXPECT_TRUE(src->wait_exit(15s)) << "the source QEMU quits once every page arrived";
     const json dst_migration = qmp_return(*dst, R"({"execute":"query-migrate"})");
@@ -102,6 +109,10 @@ TEST_F(MigratePolicy, SuspendPausesTheGuestForTheCopyAndResumesItOnTheDestinatio
                      .is_null())
         << r.out;
     EXPECT_TRUE(src->wait_exit(15s)) << "the source QEMU quits";
+    // The report marks the pause from the stop to the destination's start.
+    const json& tl = events.back()["timeline"];
+    EXPECT_EQ(tl.value("pause_reason", ""), "suspend") << tl.dump();
+    EXPECT_GT(tl.value("resumed_at", 0.0) - tl.value("paused_at", 0.0), 2) << tl.dump();
     // The guest's pause spans the copy: far longer than a live switchover.
     const auto deadline = Clock::now() + 30s;
     while (!dst->first_heartbeat() && Clock::now() < deadline) std::this_thread::sleep_for(50ms);
