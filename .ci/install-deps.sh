@@ -10,6 +10,7 @@ packages=(
   libvirt-dev nlohmann-json3-dev libfmt-dev libnfs-dev libiscsi-dev
   libgtest-dev libgmock-dev libcli11-dev libtomlplusplus-dev zlib1g-dev
   libdeflate-dev libzstd-dev   # image formats: parallel deflate (VMDK, qcow2), zstd (qcow2)
+  libssl-dev   # SHA-256 (OpenSSL libcrypto): migrate --offline compares digests of source and copy
   clang-16 libclang-rt-16-dev   # fuzz + sanitizer build (clang 14/15 cannot compile std::expected)
   # QEMU and image tools
   qemu-system-x86 qemu-utils qemu-block-extra

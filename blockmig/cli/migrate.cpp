@@ -9,6 +9,7 @@
 #include <filesystem>
 
 #include "commands.hpp"
+#include "migrate_offline.hpp"
 #include "pool_shared.hpp"
 #include "qmp/client.hpp"
 
@@ -38,7 +39,10 @@ struct MigrateArgs {
     bool keep_source = false;
     bool unsafe = false;
     std::string state_dir;
-    std::string report;  // --report FILE.svg
+    std::string report;    // --report FILE.svg
+    bool offline = false;  // --offline (cli/migrate_offline.cpp)
+    std::vector<std::string> disks;
+    int shutdown_timeout_s = 60;
 };
 
 Result<std::unique_ptr<qmp::Client>> connect(const std::string& address, const char* side,
@@ -169,8 +173,8 @@ void add_migrate_command(CLI::App& app, Dispatch& dispatch) {
         ->default_str("127.0.0.1");
     cmd->add_option("--copy-storage", args->copy_storage,
                     "none: both QEMUs open the same volumes (shared storage); all: copy every "
-                    "disk into the destination QEMU's own volumes over NBD")
-        ->required()
+                    "disk into the destination QEMU's own volumes over NBD (required unless "
+                    "--offline)")
         ->check(CLI::IsMember({"none", "all"}));
     cmd->add_option("--dst-port", args->dst_port,
                     "with --copy-storage all: the port of the destination's NBD server (default: "
@@ -213,7 +217,27 @@ void add_migrate_command(CLI::App& app, Dispatch& dispatch) {
                     "after a successful migration, write FILE.svg: remaining bytes, dirty rate, "
                     "throughput and the downtime limit over time, the guest's pause marked")
         ->type_name("FILE");
+    cmd->add_flag("--offline", args->offline,
+                  "cold migration: power the guest down, copy its disks into --dst-pool (each "
+                  "in its format, in parallel, sparse), compare SHA-256 of source and copy");
+    cmd->add_option("--disk", args->disks, "with --offline: only this disk (repeatable)");
+    cmd->add_option("--shutdown-timeout", args->shutdown_timeout_s,
+                    "with --offline: seconds the guest has to power down before quit (60)")
+        ->check(CLI::PositiveNumber);
     cmd->callback([args, &dispatch] {
+        check_offline_usage(args->offline, args->dst_qmp, args->dst_launch, args->dst_pool,
+                            args->copy_storage, args->disks);
+        if (args->offline) {
+            dispatch.action = [args, &dispatch] {
+                return run_offline_command(
+                    {args->src_qmp, args->dst_pool, args->disks, args->shutdown_timeout_s,
+                     args->pools_file, args->state_dir},
+                    dispatch.globals);
+            };
+            return;
+        }
+        if (args->copy_storage.empty())
+            throw CLI::ValidationError("--copy-storage", "is required (none or all), or --offline");
         if (args->dst_addr.empty()) args->dst_addr = "127.0.0.1";
         if (!args->report.empty()) {
             const auto dir = std::filesystem::path(args->report).parent_path();

@@ -7,6 +7,7 @@
 
 #include "commands.hpp"
 #include "jobs/journal.hpp"
+#include "migrate/offline_recover.hpp"
 #include "migrate/recover.hpp"
 #include "qmp/client.hpp"
 
@@ -65,7 +66,8 @@ Result<void> recover_one(const std::filesystem::path& dir, const std::string& id
     decltype(client) dst_client = fail(ErrorCode::not_found, "no destination");
     if (journal->job().migration)
         dst_client = connect_qmp(journal->job().migration->destination.qmp, connect);
-    auto report = journal->job().migration
+    auto report = journal->job().kind == "offline" ? migrate::recover_offline(*journal, env, dir)
+                  : journal->job().migration
                       ? migrate::recover_migration(*journal, env.client,
                                                    dst_client ? dst_client->get() : nullptr,
                                                    env.step_timeout, dir)

@@ -113,6 +113,7 @@ Result<SideFacts> gather(qmp::Client& client, std::string_view address, std::str
                            identity_of(b.inserted->file, client.peer_pid()),
                            storage_cache_mode(*b.inserted, *nodes)});
         f.disks.back().node = b.inserted->node_name;
+        f.disks.back().format = b.inserted->driver;
         if (!b.inserted->chain.empty())
             f.disks.back().size = b.inserted->chain.front().virtual_size;
         for (const auto& name : {b.device, b.qdev.value_or("")})

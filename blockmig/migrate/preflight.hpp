@@ -36,6 +36,7 @@ struct DiskFacts {
     std::string cache_mode;
     std::string node;        // the device's top node (what a mirror reads / an export serves)
     std::uint64_t size = 0;  // the top node's virtual size in bytes (the guest's disk size)
+    std::string format;      // the top node's driver ("raw", "qcow2", ...)
     std::vector<std::string> names;  // every name of the device in query-blockstats
 };
 
