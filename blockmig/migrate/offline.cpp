@@ -99,6 +99,15 @@ Result<void> OfflineRun::prepare() {
     m_facts = std::move(*facts);
     const auto pid = m_src.peer_pid();
     auto plan = plan_offline(m_facts, m_o.disks, [pid](const std::string& filename) {
+        // Without QEMU's pid (tcp:, ssh://) a local name may be another
+        // host's file, or another file of the same name here: never copy it.
+        if (!pid)
+            return Result<std::string>(fail(
+                ErrorCode::unsupported,
+                fmt::format("{}: the guest's QMP is not a local Unix socket, so blockmig cannot "
+                            "prove it reads QEMU's file (run it on the guest's host with the "
+                            "socket path)",
+                            filename)));
         return resolve_source_path(filename, pid);
     });
     if (!plan) return fail(plan.error());

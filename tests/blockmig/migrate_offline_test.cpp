@@ -190,7 +190,7 @@ class MigrateOfflineTest : public ::testing::Test {
         for (std::size_t i = 0; i < data.size(); ++i)
             data[i] = static_cast<std::byte>((i * 7 + id.size() + at.size()) & 0xff);
         for (auto o : at) ASSERT_TRUE((*v)->pwrite(data, o));
-        qemu.disks.push_back({id, "/vms/" + name, "raw", size});
+        qemu.disks.push_back({id, "nfs://nas/vms/" + name, "raw", size});
     }
 
     void use_faults(pools::FaultPlan plan) {
@@ -205,9 +205,9 @@ class MigrateOfflineTest : public ::testing::Test {
                     return p;
                 },
                 .resolve_volume = [this](std::string_view spec) -> Result<pools::VolumeRef> {
-                    if (spec.starts_with("/vms/"))
+                    if (spec.starts_with("nfs://nas/vms/"))
                         return pools::VolumeRef{std::make_unique<jobs_test::BorrowedPool>(*src),
-                                                std::string(spec.substr(5))};
+                                                std::string(spec.substr(14))};
                     if (spec.starts_with("mem:"))
                         return pools::VolumeRef{std::make_unique<jobs_test::BorrowedPool>(*faults),
                                                 std::string(spec.substr(4))};
@@ -273,7 +273,7 @@ TEST_F(MigrateOfflineTest, EveryDiskIsCopiedAfterThePowerdownAndProvenEqual) {
         EXPECT_EQ(contents(*dst, name), contents(*src, name)) << d.device;
         // The digest is the SHA-256 of the disk's contents (sha256sum of a raw image).
         EXPECT_EQ(d.digest, sha256(contents(*src, name))) << d.device;
-        EXPECT_EQ(d.source, "/vms/" + name);
+        EXPECT_EQ(d.source, "nfs://nas/vms/" + name);
     }
     // Sparse: only the patterns were copied (64 KiB each), not the 6 MiB.
     EXPECT_EQ(r->disks[0].data_bytes + r->disks[1].data_bytes, 3u * (64 << 10));
@@ -387,9 +387,12 @@ TEST_F(MigrateOfflineTest, RefusalsTouchNothing) {
     qemu.disks[1].format = "raw";
     qemu.disks[1].file = "json:{\"driver\":\"nbd\"}";
     refused(options(), "not a file or a pool volume");
-    qemu.disks[1].file = "/other/disk0.raw";
+    qemu.disks[1].file = "nfs://nas/other/disk0.raw";
     refused(options(), "both have a file named disk0.raw");
     qemu.disks[1].file = "/vms/disk1.raw";
+    // A local name, and no QEMU pid behind the QMP (tcp:, ssh://): it may be another file.
+    refused(options(), "cannot prove it reads QEMU's file");
+    qemu.disks[1].file = "nfs://nas/vms/disk1.raw";
     ASSERT_TRUE(dst->create("disk1.raw", 4096, pools::ImageFormat::raw));
     auto r = migrate();
     ASSERT_FALSE(r);
