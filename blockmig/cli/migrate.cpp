@@ -86,7 +86,9 @@ Result<void> run_migrate_command(const MigrateArgs& args, const GlobalOptions& g
     o.src_qmp = args.src_qmp;
     o.dst_qmp = args.dst_qmp;
     o.dst_addr = args.dst_addr;
-    o.copy_storage = args.copy_storage == "all" ? CopyStorage::all : CopyStorage::none;
+    o.copy_storage = args.copy_storage == "all"   ? CopyStorage::all
+                     : args.copy_storage == "inc" ? CopyStorage::inc
+                                                  : CopyStorage::none;
     o.nbd_port = static_cast<std::uint16_t>(args.dst_port);
     if (args.dst_launch) {
         auto config = pools::load_pools_config(args.pools_file);
@@ -173,12 +175,13 @@ void add_migrate_command(CLI::App& app, Dispatch& dispatch) {
         ->default_str("127.0.0.1");
     cmd->add_option("--copy-storage", args->copy_storage,
                     "none: both QEMUs open the same volumes (shared storage); all: copy every "
-                    "disk into the destination QEMU's own volumes over NBD (required unless "
-                    "--offline)")
-        ->check(CLI::IsMember({"none", "all"}));
+                    "disk into the destination QEMU's own volumes over NBD; inc: copy only each "
+                    "disk's qcow2 overlay into the destination's overlay over the same base "
+                    "(required unless --offline)")
+        ->check(CLI::IsMember({"none", "all", "inc"}));
     cmd->add_option("--dst-port", args->dst_port,
-                    "with --copy-storage all: the port of the destination's NBD server (default: "
-                    "the first free one of 10809-10824)")
+                    "with --copy-storage all/inc: the port of the destination's NBD server "
+                    "(default: the first free one of 10809-10824)")
         ->check(CLI::Range(1, 65535));
     cmd->add_option("--bandwidth", args->bandwidth_mib,
                     "MiB/s for the migration stream (default: unlimited, set explicitly)")
@@ -237,15 +240,18 @@ void add_migrate_command(CLI::App& app, Dispatch& dispatch) {
             return;
         }
         if (args->copy_storage.empty())
-            throw CLI::ValidationError("--copy-storage", "is required (none or all), or --offline");
+            throw CLI::ValidationError("--copy-storage",
+                                       "is required (none, all or inc), or --offline");
         if (args->dst_addr.empty()) args->dst_addr = "127.0.0.1";
         if (!args->report.empty()) {
             const auto dir = std::filesystem::path(args->report).parent_path();
             if (!dir.empty() && !std::filesystem::is_directory(dir))
                 throw CLI::ValidationError("--report", "no directory " + dir.string());
         }
-        if (args->dst_port != 0 && args->copy_storage != "all")
-            throw CLI::ValidationError("--dst-port", "only with --copy-storage all");
+        if (args->dst_port != 0 && args->copy_storage == "none")
+            throw CLI::ValidationError("--dst-port", "only with --copy-storage all or inc");
+        if (args->dst_launch && args->copy_storage == "inc")
+            throw CLI::ValidationError(launch_refusal(CopyStorage::inc).message);
         if (args->compress == "xbzrle" && args->parallel > 0)
             throw CLI::ValidationError("--compress xbzrle",
                                        "does not combine with --parallel: multifd channels send "

@@ -99,7 +99,7 @@ struct Job;
 struct MigrationFacts {
     GuestIdentity destination;
     std::string dst_addr;               // host the destination listens on
-    std::string copy_storage = "none";  // "none" / "all"
+    std::string copy_storage = "none";  // "none" / "all" / "inc"
     bool keep_source = false;
     std::string policy = "minimal-downtime";  // --policy
     // planned, configured, ram, switchover, completed, done, rolled_back

@@ -158,8 +158,11 @@ class Run {
         if (!plan) return fail(plan.error());
         m_plan = std::move(*plan);
         std::uint64_t bytes = src.memory;
-        if (m_o.copy_storage == CopyStorage::all)
-            for (const auto& d : src.disks) bytes += d.size;
+        // inc copies the overlays: their host bytes, else (all) whole disks.
+        if (m_o.copy_storage != CopyStorage::none)
+            for (const auto& d : src.disks)
+                bytes +=
+                    m_o.copy_storage == CopyStorage::inc ? d.allocated.value_or(d.size) : d.size;
         m_report.timeout = migrate::migration_timeout(m_o.timeout, m_o.timeout_per_gib, bytes);
         (void)dst;
         return {};
@@ -172,7 +175,9 @@ class Run {
         jobs::MigrationFacts facts;
         facts.destination = dst.identity;
         facts.dst_addr = m_o.dst_addr;
-        facts.copy_storage = m_o.copy_storage == CopyStorage::all ? "all" : "none";
+        facts.copy_storage = m_o.copy_storage == CopyStorage::all   ? "all"
+                             : m_o.copy_storage == CopyStorage::inc ? "inc"
+                                                                    : "none";
         facts.keep_source = m_o.keep_source;
         facts.policy = migrate::to_string(m_o.policy);
         job.migration = std::move(facts);
@@ -205,8 +210,11 @@ class Run {
     // The whole run up to a completed migration; a Failure says where it stopped.
     std::optional<Failure> drive() {
         if (auto r = configure(); !r) return Failure{"configure", r.error().message};
-        if (m_o.copy_storage == CopyStorage::all) {
-            if (auto r = phase("mirror", "copying every disk to the destination"); !r)
+        if (m_o.copy_storage != CopyStorage::none) {
+            if (auto r = phase("mirror", m_o.copy_storage == CopyStorage::inc
+                                             ? "copying every disk's overlay to the destination"
+                                             : "copying every disk to the destination");
+                !r)
                 return Failure{"mirror", r.error().message};
             m_storage.emplace(m_src, *m_dst, *m_journal, m_o, m_progress);
             if (auto r = m_storage->copy(m_facts.first, m_facts.second, m_cancel); !r)
@@ -622,11 +630,23 @@ Result<MigrateReport> run_migrate(qmp::Client& src, qmp::Client& dst, const Migr
     return Run(src, &dst, options, progress, cancel).run();
 }
 
+// The pools make raw volumes only: an inc destination needs qcow2 overlays
+// over the shared base, which the user creates (docs/state-machines.md).
+Error launch_refusal(CopyStorage copy_storage) {
+    return Error{ErrorCode::invalid_argument,
+                 copy_storage == CopyStorage::inc
+                     ? "migrate --dst-launch: with --copy-storage inc create the destination's "
+                       "qcow2 overlays over the shared base yourself (qemu-img create -f qcow2 "
+                       "-b BASE -F FMT) and start its QEMU, then give --dst-qmp"
+                     : "migrate --dst-launch: needs --copy-storage all"};
+}
+
 Result<MigrateReport> run_migrate_launching(qmp::Client& src, const MigrateOptions& options,
                                             ProgressSink& progress,
                                             const std::atomic<bool>& cancel) {
     if (!options.launch)
         return fail(ErrorCode::invalid_argument, "migrate: no destination to launch");
+    if (options.copy_storage != CopyStorage::all) return fail(launch_refusal(options.copy_storage));
     return Run(src, nullptr, options, progress, cancel).run();
 }
 

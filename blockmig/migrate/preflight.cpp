@@ -16,18 +16,6 @@ namespace {
 
 namespace fs = std::filesystem;
 
-// The file `filename` names for process `pid`: through its root (another
-// mount namespace) and, for a relative name, its working directory.
-std::optional<FileIdentity> identity_of(std::string_view filename, std::optional<int> pid) {
-    if (!pid || filename.empty() || is_network_filename(filename)) return std::nullopt;
-    const fs::path proc = fs::path("/proc") / std::to_string(*pid);
-    fs::path path = filename.front() == '/' ? proc / "root" / fs::path(filename).relative_path()
-                                            : proc / "cwd" / fs::path(filename);
-    struct stat st {};
-    if (::stat(path.c_str(), &st) != 0) return std::nullopt;
-    return FileIdentity{st.st_dev, st.st_ino};
-}
-
 std::string device_id(const qmp::BlockInfo& b) {
     if (b.qdev) {
         // "/machine/peripheral/disk0/virtio-backend" -> "disk0"; a plain id stays.
@@ -77,6 +65,26 @@ std::string storage_cache_mode(const qmp::BlockNodeInfo& top,
 
 }  // namespace
 
+// Through the process's root (another mount namespace) and, for a relative
+// name, its working directory.
+std::optional<FileIdentity> identity_of(std::string_view filename, std::optional<int> pid) {
+    if (!pid || filename.empty() || is_network_filename(filename)) return std::nullopt;
+    const fs::path proc = fs::path("/proc") / std::to_string(*pid);
+    fs::path path = filename.front() == '/' ? proc / "root" / fs::path(filename).relative_path()
+                                            : proc / "cwd" / fs::path(filename);
+    struct stat st {};
+    if (::stat(path.c_str(), &st) != 0) return std::nullopt;
+    return FileIdentity{st.st_dev, st.st_ino};
+}
+
+Sameness same_volume(std::string_view a, const std::optional<FileIdentity>& a_identity,
+                     std::string_view b, const std::optional<FileIdentity>& b_identity) {
+    if (is_network_filename(a) || is_network_filename(b))
+        return a == b ? Sameness::same : Sameness::different;
+    if (!a_identity || !b_identity) return Sameness::unprovable;
+    return *a_identity == *b_identity ? Sameness::same : Sameness::different;
+}
+
 bool is_network_filename(std::string_view filename) {
     return filename.find("://") != std::string_view::npos || filename.starts_with("json:") ||
            filename.starts_with("nbd:");
@@ -113,9 +121,19 @@ Result<SideFacts> gather(qmp::Client& client, std::string_view address, std::str
                            identity_of(b.inserted->file, client.peer_pid()),
                            storage_cache_mode(*b.inserted, *nodes)});
         f.disks.back().node = b.inserted->node_name;
-        f.disks.back().format = b.inserted->driver;
-        if (!b.inserted->chain.empty())
-            f.disks.back().size = b.inserted->chain.front().virtual_size;
+        auto& disk = f.disks.back();
+        disk.format = b.inserted->driver;
+        if (!b.inserted->chain.empty()) {
+            disk.size = b.inserted->chain.front().virtual_size;
+            disk.allocated = b.inserted->chain.front().actual_size;
+            disk.cluster_size = b.inserted->chain.front().cluster_size;
+        }
+        // The backing image QEMU opened (its resolved filename, not the
+        // possibly relative name in the overlay's header).
+        if (b.inserted->chain.size() > 1) {
+            disk.backing = b.inserted->chain[1].filename;
+            disk.backing_identity = identity_of(disk.backing, client.peer_pid());
+        }
         for (const auto& name : {b.device, b.qdev.value_or("")})
             if (!name.empty()) f.disks.back().names.push_back(name);
     }
@@ -160,25 +178,23 @@ std::string size_text(std::uint64_t bytes) {
 
 // Both sides open the same volume: same network URL, or the same file.
 Result<void> check_same_volume(const DiskFacts& s, const DiskFacts& d) {
-    if (is_network_filename(s.filename) || is_network_filename(d.filename)) {
-        if (s.filename == d.filename) return {};
+    const auto same = same_volume(s.filename, s.identity, d.filename, d.identity);
+    if (same == Sameness::same) return {};
+    if (is_network_filename(s.filename) || is_network_filename(d.filename))
         return refuse(
             fmt::format("disk {}: the source opens {} but the destination opens {}; with "
                         "--copy-storage none both must open the same volume",
                         s.device, s.filename, d.filename));
-    }
-    if (!s.identity || !d.identity)
+    if (same == Sameness::unprovable)
         return refuse(fmt::format(
             "disk {}: cannot prove both QEMUs open the same file ({} / {}): a local file is "
             "compared by identity, which needs both QMP sockets local (Unix sockets) and the "
             "files visible from here; use a network volume URL, or --copy-storage all",
             s.device, s.filename, d.filename));
-    if (*s.identity != *d.identity)
-        return refuse(
-            fmt::format("disk {}: the source's {} and the destination's {} are different "
-                        "files; with --copy-storage none both must open the same volume",
-                        s.device, s.filename, d.filename));
-    return {};
+    return refuse(
+        fmt::format("disk {}: the source's {} and the destination's {} are different "
+                    "files; with --copy-storage none both must open the same volume",
+                    s.device, s.filename, d.filename));
 }
 
 Result<void> check_disks(const SideFacts& src, const SideFacts& dst, CopyStorage copy_storage,
@@ -214,8 +230,11 @@ Result<void> check_disks(const SideFacts& src, const SideFacts& dst, CopyStorage
             // the guest a disk of another size (and QEMU's mirror refuses it).
             return refuse(fmt::format(
                 "disk {}: the destination's volume {} is {} but the source's {} is {}; "
-                "--copy-storage all needs a destination volume of exactly the source's size",
-                s.device, it->filename, size_text(it->size), s.filename, size_text(s.size)));
+                "--copy-storage {} needs a destination volume of exactly the source's size",
+                s.device, it->filename, size_text(it->size), s.filename, size_text(s.size),
+                copy_storage == CopyStorage::inc ? "inc" : "all"));
+        } else if (copy_storage == CopyStorage::inc) {
+            if (auto r = check_overlay(s, *it); !r) return r;
         }
     }
     if (dst.disks.size() != src.disks.size())

@@ -38,6 +38,13 @@ struct DiskFacts {
     std::uint64_t size = 0;  // the top node's virtual size in bytes (the guest's disk size)
     std::string format;      // the top node's driver ("raw", "qcow2", ...)
     std::vector<std::string> names;  // every name of the device in query-blockstats
+    // --copy-storage inc (migrate/overlay.cpp): the host bytes the top
+    // image occupies (QEMU's actual-size), and its backing image as QEMU
+    // opened it ("" none) with that file's identity.
+    std::optional<std::uint64_t> allocated;
+    std::optional<std::uint64_t> cluster_size;  // qcow2's
+    std::string backing;
+    std::optional<FileIdentity> backing_identity;
 };
 
 struct SideFacts {
@@ -61,6 +68,25 @@ Result<SideFacts> gather(qmp::Client& client, std::string_view address, std::str
 // Whether a local filename names a URL-like (network) volume rather than a
 // path on the QEMU host ("nfs://", "iscsi://", "json:{...}", "nbd:...").
 bool is_network_filename(std::string_view filename);
+
+// The file `filename` names for process `pid` (through /proc/PID/root and
+// its cwd); nullopt for a network filename or one not visible from here.
+std::optional<FileIdentity> identity_of(std::string_view filename, std::optional<int> pid);
+
+// Whether two QEMUs' filenames name the same volume: the same network URL,
+// or the same local file (identity); unprovable when a local file's
+// identity is unknown on either side.
+enum class Sameness { same, different, unprovable };
+Sameness same_volume(std::string_view a, const std::optional<FileIdentity>& a_identity,
+                     std::string_view b, const std::optional<FileIdentity>& b_identity);
+
+// --copy-storage inc, per disk (pure): the source's disk has a backing
+// image; the destination's is a qcow2 overlay over the same image (same
+// network URL or same file) holding no more than a fresh overlay's metadata.
+Result<void> check_overlay(const DiskFacts& src, const DiskFacts& dst);
+// The most host bytes an empty qcow2 overlay of `size` with `cluster`-byte
+// clusters occupies (its L1 table, header and refcount clusters, slack).
+std::uint64_t fresh_overlay_bound(std::uint64_t size, std::uint64_t cluster);
 
 // Pure: the first reason the migration may not start, as one line
 // (invalid_state / invalid_argument), or success.

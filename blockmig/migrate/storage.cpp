@@ -159,6 +159,10 @@ Result<void> StorageCopy::start_mirrors(const SideFacts& src) {
                                 .source_node = s.node,
                                 .device_names = s.names,
                                 .names = jobs::names_for(m_journal.job().id, s.device)};
+        // inc: only what the overlay holds; QEMU neither zeroes the target
+        // (that is sync=full's) nor copies what reads through to the base,
+        // which the destination's export serves from the same base.
+        if (m_o.copy_storage == CopyStorage::inc) spec.sync = qmp::MirrorSync::top;
         auto m = std::make_unique<mirror::Mirror>(m_src, m_src_effects, spec, *m_o.clock);
         const std::string export_name = spec.names.export_name;
         m_mirrors.push_back(std::move(m));

@@ -1,5 +1,8 @@
-// `migrate --copy-storage all`: every disk copied into the destination
-// QEMU's own (empty, same-size) volumes before the RAM moves.
+// `migrate --copy-storage all|inc`: every disk copied into the destination
+// QEMU's own (same-size) volumes before the RAM moves; with inc only the
+// data of each disk's overlay (sync=top) into the destination's own overlay
+// over the same base (its export serves the overlay's format node, backing
+// attached, so what the mirror skips reads through to the base).
 //
 // Destination: `nbd-server-start` on --dst-addr only, one writable
 // `block-export-add` per disk (per-job names, jobs/names.hpp). Source: an

@@ -48,6 +48,10 @@ struct FakeSide {
     json params{{"max-bandwidth", 134217728}, {"downtime-limit", 300}};
     std::vector<std::string> commands;
     std::uint64_t disk_size = 4096;  // every disk's virtual size
+    // A disk listed here is a qcow2 overlay over this backing file
+    // (--copy-storage inc), occupying `allocated` host bytes.
+    std::map<std::string, std::string> backings;
+    std::uint64_t allocated = 200704;  // what qemu-img's fresh 1 GiB overlay occupies
     // What --copy-storage all leaves in a QEMU: mirror jobs and NBD client
     // nodes on the source, exports and the NBD server on the destination.
     std::set<std::string> block_jobs, nodes, exports;
@@ -115,7 +119,18 @@ struct FakeSide {
         if (cmd == "query-memory-size-summary") return reply({{"base-memory", memory}});
         if (cmd == "query-block") {
             json out = json::array();
-            for (auto& [id, file] : disks)
+            for (auto& [id, file] : disks) {
+                const bool overlay = backings.contains(id);
+                json image{{"filename", file},
+                           {"format", overlay ? "qcow2" : "raw"},
+                           {"virtual-size", disk_size}};
+                if (overlay) {
+                    image["actual-size"] = allocated;
+                    image["cluster-size"] = 65536;
+                    image["backing-filename"] = backings[id];
+                    image["backing-image"] = {
+                        {"filename", backings[id]}, {"format", "raw"}, {"virtual-size", disk_size}};
+                }
                 out.push_back(
                     {{"device", ""},
                      {"qdev", "/machine/peripheral/" + id + "/virtio-backend"},
@@ -123,14 +138,14 @@ struct FakeSide {
                      {"removable", false},
                      {"inserted",
                       {{"node-name", id + "-fmt"},
-                       {"drv", "raw"},
+                       {"drv", overlay ? "qcow2" : "raw"},
                        {"ro", false},
                        {"encrypted", false},
                        {"file", file},
                        {"cache", {{"writeback", true}, {"direct", true}, {"no-flush", false}}},
-                       {"backing_file_depth", 0},
-                       {"image",
-                        {{"filename", file}, {"format", "raw"}, {"virtual-size", disk_size}}}}}});
+                       {"backing_file_depth", overlay ? 1 : 0},
+                       {"image", image}}}});
+            }
             return reply(out);
         }
         if (cmd == "query-block-jobs") {
@@ -518,6 +533,57 @@ TEST_F(MigrateTest, CopyStorageAllOntoTheSameFileIsRefusedUntouched) {
     auto r = migrate();
     ASSERT_FALSE(r);
     EXPECT_NE(r.error().message.find("onto itself"), std::string::npos) << r.error().message;
+    for (auto* side : {src.side.get(), dst.side.get()})
+        for (const auto& c : side->commands)
+            EXPECT_TRUE(c.starts_with("query") || c.starts_with("qom")) << c;
+    EXPECT_EQ(journals(), 0u);
+}
+
+TEST_F(MigrateTest, CopyStorageIncReadsBothChainsAndRefusesAnotherBaseUntouched) {
+    // Each side's disk is its own qcow2 overlay; the bases differ.
+    options.copy_storage = CopyStorage::inc;
+    const fs::path src_ovl = dir / "src.qcow2", dst_ovl = dir / "dst.qcow2";
+    const fs::path base = dir / "base.raw", other = dir / "other.raw";
+    for (const auto& f : {src_ovl, dst_ovl, base, other}) std::ofstream(f) << "x";
+    src.side->disks["disk0"] = src_ovl.string();
+    dst.side->disks["disk0"] = dst_ovl.string();
+    src.side->backings["disk0"] = base.string();
+    dst.side->backings["disk0"] = other.string();
+    auto r = migrate();
+    ASSERT_FALSE(r);
+    EXPECT_EQ(r.error().message,
+              fmt::format("migrate pre-flight: disk disk0: the source's overlay is over {} but "
+                          "the destination's over {}, a different image; --copy-storage inc "
+                          "needs both over the same base",
+                          base.string(), other.string()));
+    for (auto* side : {src.side.get(), dst.side.get()})
+        for (const auto& c : side->commands)
+            EXPECT_TRUE(c.starts_with("query") || c.starts_with("qom")) << c;
+    EXPECT_EQ(journals(), 0u);
+
+    // The same base file, reached by another name (a hard link): accepted
+    // by identity, and the migration goes on past the pre-flight.
+    const fs::path link = dir / "base-link.raw";
+    fs::create_hard_link(base, link);
+    dst.side->backings["disk0"] = link.string();
+    r = migrate();
+    ASSERT_FALSE(r);  // the fake has no query-qmp-schema: the mirror phase fails
+    EXPECT_EQ(r.error().message.find("pre-flight"), std::string::npos) << r.error().message;
+    EXPECT_TRUE(src.side->got("migrate-set-capabilities"));
+}
+
+TEST_F(MigrateTest, CopyStorageIncRefusesAReusedOverlayUntouched) {
+    options.copy_storage = CopyStorage::inc;
+    const fs::path src_ovl = dir / "src.qcow2", dst_ovl = dir / "dst.qcow2", base = dir / "b.raw";
+    for (const auto& f : {src_ovl, dst_ovl, base}) std::ofstream(f) << "x";
+    src.side->disks["disk0"] = src_ovl.string();
+    dst.side->disks["disk0"] = dst_ovl.string();
+    src.side->backings["disk0"] = dst.side->backings["disk0"] = base.string();
+    dst.side->allocated = 64 << 20;  // 64 MiB of data: not a fresh overlay
+    auto r = migrate();
+    ASSERT_FALSE(r);
+    EXPECT_NE(r.error().message.find("already holds data (65536 KiB allocated)"), std::string::npos)
+        << r.error().message;
     for (auto* side : {src.side.get(), dst.side.get()})
         for (const auto& c : side->commands)
             EXPECT_TRUE(c.starts_with("query") || c.starts_with("qom")) << c;

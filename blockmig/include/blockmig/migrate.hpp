@@ -39,7 +39,10 @@
 
 namespace blockmig {
 
-enum class CopyStorage { none, all };
+// inc: each disk is a qcow2 overlay over a base image both hosts open; only
+// the overlay's data is copied (mirror sync=top) into the destination's own
+// fresh overlay over the same base (migrate/overlay.cpp).
+enum class CopyStorage { none, all, inc };
 
 // How the RAM moves (migrate/tuning.hpp maps them to QEMU's settings):
 // minimal_downtime: pre-copy, QEMU's auto-converge throttles a guest that
@@ -67,7 +70,7 @@ struct MigrateOptions {
     std::string dst_qmp;
     std::string dst_addr;  // HOST[:PORT] the destination listens on; PORT 0/absent = QEMU picks
     CopyStorage copy_storage = CopyStorage::none;
-    // copy_storage all: the destination's NBD server port; 0 = the first
+    // copy_storage all/inc: the destination's NBD server port; 0 = the first
     // free one of 10809-10824 (the one used is journaled).
     std::uint16_t nbd_port = 0;
     // Set: blockmig makes the destination (dst_qmp is then its {qmp} socket).
@@ -117,8 +120,11 @@ Result<MigrateReport> run_migrate(qmp::Client& src, qmp::Client& dst, const Migr
 
 // The same with a destination blockmig makes itself (options.launch set):
 // volumes created, the QEMU started and connected; all undone on failure.
+// Only --copy-storage all (launch_refusal says why not the others).
 Result<MigrateReport> run_migrate_launching(qmp::Client& src, const MigrateOptions& options,
                                             ProgressSink& progress,
                                             const std::atomic<bool>& cancel);
+
+Error launch_refusal(CopyStorage copy_storage);
 
 }  // namespace blockmig
