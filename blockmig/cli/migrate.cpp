@@ -199,10 +199,13 @@ void add_migrate_command(CLI::App& app, Dispatch& dispatch) {
         ->check(CLI::PositiveNumber)
         ->excludes(timeout);
     cmd->add_option("--policy", args->policy,
-                    "minimal-downtime: pre-copy, auto-converge throttles a guest that dirties RAM "
-                    "too fast (default); postcopy: post-copy after the first full pass (the guest "
-                    "runs on the destination while its RAM follows; no way back once switched); "
-                    "suspend: pause the guest for the whole copy (fastest, downtime = copy)")
+                    "minimal-downtime (default): pre-copy, the downtime limit starts at 100 ms and "
+                    "doubles up to --max-downtime each time the remaining RAM stops shrinking, "
+                    "then the migration is cancelled at the timeout; postcopy: switch to "
+                    "post-copy when pre-copy stalls and every disk is in sync (the guest runs on "
+                    "the destination while its RAM follows; no way back once switched); suspend: "
+                    "auto-converge throttles the guest, harder at each stall, and as last resort "
+                    "it is paused to finish")
         ->check(CLI::IsMember({"minimal-downtime", "postcopy", "suspend"}));
     cmd->add_option("--compress", args->compress,
                     "zstd: multifd channels compress with zstd; xbzrle: delta-encode pages sent "

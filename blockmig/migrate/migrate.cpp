@@ -10,6 +10,7 @@
 
 #include "jobs/journal.hpp"
 #include "launch.hpp"
+#include "policy.hpp"
 #include "preflight.hpp"
 #include "qmp/commands.hpp"
 #include "qmp/migration.hpp"
@@ -295,75 +296,101 @@ class Run {
     }
 
     std::optional<Failure> migrate_ram(const std::string& uri) {
-        auto sub = m_src.subscribe(
-            qmp::EventFilter(std::vector<std::string>{"MIGRATION", "MIGRATION_PASS"}));
+        auto sub = m_src.subscribe("MIGRATION");
         if (auto r = phase("ram", fmt::format("migrating RAM to {} at {}", uri,
                                               m_o.bandwidth ? human_mib(m_o.bandwidth) + "/s"
                                                             : std::string("full speed")));
             !r)
             return Failure{"ram", r.error().message};
         m_started = m_o.clock->now();
-        if (m_plan.pause_source)
-            if (auto r = pause_source(); !r) return Failure{"ram", r.error().message};
         if (auto r = effect(EffectKind::migration_started, uri,
                             [&] { return qmp::migrate(m_src, uri, m_o.qmp_timeout); });
             !r)
             return Failure{"ram", "migrate: " + r.error().message};
-        const auto deadline = deadline_after(*m_o.clock, m_report.timeout);
+        migrate::PolicyController policy({.policy = m_o.policy,
+                                          .max_downtime = m_o.max_downtime,
+                                          .deadline = deadline_after(*m_o.clock, m_report.timeout),
+                                          .timeout = m_report.timeout});
+        auto next_sample = m_o.clock->now() + m_o.progress_interval;
         for (;;) {
             if (m_cancel.load()) return Failure{"ram", "interrupted"};
-            if (m_o.clock->now() > deadline)
-                return Failure{"ram",
-                               fmt::format("timed out after {} s", m_report.timeout.count())};
             if (m_dst->state() == qmp::State::dead)
                 return Failure{"ram", "lost the destination's QMP connection (" +
                                           m_dst->dead_reason().message + ")"};
             auto ev = sub.next(m_o.progress_interval);
-            if (!ev) {
-                if (ev.error().code != ErrorCode::timeout)
-                    return Failure{"ram",
-                                   "lost the source's QMP connection (" + ev.error().message + ")"};
-                report_progress();
-                continue;
+            if (!ev && ev.error().code != ErrorCode::timeout)
+                return Failure{"ram",
+                               "lost the source's QMP connection (" + ev.error().message + ")"};
+            if (ev) {
+                const std::string status = ev->data.value("status", "");
+                if (status == "pre-switchover") {
+                    guest_event("paused", "switchover");
+                    return std::nullopt;
+                }
+                if (status == "failed" || status == "cancelled" || status == "completed")
+                    return Failure{"ram", why_ended(status)};
             }
-            if (ev->name == "MIGRATION_PASS") {
-                // Pass 2 begins once every page was sent once: what is left
-                // is what the guest dirtied meanwhile, and it moves post-copy.
-                if (m_plan.start_postcopy && !m_postcopy_requested &&
-                    ev->data.value("pass", 0) >= 2)
-                    if (auto r = request_postcopy(); !r)
-                        return Failure{"ram", "migrate-start-postcopy: " + r.error().message};
-                continue;
-            }
-            const std::string status = ev->data.value("status", "");
-            if (status == "pre-switchover") {
-                guest_event("paused", "switchover");
-                return std::nullopt;
-            }
-            if (status == "failed" || status == "cancelled" || status == "completed")
-                return Failure{"ram", why_ended(status)};
+            // A quiet interval, or one full of events: sample either way.
+            if (ev && m_o.clock->now() < next_sample) continue;
+            next_sample = m_o.clock->now() + m_o.progress_interval;
+            if (auto f = steer(policy); f) return f;
         }
     }
 
-    // suspend: the guest stops before its RAM moves; it runs again on the
-    // destination (`cont` at the end), or on the source if the migration fails.
-    Result<void> pause_source() {
-        if (auto r = qmp::stop(m_src, m_o.qmp_timeout); !r)
-            return fail(r.error().with_context("stop the guest (--policy suspend)"));
-        action("paused the guest on the source for the copy (--policy suspend)");
-        guest_event("paused", "suspend");
-        return {};
+    // One query-migrate: the progress line, then what the policy makes of it
+    // (migrate/policy.hpp), sent to the source and listed in the report.
+    std::optional<Failure> steer(migrate::PolicyController& policy) {
+        const auto info = report_progress();
+        std::optional<migrate::RamSample> sample;
+        if (info && info->ram)
+            sample =
+                migrate::RamSample{.remaining = info->ram->remaining,
+                                   .transferred = info->ram->transferred,
+                                   .passes = info->ram->dirty_sync_count,
+                                   .dirty_pages_rate = info->ram->dirty_pages_rate,
+                                   .cpu_throttle = info->raw.value("cpu-throttle-percentage", 0)};
+        const bool in_sync =
+            m_o.policy != MigratePolicy::postcopy || !m_storage || m_storage->in_sync();
+        const auto decision = policy.decide(m_o.clock->now(), sample, in_sync);
+        if (!decision) return std::nullopt;
+        const auto& a = *decision;
+        Result<void> r;
+        switch (a.step) {
+            case migrate::PolicyStep::set_downtime:
+                r = qmp::migrate_set_parameters(m_src, {{"downtime-limit", a.downtime.count()}},
+                                                m_o.qmp_timeout);
+                break;
+            case migrate::PolicyStep::throttle:
+                r = qmp::migrate_set_parameters(
+                    m_src, {{"cpu-throttle-increment", a.throttle_increment}}, m_o.qmp_timeout);
+                break;
+            case migrate::PolicyStep::pause_guest:
+                // Undone on any failure before the switchover: settle.hpp
+                // resumes a source guest that is not running.
+                r = qmp::stop(m_src, m_o.qmp_timeout);
+                if (r) guest_event("paused", "suspend");
+                break;
+            case migrate::PolicyStep::start_postcopy:
+                r = request_postcopy();
+                break;
+            case migrate::PolicyStep::wait:
+                break;
+            case migrate::PolicyStep::abort:
+                action(a.text);
+                return Failure{"ram", a.text};
+        }
+        if (!r) return Failure{"ram", a.text + " failed: " + r.error().message};
+        action(a.text);
+        return std::nullopt;
     }
 
     // Journaled before it is sent: once the switchover follows, the source
     // is never resumed (settle.hpp, post-copy).
     Result<void> request_postcopy() {
-        m_postcopy_requested = true;
         if (auto r = effect(EffectKind::postcopy_requested, "migrate-start-postcopy",
                             [&] { return qmp::migrate_start_postcopy(m_src, m_o.qmp_timeout); });
             !r)
             return r;
-        action("requested post-copy after the first full pass");
         return {};
     }
 
@@ -391,17 +418,21 @@ class Run {
                                            : "the guest runs on the destination");
     }
 
-    void report_progress() {
+    // Returns what query-migrate said (nullopt when it failed).
+    std::optional<qmp::MigrationInfo> report_progress() {
         if (m_storage) m_storage->sample();
         auto info = qmp::query_migrate(m_src, m_o.qmp_timeout);
-        if (!info || !info->ram) return;
-        ram_event(*info);
+        if (!info) return std::nullopt;
+        if (info->ram) ram_event(*info);
+        return std::move(*info);
     }
 
     // One RAM sample for the live view and the report. The downtime limit
     // is read each time: a policy may have raised it.
     void ram_event(const qmp::MigrationInfo& info) {
         const auto& ram = *info.ram;
+        // auto-converge (--policy suspend): how much QEMU slows the vCPUs.
+        const int throttle = info.raw.value("cpu-throttle-percentage", 0);
         const double rate = ram.mbps * 1e6 / 8;
         // dirty-pages-rate is in pages/s, 0 until QEMU's second pass.
         const double dirty = static_cast<double>(ram.dirty_pages_rate) *
@@ -420,12 +451,14 @@ class Run {
              {"dirty_pages_rate", ram.dirty_pages_rate},
              {"dirty_rate", std::llround(dirty)},
              {"downtime_limit_ms", limit},
+             {"cpu_throttle", throttle},
              {"expected_downtime_ms", info.expected_downtime_ms.value_or(-1)}},
             fmt::format("ram: pass {}, {} sent, {} remaining, {}/s, guest dirties {}/s, downtime "
-                        "limit {} ms",
+                        "limit {} ms{}",
                         ram.dirty_sync_count, human_mib(ram.transferred), human_mib(ram.remaining),
                         human_mib(static_cast<std::uint64_t>(rate)),
-                        human_mib(static_cast<std::uint64_t>(dirty)), limit));
+                        human_mib(static_cast<std::uint64_t>(dirty)), limit,
+                        throttle ? fmt::format(", vCPUs throttled {} %", throttle) : ""));
     }
 
     // At pre-switchover the source's vCPUs are stopped: the barrier is
@@ -617,7 +650,6 @@ class Run {
     std::pair<migrate::SideFacts, migrate::SideFacts> m_facts;
     std::optional<migrate::StorageCopy> m_storage;
     migrate::TuningPlan m_plan;
-    bool m_postcopy_requested = false;
     bool m_destination_running = false;  // the guest was seen running there (post-copy)
     Clock::time_point m_started{};
     MigrateReport m_report;

@@ -109,6 +109,17 @@ Result<void> StorageCopy::copy(const SideFacts& src, const SideFacts& dst,
     return group.wait_ready(policy, &cancel, on_sample, on_notice);
 }
 
+bool StorageCopy::in_sync() {
+    auto jobs = qmp::query_block_jobs(m_src, m_o.qmp_timeout);
+    if (!jobs) return false;
+    const auto now = m_o.clock->now();
+    for (auto& m : m_mirrors) {
+        if (!m->observe(*jobs, now) || !m->ready_to_finish()) return false;
+        if (!m->switched_to_write_blocking() && m->remaining() > 0) return false;
+    }
+    return true;
+}
+
 Result<void> StorageCopy::start_server() {
     const auto host = nbd_host(m_o.dst_addr);
     const auto ports = nbd_ports(m_o.nbd_port);

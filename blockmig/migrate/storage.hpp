@@ -40,6 +40,11 @@ class StorageCopy {
     // Exports, NBD nodes, mirrors; returns once every mirror is ready to
     // finish. `cancel` aborts the wait.
     Result<void> copy(const SideFacts& src, const SideFacts& dst, const std::atomic<bool>& cancel);
+    // Whether every mirror is ready and nothing is left to copy: in
+    // write-blocking mode (each guest write reaches the destination before
+    // it completes), or with its offset at its length right now. false when
+    // a job cannot be read. --policy postcopy switches only then.
+    bool in_sync();
     // At pre-switchover (vCPUs stopped): final sync of every mirror, then
     // the NBD client nodes are removed from the source.
     Result<void> finish();

@@ -5,6 +5,7 @@
 #include <bit>
 #include <cmath>
 
+#include "policy.hpp"
 #include "qmp/features.hpp"
 #include "qmp/migration.hpp"
 
@@ -47,11 +48,13 @@ class Planner {
   private:
     // What every migration sets: events, the switchover barrier, an explicit
     // bandwidth (never QEMU's 128 MiB/s default by accident), the downtime
-    // limit (the source decides when to stop; the destination has no say).
+    // limit (the source decides when to stop; the destination has no say),
+    // where the policy starts it (migrate/policy.hpp steps it up).
     Result<void> base() {
         m_plan.source.capabilities = {{"events", true}, {"pause-before-switchover", true}};
-        m_plan.source.parameters = {{"max-bandwidth", m_in.bandwidth},
-                                    {"downtime-limit", m_in.max_downtime.count()}};
+        m_plan.source.parameters = {
+            {"max-bandwidth", m_in.bandwidth},
+            {"downtime-limit", initial_downtime(m_in.policy, m_in.max_downtime).count()}};
         m_plan.destination.capabilities = {{"events", true}};
         // The destination takes its image locks only at `cont`: until then
         // the source may still be resumed safely (QEMU >= 3.0).
@@ -63,13 +66,8 @@ class Planner {
     Result<void> policy() {
         switch (m_in.policy) {
             case MigratePolicy::minimal_downtime:
-                // QEMU throttles the vCPUs only when the guest dirties RAM
-                // faster than it is sent (throttle-trigger-threshold), so a
-                // converging migration is not slowed: libvirt's --auto-converge.
-                if (auto r = need_capability(m_src, "auto-converge", "--policy minimal-downtime");
-                    !r)
-                    return r;
-                m_plan.source.capabilities.emplace_back("auto-converge", true);
+                // Pre-copy only: the guest is never slowed down; the
+                // controller raises the downtime limit, then gives up.
                 return {};
             case MigratePolicy::postcopy:
                 for (const Support* side : {&m_src, &m_dst})
@@ -84,7 +82,18 @@ class Planner {
                 m_plan.start_postcopy = true;
                 return {};
             case MigratePolicy::suspend:
-                m_plan.pause_source = true;
+                // QEMU throttles the vCPUs only while the guest dirties RAM
+                // faster than it is sent (throttle-trigger-threshold), so a
+                // converging migration is not slowed: libvirt's
+                // --auto-converge. The controller steepens the throttle's
+                // steps from QEMU's default, then pauses the guest.
+                if (auto r = need_capability(m_src, "auto-converge", "--policy suspend"); !r)
+                    return r;
+                m_plan.source.capabilities.emplace_back("auto-converge", true);
+                if (auto r = need_parameter(m_src, "cpu-throttle-increment", "--policy suspend");
+                    !r)
+                    return r;
+                m_plan.source.parameters["cpu-throttle-increment"] = k_start_throttle_increment;
                 return {};
         }
         return {};

@@ -55,9 +55,9 @@ struct SideSettings {
 
 struct TuningPlan {
     SideSettings source, destination;
-    bool pause_source = false;    // suspend: `stop` the guest before `migrate`
-    bool start_postcopy = false;  // postcopy: migrate-start-postcopy after the first pass
-    std::string summary;          // one line for the progress view
+    // postcopy: both sides may switch (migrate/policy.hpp decides when).
+    bool start_postcopy = false;
+    std::string summary;  // one line for the progress view
 };
 
 // multifd-channels when zstd is asked without --parallel (QEMU's own default).

@@ -29,10 +29,13 @@ namespace {
 
 // One QEMU of a migration, as far as blockmig talks to it.
 struct FakeSide {
-    // postcopy: one full pass, then pre-switchover once migrate-start-postcopy
+    // stalls: every query-migrate sees one more pass leaving 64 MiB (a guest
+    // dirtying RAM as fast as it is sent) until `stop` pauses the guest,
+    // then pre-switchover (or failed with fail_after_stop);
+    // postcopy: stalls, then pre-switchover once migrate-start-postcopy
     // came, then postcopy-active (the destination runs) until completed;
     // postcopy_fails: the link dies in post-copy (QEMU pauses both sides).
-    enum class Ram { reaches_switchover, fails, never_ends, postcopy, postcopy_fails };
+    enum class Ram { reaches_switchover, fails, never_ends, stalls, postcopy, postcopy_fails };
 
     std::mutex mutex;
     std::string run_state = "running";
@@ -45,7 +48,8 @@ struct FakeSide {
                                      {"late-block-activate", false},
                                      {"auto-converge", false},
                                      {"postcopy-ram", false}};
-    json params{{"max-bandwidth", 134217728}, {"downtime-limit", 300}};
+    json params{
+        {"max-bandwidth", 134217728}, {"downtime-limit", 300}, {"cpu-throttle-increment", 10}};
     std::vector<std::string> commands;
     std::uint64_t disk_size = 4096;  // every disk's virtual size
     // A disk listed here is a qcow2 overlay over this backing file
@@ -58,6 +62,8 @@ struct FakeSide {
     bool nbd_server = false;
     std::string failing;  // a command this QEMU answers with an error
     Ram ram = Ram::reaches_switchover;
+    std::uint64_t passes = 1;      // dirty-sync-count while the RAM stalls
+    bool fail_after_stop = false;  // stalls: the migration fails once the guest is paused
     bool resume_on_cancel = true;  // QEMU resumes a source whose migration ended
     FakeSide* peer = nullptr;      // the destination, for the source
     blockmig::qmp::testing::Script* script = nullptr;
@@ -66,11 +72,14 @@ struct FakeSide {
         std::lock_guard lock(mutex);
         return sent(command, arg);
     }
-    // Position of the first `command` sent, or -1 (order checks).
-    int index_of(const std::string& command) {
+    // Position of the first `command` sent (with `arg` in its arguments),
+    // or -1 (order checks).
+    int index_of(const std::string& command, const std::string& arg = "") {
         std::lock_guard lock(mutex);
         for (std::size_t i = 0; i < commands.size(); ++i)
-            if (commands[i].starts_with(command + " ")) return static_cast<int>(i);
+            if (commands[i].starts_with(command + " ") &&
+                commands[i].find(arg) != std::string::npos)
+                return static_cast<int>(i);
         return -1;
     }
     // REQUIRES: mutex held.
@@ -97,11 +106,20 @@ struct FakeSide {
             return reply({{"status", run_state}, {"running", run_state == "running"}});
         if (cmd == "query-migrate") {
             json r{{"status", migration}};
+            const bool stalling =
+                migration == "active" &&
+                (ram == Ram::stalls || ram == Ram::postcopy || ram == Ram::postcopy_fails);
+            if (stalling) ++passes;
             if (migration != "none")
-                r["ram"] = {
-                    {"transferred", 1 << 20}, {"remaining", 2 << 20}, {"total", 3 << 20},
-                    {"duplicate", 0},         {"normal", 256},        {"dirty-pages-rate", 0},
-                    {"dirty-sync-count", 2},  {"page-size", 4096},    {"mbps", 80.0}};
+                r["ram"] = {{"transferred", passes << 20},
+                            {"remaining", stalling ? 64 << 20 : 2 << 20},
+                            {"total", 3 << 20},
+                            {"duplicate", 0},
+                            {"normal", 256},
+                            {"dirty-pages-rate", 0},
+                            {"dirty-sync-count", stalling ? passes : 2},
+                            {"page-size", 4096},
+                            {"mbps", 80.0}};
             if (migration == "completed") r["downtime"] = 42;
             if (migration == "failed") r["error-desc"] = "Connection reset by peer";
             r["socket-address"] =
@@ -220,9 +238,6 @@ struct FakeSide {
             } else if (ram == Ram::reaches_switchover) {
                 run_state = "finish-migrate";
                 event("pre-switchover");
-            } else if (ram == Ram::postcopy || ram == Ram::postcopy_fails) {
-                script->push_event("MIGRATION_PASS", {{"pass", 1}});
-                script->push_event("MIGRATION_PASS", {{"pass", 2}});
             }
             return;
         }
@@ -234,7 +249,11 @@ struct FakeSide {
         }
         if (cmd == "stop") {
             run_state = "paused";
-            return reply(json::object());
+            reply(json::object());
+            // A paused guest dirties nothing: the rest converges.
+            if (ram == Ram::stalls && migration == "active")
+                event(fail_after_stop ? "failed" : "pre-switchover");
+            return;
         }
         if (cmd == "migrate-continue" && sent("migrate-start-postcopy")) {
             reply(json::object());
@@ -358,7 +377,8 @@ TEST_F(MigrateTest, SharedStorageMigrationEndsWithTheGuestOnTheDestination) {
     EXPECT_TRUE(s.got("migrate-set-capabilities", "pause-before-switchover"));
     // Unlimited is set explicitly: never QEMU's 128 MiB/s default by accident.
     EXPECT_TRUE(s.got("migrate-set-parameters", R"("max-bandwidth":1099511627776)"));
-    EXPECT_TRUE(s.got("migrate-set-parameters", R"("downtime-limit":300)"));
+    EXPECT_TRUE(s.got("migrate-set-parameters", R"("downtime-limit":100)"))
+        << "minimal-downtime starts low";
     EXPECT_TRUE(d.got("migrate-incoming", "tcp:10.0.0.2:0"));
     EXPECT_TRUE(s.got("migrate", "tcp:10.0.0.2:4444")) << "the port QEMU picked";
     EXPECT_TRUE(s.got("migrate-continue", "pre-switchover"));
@@ -380,15 +400,36 @@ TEST_F(MigrateTest, BandwidthAndKeepSourceAreHonoured) {
     EXPECT_FALSE(r->source_quit);
 }
 
-TEST_F(MigrateTest, DefaultPolicyAutoConvergesAndIsRestoredOnFailure) {
-    src.side->ram = FakeSide::Ram::fails;
-    ASSERT_FALSE(migrate());
-    EXPECT_TRUE(src.side->got("migrate-set-capabilities", "auto-converge"));
-    EXPECT_FALSE(dst.side->got("migrate-set-capabilities", "auto-converge")) << "sender only";
-    EXPECT_FALSE(src.side->caps["auto-converge"]) << "restored as it was";
+TEST_F(MigrateTest, DefaultPolicyStepsTheDowntimeLimitThenAbortsAtTheTimeout) {
+    src.side->ram = FakeSide::Ram::stalls;
+    src.side->params["downtime-limit"] = 500;  // the source's own setting before the job
+    options.max_downtime = 300ms;
+    options.timeout = 1s;
+    auto r = migrate();
+    ASSERT_FALSE(r);
+    EXPECT_NE(r.error().message.find("phase ram: timed out after 1 s with 64.0 MiB of RAM still "
+                                     "to send"),
+              std::string::npos)
+        << r.error().message;
+    EXPECT_NE(r.error().message.find("keeps running on the source"), std::string::npos);
+    auto& s = *src.side;
+    const int start = s.index_of("migrate-set-parameters", R"("downtime-limit":100)");
+    const int step1 = s.index_of("migrate-set-parameters", R"({"downtime-limit":200})");
+    const int step2 = s.index_of("migrate-set-parameters", R"({"downtime-limit":300})");
+    ASSERT_GE(start, 0) << "starts at 100 ms";
+    EXPECT_LT(s.index_of("migrate", "tcp:"), step1);
+    EXPECT_LT(start, step1);
+    EXPECT_LT(step1, step2) << "doubled up to --max-downtime";
+    EXPECT_LT(step2, s.index_of("migrate_cancel"));
+    EXPECT_FALSE(s.got("migrate-set-parameters", R"("downtime-limit":600)")) << "never above it";
+    EXPECT_FALSE(s.got("migrate-set-capabilities", "auto-converge")) << "the guest is not slowed";
+    EXPECT_FALSE(s.got("stop"));
+    EXPECT_EQ(s.run_state, "running");
+    EXPECT_EQ(s.params["downtime-limit"], 500) << "restored as it was";
+    EXPECT_EQ(journals(), 0u);
 }
 
-TEST_F(MigrateTest, PostcopyStartsAfterTheFirstPassAndEndsOnTheDestination) {
+TEST_F(MigrateTest, PostcopyStartsWhenPreCopyStallsAndEndsOnTheDestination) {
     options.policy = MigratePolicy::postcopy;
     src.side->ram = FakeSide::Ram::postcopy;
     auto r = migrate();
@@ -398,7 +439,13 @@ TEST_F(MigrateTest, PostcopyStartsAfterTheFirstPassAndEndsOnTheDestination) {
     EXPECT_TRUE(src.side->got("migrate-start-postcopy"));
     EXPECT_LT(src.side->index_of("migrate-start-postcopy"), src.side->index_of("migrate-continue"));
     EXPECT_TRUE(r->postcopy);
-    EXPECT_FALSE(r->actions.empty());
+    ASSERT_FALSE(r->actions.empty());
+    EXPECT_NE(r->actions.front().find("pre-copy stalled"), std::string::npos) << r->actions.front();
+    EXPECT_NE(r->actions.front().find("requested post-copy"), std::string::npos);
+    EXPECT_GE(src.side->passes, 4u) << "not before two passes stalled after the first";
+    EXPECT_TRUE(src.side->got("migrate-set-parameters", R"("downtime-limit":300)"));
+    EXPECT_FALSE(src.side->got("migrate-set-parameters", R"("downtime-limit":100)"))
+        << "post-copy keeps --max-downtime";
     EXPECT_TRUE(src.side->got("quit"));
     EXPECT_FALSE(src.side->got("cont"));
     EXPECT_EQ(journals(), 0u);
@@ -418,24 +465,39 @@ TEST_F(MigrateTest, FailedPostcopyNeverResumesTheSourceNorStopsEitherQemu) {
     EXPECT_EQ(journals(), 1u) << "recover finishes it";
 }
 
-TEST_F(MigrateTest, SuspendPausesTheGuestBeforeTheCopyAndResumesItOnTheDestination) {
+TEST_F(MigrateTest, SuspendThrottlesThenPausesTheGuestAndResumesItOnTheDestination) {
     options.policy = MigratePolicy::suspend;
+    src.side->ram = FakeSide::Ram::stalls;
     auto r = migrate();
     ASSERT_TRUE(r) << r.error().message;
-    ASSERT_TRUE(src.side->got("stop"));
-    EXPECT_LT(src.side->index_of("stop"), src.side->index_of("migrate"));
+    auto& s = *src.side;
+    EXPECT_TRUE(s.got("migrate-set-capabilities", "auto-converge"));
+    EXPECT_FALSE(dst.side->got("migrate-set-capabilities", "auto-converge")) << "sender only";
+    const int throttle1 = s.index_of("migrate-set-parameters", R"({"cpu-throttle-increment":20})");
+    const int throttle2 = s.index_of("migrate-set-parameters", R"({"cpu-throttle-increment":40})");
+    ASSERT_GE(throttle1, 0);
+    EXPECT_LT(s.index_of("migrate", "tcp:"), throttle1) << "the guest runs while it can";
+    EXPECT_LT(throttle1, throttle2);
+    EXPECT_LT(throttle2, s.index_of("stop")) << "paused only as the last resort";
+    EXPECT_LT(s.index_of("stop"), s.index_of("migrate-continue"));
     EXPECT_TRUE(dst.side->got("cont"));
-    EXPECT_FALSE(src.side->got("migrate-set-capabilities", "auto-converge"));
+    EXPECT_FALSE(s.got("cont"));
+    ASSERT_EQ(r->actions.size(), 3u);
+    EXPECT_NE(r->actions.back().find("paused the guest"), std::string::npos) << r->actions.back();
 }
 
 TEST_F(MigrateTest, SuspendedGuestIsResumedOnTheSourceWhenTheMigrationFails) {
     options.policy = MigratePolicy::suspend;
-    src.side->ram = FakeSide::Ram::fails;
+    src.side->ram = FakeSide::Ram::stalls;
+    src.side->fail_after_stop = true;
     src.side->resume_on_cancel = false;
     auto r = migrate();
     ASSERT_FALSE(r);
     EXPECT_NE(r.error().message.find("keeps running on the source"), std::string::npos);
+    ASSERT_TRUE(src.side->got("stop"));
+    EXPECT_LT(src.side->index_of("stop"), src.side->index_of("cont"));
     EXPECT_EQ(src.side->run_state, "running");
+    EXPECT_FALSE(dst.side->got("cont"));
 }
 
 TEST_F(MigrateTest, TimeoutPerGibScalesWithTheGuestRam) {

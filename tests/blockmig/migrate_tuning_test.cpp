@@ -21,7 +21,7 @@ Support full(std::string side) {
             {"events", "pause-before-switchover", "late-block-activate", "auto-converge",
              "postcopy-ram", "multifd", "xbzrle"},
             {"max-bandwidth", "downtime-limit", "max-postcopy-bandwidth", "multifd-channels",
-             "multifd-compression", "xbzrle-cache-size"},
+             "multifd-compression", "xbzrle-cache-size", "cpu-throttle-increment"},
             {"none", "zlib", "zstd"}};
 }
 
@@ -45,19 +45,19 @@ std::string refusal(const TuningInput& in, const Support& src, const Support& ds
     return r ? "" : r.error().message;
 }
 
-TEST(MigrateTuning, DefaultIsPreCopyWithAutoConvergeOnTheSourceOnly) {
+TEST(MigrateTuning, DefaultIsPreCopyStartingAtAOneHundredMillisecondDowntime) {
     auto p =
         plan_tuning(input(MigratePolicy::minimal_downtime), full("source"), full("destination"));
     ASSERT_TRUE(p) << p.error().message;
-    EXPECT_EQ(p->source.capabilities,
-              (std::vector<std::pair<std::string, bool>>{
-                  {"events", true}, {"pause-before-switchover", true}, {"auto-converge", true}}));
+    EXPECT_EQ(p->source.capabilities, (std::vector<std::pair<std::string, bool>>{
+                                          {"events", true}, {"pause-before-switchover", true}}))
+        << "no auto-converge: minimal-downtime never slows the guest";
     EXPECT_EQ(p->destination.capabilities, (std::vector<std::pair<std::string, bool>>{
                                                {"events", true}, {"late-block-activate", true}}));
     EXPECT_EQ(p->source.parameters,
-              (nlohmann::json{{"max-bandwidth", 100 * k_mib}, {"downtime-limit", 250}}));
+              (nlohmann::json{{"max-bandwidth", 100 * k_mib}, {"downtime-limit", 100}}))
+        << "migrate/policy.hpp steps it up to --max-downtime";
     EXPECT_TRUE(p->destination.parameters.empty());
-    EXPECT_FALSE(p->pause_source);
     EXPECT_FALSE(p->start_postcopy);
     EXPECT_EQ(p->summary, "policy minimal-downtime");
 }
@@ -69,7 +69,7 @@ TEST(MigrateTuning, PostcopyOnBothSidesWithItsOwnBandwidthCap) {
     EXPECT_TRUE(has(p->destination, "postcopy-ram"));
     EXPECT_FALSE(has(p->source, "auto-converge"));
     EXPECT_TRUE(p->start_postcopy);
-    EXPECT_FALSE(p->pause_source);
+    EXPECT_EQ(p->source.parameters["downtime-limit"], 250);
     EXPECT_EQ(p->source.parameters["max-postcopy-bandwidth"], 100 * k_mib);
     // An older QEMU without the parameter: not set, not refused.
     Support old = full("source");
@@ -79,12 +79,14 @@ TEST(MigrateTuning, PostcopyOnBothSidesWithItsOwnBandwidthCap) {
     EXPECT_FALSE(p->source.parameters.contains("max-postcopy-bandwidth"));
 }
 
-TEST(MigrateTuning, SuspendPausesTheSourceAndThrottlesNothing) {
+TEST(MigrateTuning, SuspendThrottlesWithAutoConvergeFromQemusDefaultStep) {
     auto p = plan_tuning(input(MigratePolicy::suspend), full("source"), full("destination"));
     ASSERT_TRUE(p) << p.error().message;
-    EXPECT_TRUE(p->pause_source);
+    EXPECT_TRUE(has(p->source, "auto-converge"));
+    EXPECT_FALSE(has(p->destination, "auto-converge"));
+    EXPECT_EQ(p->source.parameters["cpu-throttle-increment"], 10);
+    EXPECT_EQ(p->source.parameters["downtime-limit"], 250);
     EXPECT_FALSE(p->start_postcopy);
-    EXPECT_FALSE(has(p->source, "auto-converge"));
     EXPECT_FALSE(has(p->source, "postcopy-ram"));
 }
 
@@ -148,14 +150,13 @@ TEST(MigrateTuning, EveryCombinationOfPolicyCompressionAndChannels) {
                 ++planned;
                 EXPECT_TRUE(has(p->source, "events") && has(p->source, "pause-before-switchover"));
                 EXPECT_EQ(p->source.parameters["max-bandwidth"], 100 * k_mib);
-                EXPECT_EQ(p->source.parameters["downtime-limit"], 250);
-                EXPECT_EQ(has(p->source, "auto-converge"),
-                          policy == MigratePolicy::minimal_downtime);
+                EXPECT_EQ(p->source.parameters["downtime-limit"],
+                          policy == MigratePolicy::minimal_downtime ? 100 : 250);
+                EXPECT_EQ(has(p->source, "auto-converge"), policy == MigratePolicy::suspend);
                 EXPECT_FALSE(has(p->destination, "auto-converge"));
                 for (const SideSettings* s : {&p->source, &p->destination})
                     EXPECT_EQ(has(*s, "postcopy-ram"), policy == MigratePolicy::postcopy);
                 EXPECT_EQ(p->start_postcopy, policy == MigratePolicy::postcopy);
-                EXPECT_EQ(p->pause_source, policy == MigratePolicy::suspend);
                 const int channels =
                     parallel > 0 ? parallel : (compress == MigrateCompress::zstd ? 2 : 0);
                 for (const SideSettings* s : {&p->source, &p->destination}) {
@@ -185,9 +186,12 @@ TEST(MigrateTuning, RefusesWhatASideLacksNamingTheSideAndTheOption) {
         std::string expected;
     };
     const Case cases[] = {
-        {input(MigratePolicy::minimal_downtime), true, "auto-converge", "", "",
+        {input(MigratePolicy::suspend), true, "auto-converge", "", "",
          "the source QEMU lacks the migration capability auto-converge (needed by --policy "
-         "minimal-downtime)"},
+         "suspend)"},
+        {input(MigratePolicy::suspend), true, "", "cpu-throttle-increment", "",
+         "the source QEMU lacks the migration parameter cpu-throttle-increment (needed by "
+         "--policy suspend)"},
         {input(MigratePolicy::postcopy), true, "postcopy-ram", "", "",
          "the source QEMU lacks the migration capability postcopy-ram (needed by --policy "
          "postcopy)"},
@@ -227,8 +231,8 @@ TEST(MigrateTuning, WhatOnlyTheSenderUsesIsNotAskedOfTheDestination) {
     for (const char* c : {"auto-converge", "xbzrle", "late-block-activate"})
         dst.capabilities.erase(c);
     dst.parameters.erase("xbzrle-cache-size");
-    auto p = plan_tuning(input(MigratePolicy::minimal_downtime, MigrateCompress::xbzrle),
-                         full("source"), dst);
+    auto p =
+        plan_tuning(input(MigratePolicy::suspend, MigrateCompress::xbzrle), full("source"), dst);
     ASSERT_TRUE(p) << p.error().message;
     EXPECT_EQ(p->destination.capabilities,
               (std::vector<std::pair<std::string, bool>>{{"events", true}}));

@@ -31,6 +31,7 @@ class Rig : public ::testing::Test {
         config = GuestConfig{.disks = {{"disk0", disk, "raw"}},
                              .extra_args = QmpEvents::monitor_args(watch),
                              .stamp_blocks = k_blocks,
+                             .dirty_mib = dirty_mib,
                              .netns = hosts->ns_a()};
         src = std::make_unique<Guest>(config);
         ASSERT_TRUE(src->wait_for_line("GUEST-UP", 120s)) << src->console();
@@ -133,6 +134,7 @@ class Rig : public ::testing::Test {
     fs::path state = dir / "jobs";
     fs::path watch = dir / "watch.qmp";  // a second monitor on the source, for QmpEvents
     GuestConfig config;
+    int dirty_mib = 0;  // MiB of RAM the source guest keeps dirty (set before SetUp)
     std::unique_ptr<Guest> src, dst;
 };
 

@@ -13,6 +13,7 @@
 #   stamp.mode=write|idle   (default write; idle only prints heartbeats)
 #   stamp.blocks=N          (4 KiB blocks to cycle over; default whole disk)
 #   stamp.hb=MS             (heartbeat period, default 50)
+#   stamp.dirty=MIB         (also keep MIB MiB of RAM dirty: `diskstamp dirty`; default 0)
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 cache=${1:-${BLOCKMIG_CACHE:-$HOME/.cache/blockmig}}
@@ -75,9 +76,10 @@ mount -t devtmpfs dev /dev
 for m in virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci virtio_blk; do
   insmod /lib/modules/$m.ko
 done
-MODE=write; BLOCKS=0; HB=50
+MODE=write; BLOCKS=0; HB=50; DIRTY=0
 for a in $(cat /proc/cmdline); do
   case "$a" in
+    stamp.dirty=*) DIRTY=${a#*=};;
     stamp.mode=*) MODE=${a#*=};;
     stamp.blocks=*) BLOCKS=${a#*=};;
     stamp.hb=*) HB=${a#*=};;
@@ -85,6 +87,7 @@ for a in $(cat /proc/cmdline); do
 done
 i=0; while [ ! -b /dev/vda ] && [ $i -lt 40 ]; do sleep 0.05; i=$((i+1)); done
 DISKS=$(ls /dev/vd? 2>/dev/null | tr '\n' ' ')
+[ "$DIRTY" -gt 0 ] && /bin/diskstamp dirty "$DIRTY" &
 echo "GUEST-UP uptime=$(cut -d' ' -f1 /proc/uptime) mode=$MODE disks=$DISKS"
 if [ "$MODE" = write ] && [ -n "$DISKS" ]; then
   for d in $DISKS; do /bin/diskstamp write "$d" "$BLOCKS" "$HB" & done

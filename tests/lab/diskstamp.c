@@ -26,6 +26,11 @@
  *   diskstamp stamp IMAGE block gen
  *     Test helper: writes one valid block of the given generation.
  *
+ *   diskstamp dirty MIB [period_ms]
+ *     Guest side, for the migration policy tests: keeps MIB MiB of RAM
+ *     dirty, rewriting one word of every 4 KiB page with a new non-zero
+ *     value (never a zero page) every period_ms (default 10), forever.
+ *
  * Console lines carry the device tag (dev=vda) so one guest can stamp
  * several disks, one writer process per disk.
  *
@@ -226,8 +231,23 @@ static int do_stamp(const char *path, uint64_t b, uint64_t g)
     return 0;
 }
 
+static int do_dirty(uint64_t mib, int period_ms)
+{
+    size_t pages = (size_t)(mib << 20) / 4096;
+    volatile uint64_t *mem = malloc(pages * 4096);
+    if (!mem || !pages) { fprintf(stderr, "dirty: cannot allocate %" PRIu64 " MiB\n", mib); return 2; }
+    printf("DIRTY-UP mib=%" PRIu64 " period_ms=%d\n", mib, period_ms);
+    fflush(stdout);
+    for (uint64_t n = 1;; ++n) {
+        for (size_t p = 0; p < pages; ++p) mem[p * 512] = n;
+        usleep((useconds_t)period_ms * 1000);
+    }
+}
+
 int main(int argc, char **argv)
 {
+    if (argc >= 3 && !strcmp(argv[1], "dirty"))
+        return do_dirty(strtoull(argv[2], 0, 0), argc >= 4 ? atoi(argv[3]) : 10);
     if (argc == 5 && !strcmp(argv[1], "stamp"))
         return do_stamp(argv[2], strtoull(argv[3], 0, 0), strtoull(argv[4], 0, 0));
     if (argc >= 3 && !strcmp(argv[1], "write")) {
@@ -239,6 +259,6 @@ int main(int argc, char **argv)
         return do_verify(argv[2], argc >= 4 ? strtoull(argv[3], 0, 0) : 0, have,
                          have ? strtoull(argv[4], 0, 0) : 0, have ? strtoull(argv[5], 0, 0) : 0);
     }
-    fprintf(stderr, "usage: %s write DEV [nblocks] [hb_ms] | verify PATH [nblocks] [ack_gen ack_blk] | stamp PATH block gen\n", argv[0]);
+    fprintf(stderr, "usage: %s write DEV [nblocks] [hb_ms] | verify PATH [nblocks] [ack_gen ack_blk] | stamp PATH block gen | dirty MIB [period_ms]\n", argv[0]);
     return 2;
 }

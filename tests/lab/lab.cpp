@@ -285,6 +285,7 @@ Guest::Guest(GuestConfig config) : m_config(std::move(config)), m_qmp(m_dir / "q
     argv.insert(argv.end(), m_config.extra_args.begin(), m_config.extra_args.end());
     std::string append = "stamp.hb=" + std::to_string(m_config.heartbeat_ms);
     if (m_config.stamp_blocks) append += " stamp.blocks=" + std::to_string(m_config.stamp_blocks);
+    if (m_config.dirty_mib) append += " stamp.dirty=" + std::to_string(m_config.dirty_mib);
     std::vector<std::string> env{"BLOCKMIG_GUEST_APPEND=" + append};
     if (!m_config.netns.empty()) env.push_back("BLOCKMIG_NETNS=" + m_config.netns);
     if (!m_config.cwd.empty()) env.push_back("BLOCKMIG_GUEST_CWD=" + m_config.cwd.string());

@@ -172,6 +172,9 @@ struct GuestConfig {
     std::vector<std::string> extra_args;
     std::uint64_t stamp_blocks = 0;  // 0 = whole disk
     int heartbeat_ms = 100;
+    // MiB of RAM the guest keeps dirty besides stamping (`diskstamp dirty`;
+    // the migration policy tests), 0 = none.
+    int dirty_mib = 0;
     std::string netns;  // run inside this namespace if set
     fs::path cwd;       // QEMU's working directory if set (relative disk paths resolve there)
 };

@@ -44,14 +44,19 @@ namespace blockmig {
 // fresh overlay over the same base (migrate/overlay.cpp).
 enum class CopyStorage { none, all, inc };
 
-// How the RAM moves (migrate/tuning.hpp maps them to QEMU's settings):
-// minimal_downtime: pre-copy, QEMU's auto-converge throttles a guest that
-//   dirties RAM faster than it is sent;
-// postcopy: pre-copy for one full pass, then post-copy: the guest runs on
-//   the destination while the rest of its RAM follows. From that switch on
-//   the guest's RAM is split across both hosts: nothing is rolled back;
-// suspend: the guest is paused for the whole copy (shortest total time,
-//   the downtime is the copy) and resumed on the destination.
+// How the RAM moves (migrate/tuning.hpp sets QEMU up, migrate/policy.hpp
+// decides while it moves; pre-copy "stalls" when the RAM left after each
+// pass stops shrinking):
+// minimal_downtime: pre-copy only, the guest never slowed; downtime-limit
+//   starts at 100 ms and doubles up to max_downtime at each stall; at the
+//   timeout the migration is cancelled, the guest stays on the source;
+// postcopy: pre-copy until it stalls with every disk in sync, then
+//   post-copy: the guest runs on the destination while the rest of its RAM
+//   follows. From that switch on the guest's RAM is split across both
+//   hosts: nothing is rolled back;
+// suspend: auto-converge throttles the vCPUs, its step doubled at each
+//   stall; as last resort the guest is paused (`stop`) so the rest
+//   converges, resumed on the destination (or on the source on failure).
 enum class MigratePolicy { minimal_downtime, postcopy, suspend };
 enum class MigrateCompress { none, zstd, xbzrle };
 
