@@ -11,7 +11,6 @@ using namespace detail;
 
 namespace {
 
-
 std::uint64_t u64(const json& j, std::string_view key) {
     return static_cast<std::uint64_t>(integer(j, key));
 }
@@ -128,6 +127,17 @@ Result<void> blockdev_add(Client& client, const json& options, Timeout timeout) 
 
 Result<void> blockdev_del(Client& client, const std::string& node_name, Timeout timeout) {
     return run(client, "blockdev-del", {{"node-name", node_name}}, timeout);
+}
+
+Result<void> yank_block_node(Client& client, const std::string& node_name, Timeout timeout) {
+    const json instance{{"type", "block-node"}, {"node-name", node_name}};
+    const json args{{"instances", json::array({instance})}};
+    // Out-of-band when negotiated: the main loop may be stuck on the very
+    // connection this shuts down, and in-band commands wait for it.
+    auto r = client.oob_enabled() ? client.execute_oob("yank", args, timeout)
+                                  : client.execute("yank", args, timeout);
+    if (!r) return fail(r.error());
+    return {};
 }
 
 Result<void> blockdev_create(Client& client, const std::string& job_id, const json& options,

@@ -31,6 +31,8 @@ void warn_if_unauthenticated(std::string_view address) {
 Result<std::unique_ptr<qmp::Client>> connect_qmp(std::string_view address,
                                                  qmp::ConnectOptions options) {
     warn_if_unauthenticated(address);
+    // A yank must reach a QEMU whose main loop hangs on a dead NBD peer.
+    options.enable_oob = true;
     return qmp::Client::connect(address, std::move(options));
 }
 

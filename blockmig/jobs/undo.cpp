@@ -91,10 +91,22 @@ bool wait_job_gone(UndoEnv& env, const std::string& id, Clock::time_point deadli
     }
 }
 
+// Yanks each node that is a yank instance (an NBD client); true if any was.
+// The others (format nodes, QEMUs before 6.0) answer with an error, ignored.
+bool yank_any(const std::vector<std::string>& nodes, UndoEnv& env) {
+    bool yanked = false;
+    for (const auto& n : nodes)
+        yanked |= qmp::yank_block_node(*env.client, n, env.step_timeout).has_value();
+    return yanked;
+}
+
 StepOutcome cancel_job(const UndoStep& step, UndoEnv& env) {
     const auto deadline = deadline_after(*env.clock, env.step_timeout);
     std::string err;
     auto job = find_job(env, step.name, &err);
+    // A main loop stuck in a drain on a dead NBD peer answers nothing
+    // in-band: the yank (out-of-band) fails those requests and frees it.
+    if (!err.empty() && yank_any(step.yank_nodes, env)) job = find_job(env, step.name, &err);
     if (!err.empty()) return left("block job " + step.name, err);
     if (!job) return {true, fmt::format("block job {} is gone", step.name)};
     if (job->status != "concluded")
@@ -107,6 +119,8 @@ StepOutcome cancel_job(const UndoStep& step, UndoEnv& env) {
         kill(*pid, SIGKILL);
         if (wait_job_gone(env, step.name, deadline))
             return {true, fmt::format("cancelled block job {} (storage daemon killed)", step.name)};
+    } else if (yank_any(step.yank_nodes, env) && wait_job_gone(env, step.name, deadline)) {
+        return {true, fmt::format("cancelled block job {} (NBD connection yanked)", step.name)};
     }
     return left("block job " + step.name, "it did not end after block-job-cancel");
 }
@@ -265,6 +279,7 @@ json to_json(const UndoStep& s) {
     json j{{"kind", to_string(s.kind)}, {"disk", s.disk}, {"name", s.name}, {"seq", s.seq}};
     if (s.pid > 0) j["pid"] = s.pid;
     if (!s.socket.empty()) j["socket"] = s.socket;
+    if (!s.yank_nodes.empty()) j["yank_nodes"] = s.yank_nodes;
     return j;
 }
 
@@ -283,6 +298,7 @@ Result<UndoStep> undo_step_from_json(const json& j) {
     s.name = j.value("name", "");
     s.pid = j.value("pid", -1);
     s.socket = j.value("socket", "");
+    s.yank_nodes = j.value("yank_nodes", std::vector<std::string>{});
     s.seq = j.value("seq", std::uint64_t{0});
     return s;
 }
@@ -350,12 +366,15 @@ Result<std::vector<UndoStep>> undo_plan(const Job& job, std::string_view disk) {
         auto step = undo_of(r);
         if (!step) continue;
         if (step->kind == UndoKind::cancel_job) {
-            // A job that hangs is ended by killing this disk's daemon.
-            for (const Record* d : job.records_of(r.disk))
+            // A job that hangs is ended by killing this disk's daemon, or
+            // else by yanking its NBD client node.
+            for (const Record* d : job.records_of(r.disk)) {
                 if (d->effect == EffectKind::daemon_started) {
                     step->pid = d->pid;
                     step->socket = d->socket;
                 }
+                if (d->effect == EffectKind::node_added) step->yank_nodes.push_back(d->name);
+            }
         }
         steps.push_back(std::move(*step));
     }

@@ -38,6 +38,9 @@ struct UndoStep {
     std::string name;
     int pid = -1;
     std::string socket;
+    // cancel_job: the disk's nodes, yanked when the job hangs on a dead NBD
+    // peer and no storage daemon of ours can be killed instead.
+    std::vector<std::string> yank_nodes;
     std::uint64_t seq = 0;  // the journal record it undoes (0: none)
     bool operator==(const UndoStep&) const = default;
 };

@@ -115,6 +115,7 @@ Result<std::unique_ptr<qmp::Client>> wait_for_qmp(int pid, const fs::path& socke
                             log_tail(log)));
         if (fs::exists(socket)) {
             qmp::ConnectOptions options;
+            options.enable_oob = true;  // the undo may need a yank (jobs/undo.cpp)
             options.timeout = std::min<qmp::Milliseconds>(qmp_timeout, 10s);
             options.default_timeout = qmp_timeout;
             auto client = qmp::Client::connect(socket.string(), options);

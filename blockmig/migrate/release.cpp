@@ -62,6 +62,7 @@ Result<Released> release(jobs::Journal& journal, const std::vector<std::string>&
         std::unique_ptr<qmp::Client> fresh;
         if (!client || client->state() != qmp::State::running) {
             qmp::ConnectOptions options;
+            options.enable_oob = true;  // the undo may need a yank (jobs/undo.cpp)
             options.timeout = timeout;
             options.default_timeout = timeout;
             auto c = qmp::Client::connect(address, options);

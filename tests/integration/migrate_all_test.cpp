@@ -163,6 +163,30 @@ TEST_F(MigrateAll, DestinationKilledDuringTheMirrorLeavesTheGuestOnTheSource) {
     expect_guest_on_source();
 }
 
+TEST_F(MigrateAll, LinkDownDuringTheMirrorIsCancelled) {
+    // 1 MiB/s: the 64 MiB copy is still running when the link goes.
+    BackgroundCli cli(migrate_args({"--bandwidth", "1", "--timeout", "30"}),
+                      src->qmp_socket().string());
+    ASSERT_TRUE(wait_for_phase("mirror", 60s));
+    std::this_thread::sleep_for(2s);
+    hosts->set_link(false);
+    const auto cut = Clock::now();
+    ASSERT_TRUE(cli.wait(120s)) << "blockmig ends within its timeout plus a bounded cancel";
+    const auto& r = cli.result();
+    std::cerr << "link down -> blockmig ended: "
+              << std::chrono::duration_cast<std::chrono::milliseconds>(cli.finished() - cut).count()
+              << " ms\n"
+              << r.out;
+    EXPECT_EQ(r.status, 1) << r.out;
+    expect_one_error_line(r.out, {"phase mirror", "keeps running on the source"});
+    expect_source_clean();
+    expect_guest_on_source();
+    // Back up, B still waits for a migration and holds nothing of this one.
+    hosts->set_link(true);
+    EXPECT_EQ(qmp_return(*dst, R"({"execute":"query-status"})")["status"], "inmigrate");
+    expect_destination_clean();
+}
+
 TEST_F(MigrateAll, KilledWhileTheMirrorsCopyIsRecoveredOntoTheSource) {
     // 1 MiB/s: the 32 MiB copy is still running when blockmig dies.
     pid_t pid = spawn_blockmig(migrate_args({"--bandwidth", "1"}), true);

@@ -138,6 +138,11 @@ Result<std::vector<BlockStats>> query_blockstats(Client& client, bool query_node
 // produce it.
 Result<void> blockdev_add(Client& client, const nlohmann::json& options, Timeout timeout = {});
 Result<void> blockdev_del(Client& client, const std::string& node_name, Timeout timeout = {});
+// `yank` of one NBD client node (QEMU >= 6.0): its connection is shut down at
+// once, so requests stuck on a dead peer fail instead of waiting for TCP.
+// Sent out-of-band when the client negotiated it.
+// Errors: command_not_found on older QEMUs; a node that is no yank instance.
+Result<void> yank_block_node(Client& client, const std::string& node_name, Timeout timeout = {});
 
 // Starts a blockdev-create job (`options` is a BlockdevCreateOptions object).
 Result<void> blockdev_create(Client& client, const std::string& job_id,
