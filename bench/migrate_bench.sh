@@ -10,8 +10,9 @@
 #
 #   bench/migrate_bench.sh [BLOCKMIG_BINARY] [DISK_MiB] [RAM_MiB] [RATE]
 #
-# Defaults: build/blockmig/blockmig, a 128 MiB raw disk full of random data
-# (every byte must cross the link), 256 MiB of guest RAM, a 200mbit link.
+# Defaults: build/blockmig/blockmig, a 128 MiB raw disk full of real files
+# (a tar of /usr/lib and /usr/share/doc: libraries, binaries, text; every
+# byte allocated, so every byte crosses the link), 256 MiB of guest RAM, a 200mbit link.
 # REPEAT rounds (default 2). Guest heartbeat every 50 ms.
 #
 # Times: blockmig's total is its own report's (the run's start to the guest
@@ -103,13 +104,14 @@ read -r guest accel < <("$lab/guest.sh" prepare)
 append="stamp.blocks=8192 stamp.hb=50"
 cmdline="console=ttyS0 quiet panic=-1 stamp.hb=100 $append"
 link=$(link_bytes_per_s "$rate")
-echo "migrate_bench: ${disk_mib} MiB random disk, ${ram_mib} MiB RAM, link $rate, $repeat rounds, accel $accel, work dir $work"
+echo "migrate_bench: ${disk_mib} MiB disk of real files, ${ram_mib} MiB RAM, link $rate, $repeat rounds, accel $accel, work dir $work"
 "$lab/hosts.sh" up "$name" "$rate" >/dev/null
 echo "migrate_bench: starting two libvirtd (cold: ~10 s each)"
 "$lab/libvirtd.sh" start "$lv_a" "$ns_a" >/dev/null
 "$lab/libvirtd.sh" start "$lv_b" "$ns_b" >/dev/null
 truncate -s "${disk_mib}M" "$work/base.raw"
-dd if=/dev/urandom of="$work/base.raw" bs=1M count="$disk_mib" conv=notrunc,fsync status=none
+tar cf - /usr/lib /usr/share/doc 2>/dev/null | head -c "$((disk_mib << 20))" |
+  dd of="$work/base.raw" bs=1M conv=notrunc,fsync iflag=fullblock status=none || true
 disk_bytes=$((disk_mib * 1048576))
 
 # What TCP itself gets through this link (tbf counts headers; its burst and
