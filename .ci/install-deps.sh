@@ -20,6 +20,8 @@ packages=(
   busybox-static iproute2 iputils-ping socat
   # QMP on another host (ssh://): the client blockmig runs; the server for the lab's sshd
   openssh-client openssh-server
+  # migrate --tls-dir: the lab's throw-away CA and certificates (tests/lab/tls.sh)
+  openssl
   # libvirt backend (daemon for later issues; no recommends keeps it small)
   libvirt-daemon-system libvirt-clients libvirt-daemon-driver-qemu
   # bench/ (run by hand, not by CI): JSON and arithmetic in the bench scripts

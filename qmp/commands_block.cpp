@@ -212,6 +212,12 @@ Result<void> nbd_server_start(Client& client, const SocketAddress& address,
     return run(client, "nbd-server-start", args, timeout);
 }
 
+Result<void> nbd_server_start_tls(Client& client, const SocketAddress& address,
+                                  const std::string& tls_creds, Timeout timeout) {
+    return run(client, "nbd-server-start",
+               {{"addr", to_legacy_json(address)}, {"tls-creds", tls_creds}}, timeout);
+}
+
 Result<void> nbd_server_stop(Client& client, Timeout timeout) {
     return run(client, "nbd-server-stop", json::object(), timeout);
 }

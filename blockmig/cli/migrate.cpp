@@ -38,6 +38,7 @@ struct MigrateArgs {
     int parallel = 0;
     bool keep_source = false;
     bool unsafe = false;
+    std::string tls_dir;
     std::string state_dir;
     std::string report;    // --report FILE.svg
     bool offline = false;  // --offline (cli/migrate_offline.cpp)
@@ -109,6 +110,7 @@ Result<void> run_migrate_command(const MigrateArgs& args, const GlobalOptions& g
     o.parallel = args.parallel;
     o.keep_source = args.keep_source;
     o.unsafe = args.unsafe;
+    o.tls_dir = args.tls_dir;
     o.jobs_dir = args.state_dir;
     auto src = connect(args.src_qmp, "source", o, globals);
     if (!src) return fail(src.error());
@@ -218,6 +220,11 @@ void add_migrate_command(CLI::App& app, Dispatch& dispatch) {
                   "leave the paused source QEMU running instead of quitting it");
     cmd->add_flag("--unsafe", args->unsafe,
                   "allow shared disks opened with a host cache (cache mode other than none)");
+    cmd->add_option("--tls-dir", args->tls_dir,
+                    "NBD and the migration stream over TLS, certificates checked both ways: DIR "
+                    "holds ca-cert.pem, server-cert.pem, server-key.pem (read by the destination "
+                    "QEMU) and ca-cert.pem, client-cert.pem, client-key.pem (read by the source "
+                    "QEMU), at the same absolute path on both hosts");
     add_state_dir_option(*cmd, args->state_dir);
     cmd->add_option("--report", args->report,
                     "after a successful migration, write FILE.svg: remaining bytes, dirty rate, "

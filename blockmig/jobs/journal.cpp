@@ -46,6 +46,7 @@ constexpr std::array k_effects{
     std::pair{EffectKind::nbd_server_started, "nbd_server_started"},
     std::pair{EffectKind::export_added, "export_added"},
     std::pair{EffectKind::destination_launched, "destination_launched"},
+    std::pair{EffectKind::tls_creds_added, "tls_creds_added"},
 };
 constexpr std::array k_states{
     std::pair{RecordState::intent, "intent"},           std::pair{RecordState::done, "done"},
@@ -559,6 +560,10 @@ std::vector<std::string> what_exists(const Job& job, std::string_view disk) {
                 break;
             case EffectKind::export_added:
                 what = "NBD export " + r->name + " on the destination";
+                break;
+            case EffectKind::tls_creds_added:
+                what = fmt::format("TLS credentials {} on the {}", r->name,
+                                   r->disk == "@tls-dst" ? "destination" : "source");
                 break;
             case EffectKind::destination_launched:
                 what = r->pid > 0 ? fmt::format("destination QEMU pid {} ({})", r->pid, r->name)

@@ -57,6 +57,8 @@ enum class EffectKind {
     export_added,        // name: the export's id (= its NBD name)
     // `migrate --dst-launch` (disk "@launch"): the destination QEMU blockmig started.
     destination_launched,  // name: its QMP socket ({qmp}); pid once known
+    // `migrate --tls-dir` (disk "@tls-src" / "@tls-dst"): a tls-creds-x509 object.
+    tls_creds_added,  // name: the object id
 };
 std::string_view to_string(EffectKind kind);
 Result<EffectKind> parse_effect_kind(std::string_view text);

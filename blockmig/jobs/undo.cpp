@@ -310,6 +310,7 @@ std::optional<UndoStep> undo_of(const Record& r) {
             s.kind = UndoKind::remove_volume;
             return s;
         case EffectKind::secret_added:
+        case EffectKind::tls_creds_added:
             s.kind = UndoKind::object_del;
             return s;
         case EffectKind::node_added:

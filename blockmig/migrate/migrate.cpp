@@ -17,6 +17,7 @@
 #include "settle.hpp"
 #include "storage.hpp"
 #include "timeline.hpp"
+#include "tls.hpp"
 #include "tuning.hpp"
 
 namespace blockmig {
@@ -60,6 +61,11 @@ class Run {
           m_cancel(cancel) {}
 
     Result<MigrateReport> run() {
+        if (!m_o.tls_dir.empty())
+            if (auto r = migrate::check_tls_dir(m_o.tls_dir, migrate::is_local_qmp(m_o.src_qmp),
+                                                !m_o.launch && migrate::is_local_qmp(m_o.dst_qmp));
+                !r)
+                return fail(r.error());
         if (m_o.launch) return run_launched();
         auto facts = preflight();
         if (!facts) return fail(facts.error());
@@ -158,6 +164,13 @@ class Run {
                                          *src_support, *dst_support);
         if (!plan) return fail(plan.error());
         m_plan = std::move(*plan);
+        if (!m_o.tls_dir.empty()) {
+            if (auto r = migrate::check_tls_support(
+                    m_src, *m_dst, m_o.copy_storage != CopyStorage::none, m_o.qmp_timeout);
+                !r)
+                return fail(r.error());
+            m_plan.summary += ", TLS";
+        }
         std::uint64_t bytes = src.memory;
         // inc copies the overlays: their host bytes, else (all) whole disks.
         if (m_o.copy_storage != CopyStorage::none)
@@ -232,6 +245,14 @@ class Run {
                                              m_plan.summary + ")");
             !r)
             return r;
+        if (!m_o.tls_dir.empty()) {
+            if (auto r = migrate::add_tls_objects(*m_journal, m_src, *m_dst, m_o.tls_dir,
+                                                  m_o.qmp_timeout);
+                !r)
+                return r;
+            migrate::add_tls_parameters(m_plan, migrate::tls_object_id(m_journal->job().id),
+                                        migrate::nbd_host(m_o.dst_addr));
+        }
         if (auto r = effect(EffectKind::migration_configured, "destination",
                             [&] { return apply(*m_dst, m_plan.destination, "destination"); });
             !r)

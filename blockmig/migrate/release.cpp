@@ -5,10 +5,13 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
+#include <functional>
 #include <memory>
 
 #include "jobs/undo.hpp"
 #include "launch.hpp"
+#include "qmp/migration.hpp"
+#include "tls.hpp"
 
 namespace blockmig::migrate {
 
@@ -18,6 +21,7 @@ std::vector<std::string> source_disks(const jobs::Job& job) {
     std::vector<std::string> out;
     for (const auto& r : job.records)
         if (!r.disk.empty() && r.disk != k_destination && r.disk != k_launched &&
+            r.disk != k_tls_source && r.disk != k_tls_destination &&
             std::find(out.begin(), out.end(), r.disk) == out.end())
             out.push_back(r.disk);
     return out;
@@ -46,9 +50,12 @@ Result<void> mark_gone(jobs::Journal& journal, const std::vector<jobs::UndoStep>
     return {};
 }
 
+// `before`: run on a reachable QEMU before its steps (may be empty).
+using BeforeUndo = std::function<void(qmp::Client&, const std::vector<jobs::UndoStep>&)>;
+
 Result<Released> release(jobs::Journal& journal, const std::vector<std::string>& disks,
                          qmp::Client* client, const std::string& address, std::string_view side,
-                         qmp::Milliseconds timeout) {
+                         qmp::Milliseconds timeout, const BeforeUndo& before = {}) {
     Released out;
     // Two rounds: a connection lost on the way (that QEMU exiting, as a
     // destination whose incoming migration failed does) is asked once more.
@@ -77,6 +84,7 @@ Result<Released> release(jobs::Journal& journal, const std::vector<std::string>&
                 client = nullptr;  // every QMP step is left behind, named
             }
         }
+        if (client && before) before(*client, *plan);
         jobs::UndoEnv env{.client = client, .step_timeout = timeout};
         auto report = jobs::run_undo(journal, *plan, env);
         if (!report) return fail(report.error());
@@ -89,6 +97,19 @@ Result<Released> release(jobs::Journal& journal, const std::vector<std::string>&
         client = nullptr;
     }
     return out;
+}
+
+// A migration parameter naming a credentials object about to go would
+// make that QEMU's next migration fail: it is cleared first (on an undo the
+// source's saved settings were restored already, and do not name it).
+void clear_tls_parameter(qmp::Client& client, const std::vector<jobs::UndoStep>& steps,
+                         qmp::Milliseconds timeout) {
+    auto params = qmp::query_migrate_parameters(client, timeout);
+    if (!params) return;
+    const std::string current = params->value("tls-creds", "");
+    for (const auto& s : steps)
+        if (!current.empty() && s.name == current)
+            (void)qmp::migrate_set_parameters(client, {{"tls-creds", ""}}, timeout);
 }
 
 }  // namespace
@@ -120,6 +141,27 @@ Result<Released> release_launched(jobs::Journal& journal, qmp::Milliseconds time
     auto report = jobs::run_undo(journal, *plan, env);
     if (!report) return fail(report.error());
     return Released{report->done, report->left_behind};
+}
+
+Result<Released> release_tls(jobs::Journal& journal, qmp::Client* src, qmp::Client* dst,
+                             qmp::Milliseconds timeout) {
+    const auto clear = [timeout](qmp::Client& c, const std::vector<jobs::UndoStep>& steps) {
+        clear_tls_parameter(c, steps, timeout);
+    };
+    Released out;
+    for (bool destination : {true, false}) {
+        const char* key = destination ? k_tls_destination : k_tls_source;
+        if (!journal.job().migration || journal.job().records_of(key).empty()) continue;
+        auto r =
+            destination
+                ? release(journal, {key}, dst, journal.job().migration->destination.qmp,
+                          "destination", timeout, clear)
+                : release(journal, {key}, src, journal.job().guest.qmp, "source", timeout, clear);
+        if (!r) return fail(r.error());
+        out.done.insert(out.done.end(), r->done.begin(), r->done.end());
+        out.left_behind.insert(out.left_behind.end(), r->left_behind.begin(), r->left_behind.end());
+    }
+    return out;
 }
 
 }  // namespace blockmig::migrate

@@ -43,6 +43,11 @@ Result<Released> release_destination(jobs::Journal& journal, qmp::Client* dst,
 // the guest's.
 Result<Released> release_launched(jobs::Journal& journal, qmp::Milliseconds timeout);
 
+// The TLS credentials objects (tls.hpp) of both sides, once nothing uses
+// them: a migration parameter still naming one is cleared first.
+Result<Released> release_tls(jobs::Journal& journal, qmp::Client* src, qmp::Client* dst,
+                             qmp::Milliseconds timeout);
+
 // Whether a failed QMP connect proves nothing listens at the address any
 // more (no such socket, or the connection refused).
 bool proves_gone(const Error& connect_error);

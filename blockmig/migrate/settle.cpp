@@ -278,6 +278,10 @@ class Settler {
         auto dst = release_destination(m_journal, m_dst, m_timeout);
         if (!dst) return fail(dst.error());
         take(*dst);
+        if (auto tls = release_tls(m_journal, m_src, m_dst, m_timeout); tls)
+            take(*tls);
+        else
+            return fail(tls.error());
         // A destination blockmig started (--dst-launch) never had the guest.
         auto launched = release_launched(m_journal, m_timeout);
         if (!launched) return fail(launched.error());
@@ -335,6 +339,11 @@ class Settler {
             m_result.actions.push_back(ok ? "quit the source QEMU"
                                           : "the source QEMU did not quit: " + r.error().message);
         }
+        // Last: nothing uses the TLS credentials any more (a QEMU that quit took its own).
+        if (auto tls = release_tls(m_journal, m_src, m_dst, m_timeout); tls)
+            take(*tls);
+        else
+            return fail(tls.error());
         m_result.settled = true;
         return set_phase(m_journal, "done");
     }

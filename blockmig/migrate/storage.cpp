@@ -6,6 +6,7 @@
 #include <map>
 
 #include "qmp/features.hpp"
+#include "tls.hpp"
 
 namespace blockmig::migrate {
 
@@ -129,6 +130,9 @@ Result<void> StorageCopy::start_server() {
         // Each attempt is journaled: a refused one is recorded failed, the
         // one that listens is the one undone.
         auto r = dst_effect(EffectKind::nbd_server_started, where, [&] {
+            if (!m_o.tls_dir.empty())
+                return qmp::nbd_server_start_tls(m_dst, m_server, tls_object_id(m_journal.job().id),
+                                                 m_o.qmp_timeout);
             return qmp::nbd_server_start(m_dst, m_server, {}, m_o.qmp_timeout);
         });
         if (r) return {};
@@ -178,8 +182,9 @@ Result<void> StorageCopy::start_mirrors(const SideFacts& src) {
         const std::string export_name = spec.names.export_name;
         m_mirrors.push_back(std::move(m));
         auto& mirror = *m_mirrors.back();
-        if (auto r = mirror.attach(mirror::Target::nbd(m_server, export_name)); !r)
-            return fail(r.error().with_context(s.device));
+        auto target = mirror::Target::nbd(m_server, export_name);
+        if (!m_o.tls_dir.empty()) target.tls_creds = tls_object_id(m_journal.job().id);
+        if (auto r = mirror.attach(target); !r) return fail(r.error().with_context(s.device));
         const std::uint64_t speed = m_o.bandwidth ? m_o.bandwidth / src.disks.size() : 0;
         if (auto r = mirror.start(qmp::CopyMode::background, speed); !r)
             return fail(r.error().with_context(s.device));

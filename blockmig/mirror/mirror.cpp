@@ -162,7 +162,8 @@ Result<void> Mirror::attach_nbd() {
     // first node's intent, before the node exists.
     stage_fields(std::nullopt);
     if (auto r = m_effects.add_node(
-            m_spec.disk, nbd_client_node(m_hop_node, m_target.server, m_target.export_name));
+            m_spec.disk,
+            nbd_client_node(m_hop_node, m_target.server, m_target.export_name, m_target.tls_creds));
         !r)
         return fail(
             r.error().with_context(fmt::format("blockdev-add nbd node for {}", m_target.url)));

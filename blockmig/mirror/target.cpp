@@ -54,14 +54,16 @@ std::string nbd_url(const qmp::SocketAddress& server, std::string_view export_na
 }
 
 nlohmann::json nbd_client_node(const std::string& node_name, const qmp::SocketAddress& server,
-                               const std::string& export_name) {
-    return {{"driver", "nbd"},
-            {"node-name", node_name},
-            {"server", qmp::to_json(server)},
-            {"export", export_name},
-            // Without it the block layer strips MAY_UNMAP from zero writes and
-            // a thin target gets fully allocated by the mirror's zeroing pass.
-            {"discard", "unmap"}};
+                               const std::string& export_name, const std::string& tls_creds) {
+    nlohmann::json node{{"driver", "nbd"},
+                        {"node-name", node_name},
+                        {"server", qmp::to_json(server)},
+                        {"export", export_name},
+                        // Without it the block layer strips MAY_UNMAP from zero writes and
+                        // a thin target gets fully allocated by the mirror's zeroing pass.
+                        {"discard", "unmap"}};
+    if (!tls_creds.empty()) node["tls-creds"] = tls_creds;
+    return node;
 }
 
 }  // namespace blockmig::mirror

@@ -44,6 +44,10 @@ struct Target {
     // nbd: an image format layered over the export ("qcow2"); empty = the
     // export holds the disk's contents (raw), the mirror writes to it as is.
     std::string export_format;
+    // nbd: the id of a tls-creds-x509 object (endpoint client) in the
+    // guest's QEMU; empty = plain NBD. The server's certificate is checked
+    // against the server's host name or address.
+    std::string tls_creds;
 
     static Target volume(pools::BlockdevChain chain, std::string url);
     static Target hop(pools::BlockdevChain chain, std::string url, std::filesystem::path hop_dir,
@@ -56,8 +60,8 @@ struct Target {
 std::string nbd_url(const qmp::SocketAddress& server, std::string_view export_name);
 
 // The blockdev-add arguments of an `nbd` client node `node_name` reaching
-// `export_name` on `server`.
+// `export_name` on `server` (over TLS with `tls_creds` when not empty).
 nlohmann::json nbd_client_node(const std::string& node_name, const qmp::SocketAddress& server,
-                               const std::string& export_name);
+                               const std::string& export_name, const std::string& tls_creds = {});
 
 }  // namespace blockmig::mirror

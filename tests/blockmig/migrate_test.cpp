@@ -60,7 +60,9 @@ struct FakeSide {
     // nodes on the source, exports and the NBD server on the destination.
     std::set<std::string> block_jobs, nodes, exports;
     bool nbd_server = false;
-    std::string failing;  // a command this QEMU answers with an error
+    std::set<std::string> objects;  // object-add ids (--tls-dir)
+    json schema;                    // query-qmp-schema's answer (--tls-dir)
+    std::string failing;            // a command this QEMU answers with an error
     Ram ram = Ram::reaches_switchover;
     std::uint64_t passes = 1;      // dirty-sync-count while the RAM stalls
     bool fail_after_stop = false;  // stalls: the migration fails once the guest is paused
@@ -207,6 +209,16 @@ struct FakeSide {
             nbd_server = false;
             return reply(json::object());
         }
+        if (cmd == "object-add") {
+            objects.insert(args.value("id", ""));
+            return reply(json::object());
+        }
+        if (cmd == "object-del") {
+            if (!objects.erase(args.value("id", "")))
+                return error("object '" + args.value("id", "") + "' not found");
+            return reply(json::object());
+        }
+        if (cmd == "query-qmp-schema" && schema.is_array()) return reply(schema);
         if (cmd == "query-named-block-nodes") return reply(json::array());
         if (cmd == "query-version")
             return reply({{"qemu", {{"major", 7}, {"minor", 2}, {"micro", 0}}}, {"package", ""}});
@@ -556,6 +568,90 @@ TEST_F(MigrateTest, InterruptBeforeSwitchoverCancels) {
     ASSERT_FALSE(r);
     EXPECT_NE(r.error().message.find("interrupted"), std::string::npos);
     EXPECT_TRUE(src.side->got("migrate_cancel"));
+}
+
+// --tls-dir: both QEMUs get a credentials object (server on the
+// destination), the migration parameters name it; every ending removes the
+// objects and leaves no parameter naming one that is gone.
+class MigrateTlsTest : public MigrateTest {
+  protected:
+    void SetUp() override {
+        MigrateTest::SetUp();
+        fs::create_directories(tls);
+        for (const char* f : {"ca-cert.pem", "server-cert.pem", "server-key.pem", "client-cert.pem",
+                              "client-key.pem"})
+            std::ofstream(tls / f) << "x";
+        const json schema = json::parse(R"([
+          {"name": "object-add", "meta-type": "command", "arg-type": "1", "ret-type": "0"},
+          {"name": "1", "meta-type": "object", "members": [{"name": "qom-type", "type": "2"}]},
+          {"name": "2", "meta-type": "enum", "values": ["tls-creds-x509"]},
+          {"name": "migrate-set-parameters", "meta-type": "command", "arg-type": "3", "ret-type": "0"},
+          {"name": "3", "meta-type": "object", "members": [{"name": "tls-creds", "type": "str"}]}
+        ])");
+        for (auto* side : {src.side.get(), dst.side.get()}) {
+            side->schema = schema;
+            side->params["tls-creds"] = "";
+            side->params["tls-hostname"] = "";
+        }
+        options.tls_dir = tls;
+    }
+    fs::path tls = dir / "pki";
+};
+
+TEST_F(MigrateTlsTest, CredentialsOnBothSidesBeforeTheParametersThenRemoved) {
+    auto r = migrate();
+    ASSERT_TRUE(r) << r.error().message;
+    const std::string id = "bm" + r->job + "-tls";
+    EXPECT_TRUE(dst.side->got("object-add", R"("endpoint":"server")"));
+    EXPECT_TRUE(dst.side->got("object-add", "\"dir\":\"" + tls.string() + "\""));
+    EXPECT_TRUE(src.side->got("object-add", R"("endpoint":"client")"));
+    EXPECT_TRUE(src.side->got("object-add", R"("verify-peer":true)"));
+    EXPECT_LT(dst.side->index_of("object-add"), dst.side->index_of("migrate-set-parameters"));
+    EXPECT_LT(src.side->index_of("object-add"), src.side->index_of("migrate-set-parameters"));
+    EXPECT_TRUE(dst.side->got("migrate-set-parameters", "\"tls-creds\":\"" + id + "\""));
+    EXPECT_TRUE(src.side->got("migrate-set-parameters", "\"tls-creds\":\"" + id + "\""));
+    EXPECT_TRUE(src.side->got("migrate-set-parameters", R"("tls-hostname":"10.0.0.2")"));
+    // The guest runs on the destination: its credentials are gone and its
+    // next migration (outgoing) does not name them.
+    EXPECT_TRUE(dst.side->objects.empty());
+    EXPECT_EQ(dst.side->params["tls-creds"], "");
+    EXPECT_LT(dst.side->index_of("cont"), dst.side->index_of("object-del"));
+    EXPECT_EQ(journals(), 0u);
+}
+
+TEST_F(MigrateTlsTest, FailureRestoresTheSourceAndRemovesBothObjects) {
+    src.side->ram = FakeSide::Ram::fails;
+    src.side->params["tls-hostname"] = "earlier.example";
+    auto r = migrate();
+    ASSERT_FALSE(r);
+    EXPECT_NE(r.error().message.find("keeps running on the source"), std::string::npos)
+        << r.error().message;
+    EXPECT_TRUE(src.side->got("object-del"));
+    EXPECT_TRUE(src.side->objects.empty());
+    EXPECT_TRUE(dst.side->objects.empty());
+    EXPECT_EQ(src.side->params["tls-creds"], "") << "restored as it was";
+    EXPECT_EQ(src.side->params["tls-hostname"], "earlier.example");
+    EXPECT_EQ(journals(), 0u);
+}
+
+TEST_F(MigrateTlsTest, MissingFilesAndSchemaAreRefusedBeforeAnythingIsTouched) {
+    fs::remove(tls / "server-key.pem");
+    auto r = migrate();
+    ASSERT_FALSE(r);
+    EXPECT_NE(r.error().message.find("server-key.pem"), std::string::npos) << r.error().message;
+    std::ofstream(tls / "server-key.pem") << "x";
+    dst.side->schema = json::array();
+    r = migrate();
+    ASSERT_FALSE(r);
+    EXPECT_NE(r.error().message.find("the destination QEMU lacks the migration parameter "
+                                     "tls-creds"),
+              std::string::npos)
+        << r.error().message;
+    for (auto* side : {src.side.get(), dst.side.get()}) {
+        EXPECT_FALSE(side->got("object-add"));
+        EXPECT_FALSE(side->got("migrate-set-parameters"));
+    }
+    EXPECT_EQ(journals(), 0u);
 }
 
 TEST_F(MigrateTest, PreflightRefusalTouchesNothing) {

@@ -87,10 +87,14 @@ struct MigrateOptions {
     double timeout_per_gib = 0;
     MigratePolicy policy = MigratePolicy::minimal_downtime;
     MigrateCompress compress = MigrateCompress::none;
-    int parallel = 0;                // multifd channels; 0 = one migration stream
-    bool keep_source = false;        // leave the paused source QEMU instead of quitting it
-    bool unsafe = false;             // allow shared disks whose host cache is not bypassed
-    std::filesystem::path jobs_dir;  // journals; default jobs::default_state_dir()
+    int parallel = 0;          // multifd channels; 0 = one migration stream
+    bool keep_source = false;  // leave the paused source QEMU instead of quitting it
+    bool unsafe = false;       // allow shared disks whose host cache is not bypassed
+    // Set: NBD and the migration stream over TLS with the tls-creds-x509
+    // files in this directory (the same absolute path on both hosts;
+    // blockmig/migrate/tls.hpp). Empty: plain TCP on --dst-addr only.
+    std::filesystem::path tls_dir;
+    std::filesystem::path jobs_dir;                 // journals; default jobs::default_state_dir()
     std::chrono::milliseconds qmp_timeout{30'000};  // deadline of each QMP call
     // How long the switchover (migrate-continue -> completed on both sides) may take.
     std::chrono::milliseconds switchover_timeout{60'000};

@@ -247,6 +247,10 @@ nlohmann::json to_legacy_json(const SocketAddress& address);
 Result<void> nbd_server_start(Client& client, const SocketAddress& address,
                               std::optional<std::int64_t> max_connections = {},
                               Timeout timeout = {});
+// nbd-server-start with TLS: clients must complete STARTTLS with the
+// `tls_creds` object (a tls-creds-x509 with endpoint server) first.
+Result<void> nbd_server_start_tls(Client& client, const SocketAddress& address,
+                                  const std::string& tls_creds, Timeout timeout = {});
 Result<void> nbd_server_stop(Client& client, Timeout timeout = {});
 
 struct NbdExport {
