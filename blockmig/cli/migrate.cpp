@@ -240,6 +240,9 @@ void add_migrate_command(CLI::App& app, Dispatch& dispatch) {
     cmd->callback([args, &dispatch] {
         check_offline_usage(args->offline, args->dst_qmp, args->dst_launch, args->dst_pool,
                             args->copy_storage, args->disks);
+        if (args->offline && !args->tls_dir.empty())
+            throw CLI::ValidationError("--tls-dir",
+                                       "not with --offline (no stream crosses the network)");
         if (args->offline) {
             dispatch.action = [args, &dispatch] {
                 return run_offline_command(
