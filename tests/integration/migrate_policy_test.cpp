@@ -26,13 +26,7 @@ namespace {
 
 class MigratePolicy : public SharedRig {
   protected:
-    // QEMU 7.2 running the guest under TCG (no KVM): its post-copy and
-    // multifd hand the destination guest bad memory in this lab.
-    bool qemu7_under_tcg() {
-        const json version = qmp_return(*src, R"({"execute":"query-version"})");
-        const bool kvm = qmp_return(*src, R"({"execute":"query-kvm"})").value("enabled", false);
-        return version["qemu"].value("major", 0) < 8 && !kvm;
-    }
+    bool qemu7_under_tcg() { return move_test::qemu7_under_tcg(*src); }
 };
 
 // The first `event` line whose fields satisfy `match`, or null.

