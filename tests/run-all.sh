@@ -16,14 +16,16 @@ jobs=$(nproc)
 cmake -S . -B build -DBLOCKMIG_WERROR=ON
 cmake --build build -j"$jobs"
 # Integration tests run real QEMU guests under TCG on 2 loaded cores: one that
-# fails is run once more, and every such retry is listed at the end (a real bug
-# fails twice; a retry is still a finding for the session note).
+# fails is run again, up to twice, and every such retry is listed at the end (a
+# real bug fails three times; a retry is still a finding for the session note).
+# Two tries were enough until QEMU 7.2 under TCG began handing about one in
+# three migrated guests bad memory (docs/known-issues.md, stop 16).
 retries=$(mktemp)
 trap 'rm -f "$retries"' EXIT
 integration() {
   local log rc=0
   log=$(mktemp)
-  "$@" --output-on-failure -j2 --timeout 900 -L integration --repeat until-pass:2 | tee "$log" || rc=$?
+  "$@" --output-on-failure -j2 --timeout 900 -L integration --repeat until-pass:3 | tee "$log" || rc=$?
   grep -E 'Test +#[0-9]+: .*\*\*\*(Failed|Timeout|Exception)' "$log" >>"$retries" || true
   rm -f "$log"
   return $rc
@@ -38,7 +40,7 @@ integration ctest --test-dir build
 # it died (docs/known-issues.md); blockmig now restarts hop mirrors instead.
 BLOCKMIG_QEMU=10 integration ctest --test-dir build -R '^(Move|Migrate)'
 if [[ -s $retries ]]; then
-  echo "=== integration tests that failed once and passed when run again:"
+  echo "=== integration tests that failed and passed when run again:"
   cat "$retries"
 fi
 
