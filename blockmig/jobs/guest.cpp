@@ -2,7 +2,11 @@
 
 #include <fmt/core.h>
 
+#include <cstdlib>
 #include <filesystem>
+#include <fstream>
+#include <iterator>
+#include <sstream>
 
 #include "qmp/address.hpp"
 
@@ -19,11 +23,25 @@ std::string canonical_address(std::string_view address) {
     return ec ? std::string(address) : absolute.string();
 }
 
+std::uint64_t process_start_time(int pid) {
+    std::ifstream in(fmt::format("/proc/{}/stat", pid));
+    std::string stat((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    // Field 22; the command name (field 2) may hold spaces, so count after its ')'.
+    auto close_paren = stat.rfind(')');
+    if (close_paren == std::string::npos) return 0;
+    std::istringstream fields(stat.substr(close_paren + 1));
+    std::string field;
+    for (int i = 3; i <= 22 && fields >> field; ++i)
+        if (i == 22) return std::strtoull(field.c_str(), nullptr, 10);
+    return 0;
+}
+
 Result<GuestIdentity> identify_guest(qmp::Client& client, std::string_view address, int qemu_pid,
                                      qmp::Milliseconds timeout) {
     GuestIdentity g;
     g.qmp = canonical_address(address);
     g.pid = qemu_pid;
+    if (qemu_pid > 0) g.started = process_start_time(qemu_pid);
     auto uuid = client.execute("query-uuid", nlohmann::json::object(), timeout);
     if (!uuid) return fail(uuid.error().with_context("query-uuid"));
     const std::string u = uuid->value("UUID", "");

@@ -1,6 +1,7 @@
 // Who a job acts on, and whether blockmig may act on it at all.
 #pragma once
 
+#include <cstdint>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -15,9 +16,13 @@ namespace blockmig::jobs {
 // in their canonical text (qmp::to_string).
 std::string canonical_address(std::string_view address);
 
+// The start time of process `pid` (clock ticks since boot, field 22 of
+// /proc/PID/stat); 0 when it cannot be read.
+std::uint64_t process_start_time(int pid);
+
 // The guest behind `client`: the QMP address made absolute (Unix sockets),
 // QEMU's uuid (when not all zeroes) and name. `qemu_pid` (the socket peer,
-// when known) is stored as is. Errors: those of the QMP calls.
+// when known) is stored with its start time. Errors: those of the QMP calls.
 Result<GuestIdentity> identify_guest(qmp::Client& client, std::string_view address, int qemu_pid,
                                      qmp::Milliseconds timeout);
 

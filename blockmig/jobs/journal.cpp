@@ -207,7 +207,9 @@ Result<Record> record_from_json(const json& j) {
 
 bool GuestIdentity::same_guest(const GuestIdentity& other) const {
     if (!uuid.empty() && uuid == other.uuid) return true;
-    if (pid > 0 && pid == other.pid) return true;
+    // Journals from before `started` match by pid alone.
+    const bool same_start = started == 0 || other.started == 0 || started == other.started;
+    if (pid > 0 && pid == other.pid && same_start) return true;
     return !qmp.empty() && qmp == other.qmp;
 }
 
@@ -273,6 +275,7 @@ json to_json(const Job& job) {
                 {"guest",
                  {{"qmp", job.guest.qmp},
                   {"pid", job.guest.pid},
+                  {"started", job.guest.started},
                   {"uuid", job.guest.uuid},
                   {"name", job.guest.name}}},
                 {"finish", to_string(job.finish)},
@@ -284,6 +287,7 @@ json to_json(const Job& job) {
         out["migration"] = {{"destination",
                              {{"qmp", m->destination.qmp},
                               {"pid", m->destination.pid},
+                              {"started", m->destination.started},
                               {"uuid", m->destination.uuid},
                               {"name", m->destination.name}}},
                             {"dst_addr", m->dst_addr},
@@ -307,6 +311,7 @@ Result<Job> job_from_json(const json& j) {
     const json guest = j.value("guest", json::object());
     job.guest = {guest.value("qmp", ""), guest.value("pid", -1), guest.value("uuid", ""),
                  guest.value("name", "")};
+    job.guest.started = guest.value("started", std::uint64_t{0});
     const std::string finish = j.value("finish", "pivot");
     job.finish = finish == "no_pivot"    ? Finish::no_pivot
                  : finish == "copy_only" ? Finish::copy_only
@@ -334,6 +339,7 @@ Result<Job> job_from_json(const json& j) {
         const json dst = m->value("destination", json::object());
         facts.destination = {dst.value("qmp", ""), dst.value("pid", -1), dst.value("uuid", ""),
                              dst.value("name", "")};
+        facts.destination.started = dst.value("started", std::uint64_t{0});
         facts.dst_addr = m->value("dst_addr", "");
         facts.copy_storage = m->value("copy_storage", "none");
         facts.keep_source = m->value("keep_source", false);

@@ -87,6 +87,10 @@ struct GuestIdentity {
     int pid = -1;      // QEMU's pid when known (SO_PEERCRED)
     std::string uuid;  // query-uuid, when QEMU has one other than all zeroes
     std::string name;  // query-name
+    // The QEMU process's start time (clock ticks since boot, /proc/PID/stat)
+    // when pid is known, 0 otherwise: pids are reused (pid_max may be 32768),
+    // so a pid names a QEMU only together with its start time.
+    std::uint64_t started = 0;
     bool same_guest(const GuestIdentity& other) const;
 };
 

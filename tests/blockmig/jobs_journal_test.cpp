@@ -3,6 +3,7 @@
 
 #include <fstream>
 
+#include "jobs/guest.hpp"
 #include "jobs/journal.hpp"
 #include "jobs/names.hpp"
 #include "jobs/undo.hpp"
@@ -214,6 +215,40 @@ TEST_F(JournalTest, NewJobOnTheGuestIsRefusedWithTheRecoverCommand) {
     GuestIdentity by_uuid{"/other.qmp", -1, "6f1c2a5e-0000-4000-8000-000000000001", ""};
     EXPECT_FALSE(refuse_if_unrecovered(dir, by_uuid));
     EXPECT_TRUE(refuse_if_unrecovered(dir, GuestIdentity{"/run/vm2.qmp", -1, "", ""}));
+}
+
+TEST(GuestIdentityTest, APidIsTheSameQemuOnlyWithTheSameStartTime) {
+    GuestIdentity dead{"/run/a.qmp", 4242, "", ""};
+    dead.started = 1000;
+    GuestIdentity reused{"/run/b.qmp", 4242, "", ""};
+    reused.started = 9000;  // another QEMU that got the dead one's pid
+    EXPECT_FALSE(dead.same_guest(reused));
+    GuestIdentity second_monitor{"/run/b.qmp", 4242, "", ""};
+    second_monitor.started = 1000;
+    EXPECT_TRUE(dead.same_guest(second_monitor));
+    GuestIdentity old_journal{"/run/a2.qmp", 4242, "", ""};  // written before `started`
+    EXPECT_TRUE(old_journal.same_guest(reused));
+}
+
+TEST(GuestIdentityTest, StartTimeIsReadFromProc) {
+    EXPECT_GT(process_start_time(getpid()), 0u);
+    EXPECT_EQ(process_start_time(getpid()), process_start_time(getpid()));
+    EXPECT_EQ(process_start_time(-1), 0u);
+}
+
+TEST_F(JournalTest, TheGuestsStartTimeIsJournaled) {
+    Job job = sample();
+    job.guest.pid = 4242;
+    job.guest.started = 123456;
+    std::string id;
+    {
+        auto j = Journal::create(dir, job);
+        ASSERT_TRUE(j);
+        id = j->job().id;
+    }  // its owner is gone: the journal can be opened again
+    auto again = Journal::open(dir, id);
+    ASSERT_TRUE(again) << again.error().message;
+    EXPECT_EQ(again->job().guest.started, 123456u);
 }
 
 TEST_F(JournalTest, RemovedJobLeavesNothing) {
