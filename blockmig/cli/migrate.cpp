@@ -6,6 +6,7 @@
 #include <signal.h>
 
 #include <atomic>
+#include <cstdio>
 #include <filesystem>
 
 #include "commands.hpp"
@@ -82,6 +83,21 @@ void print_migrate_summary(const MigrateReport& r, const std::string& destinatio
     for (const auto& a : r.actions) fmt::print("policy: {}\n", a);
 }
 
+// A failed run's report (the series up to the failure), for whoever debugs
+// it. The failure stays the result: a report that cannot be written is a
+// warning, never the error line or the exit code.
+void report_failure(const MigrateArgs& args, const GlobalOptions& globals,
+                    const MigrateReport& failed) {
+    if (!args.report.empty()) {
+        if (auto w = write_report_svg(args.report, failed); !w)
+            fmt::print(stderr, "blockmig: warning: {}\n", w.error().message);
+        else if (globals.output != OutputFormat::json)
+            fmt::print("report: {} (failed in phase {})\n", args.report, failed.failure->phase);
+    }
+    if (globals.output == OutputFormat::json) fmt::print("{}\n", report_json(failed).dump());
+    std::fflush(stdout);
+}
+
 Result<void> run_migrate_command(const MigrateArgs& args, const GlobalOptions& globals) {
     MigrateOptions o;
     o.src_qmp = args.src_qmp;
@@ -128,11 +144,15 @@ Result<void> run_migrate_command(const MigrateArgs& args, const GlobalOptions& g
     sa.sa_handler = on_migrate_interrupt;
     sigaction(SIGINT, &sa, nullptr);
     sigaction(SIGTERM, &sa, nullptr);
-    auto report = dst ? run_migrate(**src, *dst, o, *progress, g_interrupted)
-                      : run_migrate_launching(**src, o, *progress, g_interrupted);
+    MigrateReport failed;
+    auto report = dst ? run_migrate(**src, *dst, o, *progress, g_interrupted, &failed)
+                      : run_migrate_launching(**src, o, *progress, g_interrupted, &failed);
     signal(SIGINT, SIG_DFL);
     signal(SIGTERM, SIG_DFL);
-    if (!report) return fail(report.error());
+    if (!report) {
+        if (failed.failure) report_failure(args, globals, failed);
+        return fail(report.error());
+    }
 
     // The migration is done whatever happens to the report: a failure to
     // write it is one error line after the summary.
@@ -227,8 +247,10 @@ void add_migrate_command(CLI::App& app, Dispatch& dispatch) {
                     "QEMU), at the same absolute path on both hosts");
     add_state_dir_option(*cmd, args->state_dir);
     cmd->add_option("--report", args->report,
-                    "after a successful migration, write FILE.svg: remaining bytes, dirty rate, "
-                    "throughput and the downtime limit over time, the guest's pause marked")
+                    "write FILE.svg when the migration ends, completed or failed: remaining "
+                    "bytes, dirty rate, throughput and the downtime limit over time, the guest's "
+                    "pause marked; a failure's phase and cause in the title and its time marked "
+                    "(not after a pre-flight refusal, which touches nothing)")
         ->type_name("FILE");
     cmd->add_flag("--offline", args->offline,
                   "cold migration: power the guest down, copy its disks into --dst-pool (each "

@@ -52,13 +52,14 @@ class Run {
   public:
     // `dst`: nullptr when blockmig launches the destination (options.launch).
     Run(qmp::Client& src, qmp::Client* dst, const MigrateOptions& options, ProgressSink& progress,
-        const std::atomic<bool>& cancel)
+        const std::atomic<bool>& cancel, MigrateReport* failed_report)
         : m_src(src),
           m_dst(dst),
           m_o(options),
           m_recorder(progress, *options.clock),
           m_progress(m_recorder),
-          m_cancel(cancel) {}
+          m_cancel(cancel),
+          m_failed_report(failed_report) {}
 
     Result<MigrateReport> run() {
         if (!m_o.tls_dir.empty())
@@ -628,8 +629,29 @@ class Run {
         return m_report;
     }
 
-    // Any failure: settle from the truth, then one line naming phase and cause.
+    // Any failure once the job began: settled, and the report up to here
+    // handed to the caller with the failure named (--report, --output json).
     Result<MigrateReport> failed(const Failure& f) {
+        auto r = settle_failure(f);
+        if (!r && m_failed_report) *m_failed_report = failed_report(f, r.error().message);
+        return r;
+    }
+
+    // The report up to the failure: QEMU's completion figures stay unknown,
+    // the RAM sent is the last the live view showed.
+    MigrateReport failed_report(const Failure& f, const std::string& message) {
+        m_report.total = std::chrono::milliseconds(std::llround(m_recorder.elapsed() * 1000));
+        m_report.timeline = m_recorder.timeline();
+        for (const auto& s : m_report.timeline.samples)
+            if (!std::isnan(s.ram_transferred))
+                m_report.ram_transferred = static_cast<std::uint64_t>(s.ram_transferred);
+        fill_streams();
+        m_report.failure = MigrateFailure{f.phase, f.cause, message};
+        return m_report;
+    }
+
+    // Settles a failure from the truth, then one line naming phase and cause.
+    Result<MigrateReport> settle_failure(const Failure& f) {
         // settle() also cancels the mirrors and removes the NBD nodes and
         // exports (from the journal, as a recovery would); the source's disks
         // were never switched, so this never touches the guest's data.
@@ -667,6 +689,7 @@ class Run {
     migrate::TimelineRecorder m_recorder;
     ProgressSink& m_progress;
     const std::atomic<bool>& m_cancel;
+    MigrateReport* m_failed_report;  // where a failed run's report goes, or nullptr
     std::optional<jobs::Journal> m_journal;
     std::pair<migrate::SideFacts, migrate::SideFacts> m_facts;
     std::optional<migrate::StorageCopy> m_storage;
@@ -679,8 +702,9 @@ class Run {
 }  // namespace
 
 Result<MigrateReport> run_migrate(qmp::Client& src, qmp::Client& dst, const MigrateOptions& options,
-                                  ProgressSink& progress, const std::atomic<bool>& cancel) {
-    return Run(src, &dst, options, progress, cancel).run();
+                                  ProgressSink& progress, const std::atomic<bool>& cancel,
+                                  MigrateReport* failed_report) {
+    return Run(src, &dst, options, progress, cancel, failed_report).run();
 }
 
 // The pools make raw volumes only: an inc destination needs qcow2 overlays
@@ -695,12 +719,12 @@ Error launch_refusal(CopyStorage copy_storage) {
 }
 
 Result<MigrateReport> run_migrate_launching(qmp::Client& src, const MigrateOptions& options,
-                                            ProgressSink& progress,
-                                            const std::atomic<bool>& cancel) {
+                                            ProgressSink& progress, const std::atomic<bool>& cancel,
+                                            MigrateReport* failed_report) {
     if (!options.launch)
         return fail(ErrorCode::invalid_argument, "migrate: no destination to launch");
     if (options.copy_storage != CopyStorage::all) return fail(launch_refusal(options.copy_storage));
-    return Run(src, nullptr, options, progress, cancel).run();
+    return Run(src, nullptr, options, progress, cancel, failed_report).run();
 }
 
 }  // namespace blockmig

@@ -32,26 +32,33 @@ json report_json(const MigrateReport& r) {
     json samples = json::array();
     for (const auto& s : r.timeline.samples) samples.push_back(sample_json(s));
     const auto& tl = r.timeline;
-    return {{"event", "done"},
-            {"job", r.job},
-            {"seconds", r.duration.count() / 1000.0},
-            {"total_seconds", r.total.count() / 1000.0},
-            {"downtime_ms", r.downtime_ms},
-            {"ram_transferred", r.ram_transferred},
-            {"iterations", r.iterations},
-            {"bandwidth", r.bandwidth},
-            {"timeout", r.timeout.count()},
-            {"postcopy", r.postcopy},
-            {"multifd_bytes", r.multifd_bytes},
-            {"streams", streams},
-            {"actions", r.actions},
-            {"source_quit", r.source_quit},
-            {"timeline",
-             {{"paused_at", tl.paused_at},
-              {"resumed_at", tl.resumed_at},
-              {"pause_reason", tl.pause_reason},
-              {"postcopy_at", tl.postcopy_at},
-              {"samples", samples}}}};
+    json j = {{"event", r.failure ? "failed" : "done"},
+              {"outcome", r.failure ? "failed" : "completed"},
+              {"job", r.job},
+              {"seconds", r.duration.count() / 1000.0},
+              {"total_seconds", r.total.count() / 1000.0},
+              {"downtime_ms", r.downtime_ms},
+              {"ram_transferred", r.ram_transferred},
+              {"iterations", r.iterations},
+              {"bandwidth", r.bandwidth},
+              {"timeout", r.timeout.count()},
+              {"postcopy", r.postcopy},
+              {"multifd_bytes", r.multifd_bytes},
+              {"streams", streams},
+              {"actions", r.actions},
+              {"source_quit", r.source_quit},
+              {"timeline",
+               {{"paused_at", tl.paused_at},
+                {"resumed_at", tl.resumed_at},
+                {"pause_reason", tl.pause_reason},
+                {"postcopy_at", tl.postcopy_at},
+                {"samples", samples}}}};
+    if (r.failure) {
+        j["phase"] = r.failure->phase;
+        j["cause"] = r.failure->cause;
+        j["error"] = r.failure->message;
+    }
+    return j;
 }
 
 }  // namespace blockmig

@@ -26,7 +26,7 @@ namespace blockmig {
 namespace {
 
 constexpr double k_width = 960, k_left = 90, k_plot_width = 640;
-constexpr double k_top = 60, k_panel_height = 170, k_panel_gap = 50;
+constexpr double k_top = 60, k_panel_height = 170, k_panel_gap = 50, k_line = 18;
 constexpr double k_mib = 1 << 20;
 constexpr const char* k_colors[] = {"#1f77b4", "#d62728", "#2ca02c", "#ff7f0e",
                                     "#9467bd", "#8c564b", "#e377c2", "#17becf"};
@@ -104,18 +104,22 @@ class Drawing {
         m_t_max = 0;
         for (const auto& s : m_tl.samples) m_t_max = std::max(m_t_max, s.t);
         m_t_max = std::max({m_t_max, m_tl.resumed_at, m_tl.paused_at, m_tl.postcopy_at});
+        if (r.failure) m_t_max = std::max(m_t_max, r.total.count() / 1000.0);
         m_t_max = nice_ceiling(std::max(m_t_max, 1.0));
     }
 
     std::string render() {
         const auto ps = panels(m_tl);
-        const double height = k_top + ps.size() * (k_panel_height + k_panel_gap) + 20;
+        // A failed run's error line takes a line of its own above the panels.
+        const double top = k_top + (m_r.failure ? k_line : 0);
+        const double height = top + ps.size() * (k_panel_height + k_panel_gap) + 20;
         out(R"(<?xml version="1.0" encoding="UTF-8"?>)"
             "\n");
         out(fmt::format(R"(<svg xmlns="http://www.w3.org/2000/svg" width="{}" height="{:.0f}" )"
-                        R"(viewBox="0 0 {} {:.0f}" font-family="sans-serif" font-size="12">)"
+                        R"(viewBox="0 0 {} {:.0f}" font-family="sans-serif" font-size="12" )"
+                        R"(data-outcome="{}">)"
                         "\n",
-                        k_width, height, k_width, height));
+                        k_width, height, k_width, height, m_r.failure ? "failed" : "completed"));
         out(fmt::format(R"(<rect x="0" y="0" width="{}" height="{:.0f}" fill="white"/>)"
                         "\n",
                         k_width, height));
@@ -125,15 +129,24 @@ class Drawing {
         out(fmt::format(R"(<text x="{}" y="42">{}</text>)"
                         "\n",
                         k_left, escape(subtitle())));
+        if (m_r.failure)
+            out(fmt::format(
+                R"(<text class="failure-message" x="{}" y="{}" fill="#d62728">{}</text>)"
+                "\n",
+                k_left, 42 + k_line, escape(m_r.failure->message)));
         for (std::size_t i = 0; i < ps.size(); ++i)
-            panel(ps[i], k_top + i * (k_panel_height + k_panel_gap));
-        marks(k_top, ps.size() * (k_panel_height + k_panel_gap) - k_panel_gap);
+            panel(ps[i], top + i * (k_panel_height + k_panel_gap));
+        marks(top, ps.size() * (k_panel_height + k_panel_gap) - k_panel_gap);
         out("</svg>\n");
         return std::move(m_out);
     }
 
   private:
     std::string title() const {
+        if (m_r.failure)
+            return fmt::format("blockmig migrate {}: FAILED in phase {} after {:.1f} s: {}",
+                               m_r.job, m_r.failure->phase, m_r.total.count() / 1000.0,
+                               m_r.failure->cause);
         return fmt::format(
             "blockmig migrate {}: {:.1f} s total, QEMU downtime {}", m_r.job,
             m_r.total.count() / 1000.0,
@@ -218,6 +231,14 @@ class Drawing {
 
     // The guest's pause over every panel; post-copy's switch as a line.
     void marks(double top, double height) {
+        if (m_r.failure) {
+            const double t = m_r.total.count() / 1000.0;
+            out(fmt::format(R"(<line class="failure" x1="{:.1f}" y1="{}" x2="{:.1f}" y2="{}" )"
+                            R"(data-t="{}" stroke="#d62728" stroke-width="2"/>)"
+                            R"(<text x="{:.1f}" y="{}" fill="#d62728">failed</text>)"
+                            "\n",
+                            x(t), top, x(t), top + height, t, x(t) + 3, top + 26));
+        }
         if (m_tl.paused_at >= 0) {
             const double end = m_tl.resumed_at >= 0 ? m_tl.resumed_at : m_t_max;
             // A pause of a few ms is still drawn visibly (1 px at least).

@@ -152,6 +152,38 @@ TEST(ReportSvg, AnEmptyRunStillRendersWithoutSeries) {
     EXPECT_NE(svg.find("(no data)"), std::string::npos);
 }
 
+// A failed run: the title names the phase and cause, the error line is
+// shown, the failure's time is marked, the series drawn up to it.
+TEST(ReportSvg, AFailedRunSaysSoAndMarksTheFailure) {
+    auto r = synthetic_report();
+    r.total = 12000ms;  // failed after the last sample (10 s)
+    r.timeline.resumed_at = -1;
+    r.downtime_ms = -1;  // QEMU counts no downtime for a migration that did not complete
+    r.failure =
+        blockmig::MigrateFailure{"ram", "timed out",
+                                 "migrate failed in phase ram: timed out; migration cancelled, the "
+                                 "guest keeps running on the source & <ok>"};
+    const auto svg = blockmig::render_report_svg(r);
+    EXPECT_EQ(unbalanced_tag(svg), "");
+    EXPECT_NE(svg.find("data-outcome=\"failed\""), std::string::npos);
+    EXPECT_NE(svg.find("FAILED in phase ram after 12.0 s: timed out"), std::string::npos) << svg;
+    EXPECT_NE(svg.find("keeps running on the source &amp; &lt;ok&gt;"), std::string::npos);
+    EXPECT_EQ(svg.find("QEMU downtime"), std::string::npos) << "no completion in a failure";
+    const double x0 = attribute(svg, "class=\"plot\"", "x");
+    const double width = attribute(svg, "class=\"plot\"", "width");
+    EXPECT_EQ(attribute(svg, "class=\"plot\"", "data-t-max"), 20);  // 12 s fits
+    EXPECT_EQ(attribute(svg, "class=\"failure\"", "data-t"), 12);
+    EXPECT_NEAR(attribute(svg, "class=\"failure\"", "x1"), x0 + 0.6 * width, 0.1);
+    EXPECT_FALSE(points_of(svg, "ram-remaining").empty());
+    // The panels move down a line: the error line does not cover the first.
+    EXPECT_GT(attribute(svg, "class=\"plot\"", "y"),
+              attribute(svg, "class=\"failure-message\"", "y"));
+
+    const auto ok = blockmig::render_report_svg(synthetic_report());
+    EXPECT_NE(ok.find("data-outcome=\"completed\""), std::string::npos);
+    EXPECT_EQ(ok.find("class=\"failure"), std::string::npos);
+}
+
 TEST(ReportSvg, IsWrittenWholeWithReadableMode) {
     const fs::path dir = fs::temp_directory_path() / ("report-test-" + std::to_string(getpid()));
     fs::create_directories(dir);
@@ -176,6 +208,8 @@ TEST(ReportSvg, IsWrittenWholeWithReadableMode) {
 TEST(ReportJson, CarriesStreamsAndTheSeriesWithUnknownsAsNull) {
     const auto j = blockmig::report_json(synthetic_report());
     EXPECT_EQ(j["event"], "done");
+    EXPECT_EQ(j["outcome"], "completed");
+    EXPECT_FALSE(j.contains("phase"));
     EXPECT_EQ(j["total_seconds"], 8.5);
     EXPECT_EQ(j["downtime_ms"], 42);
     ASSERT_EQ(j["streams"].size(), 2u);
@@ -186,6 +220,19 @@ TEST(ReportJson, CarriesStreamsAndTheSeriesWithUnknownsAsNull) {
     EXPECT_EQ(j["timeline"]["samples"][10]["ram_remaining"], 0);
     EXPECT_EQ(j["timeline"]["samples"][0]["disk_remaining"]["disk0"], 64 * k_mib);
     EXPECT_EQ(j["timeline"]["paused_at"], 8);
+}
+
+TEST(ReportJson, AFailedRunNamesPhaseCauseAndErrorLine) {
+    auto r = synthetic_report();
+    r.failure = blockmig::MigrateFailure{"mirror", "NBD export gone",
+                                         "migrate failed in phase mirror: NBD export gone; ..."};
+    const auto j = blockmig::report_json(r);
+    EXPECT_EQ(j["event"], "failed");
+    EXPECT_EQ(j["outcome"], "failed");
+    EXPECT_EQ(j["phase"], "mirror");
+    EXPECT_EQ(j["cause"], "NBD export gone");
+    EXPECT_EQ(j["error"], "migrate failed in phase mirror: NBD export gone; ...");
+    EXPECT_EQ(j["timeline"]["samples"].size(), 11u);
 }
 
 namespace {

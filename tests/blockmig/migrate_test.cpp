@@ -561,6 +561,49 @@ TEST_F(MigrateTest, TimeoutCancelsAndResumes) {
     EXPECT_EQ(journals(), 0u);
 }
 
+// --report after a failure: the series up to it, the phase, the cause and
+// the error line itself; a success or a pre-flight refusal hands none over.
+TEST_F(MigrateTest, AFailedRunHandsOverItsReportUpToTheFailure) {
+    src.side->ram = FakeSide::Ram::never_ends;
+    options.timeout = 1s;
+    MigrateReport failed;
+    auto r = run_migrate(*src.client, *dst.client, options, *progress, cancel, &failed);
+    ASSERT_FALSE(r);
+    ASSERT_TRUE(failed.failure);
+    EXPECT_EQ(failed.failure->phase, "ram");
+    EXPECT_NE(failed.failure->cause.find("timed out"), std::string::npos) << failed.failure->cause;
+    EXPECT_EQ(failed.failure->message, r.error().message);
+    EXPECT_FALSE(failed.job.empty());
+    EXPECT_GE(failed.total, 1s) << "the report runs to the failure (the 1 s timeout)";
+    ASSERT_FALSE(failed.timeline.samples.empty());
+    const auto& last = failed.timeline.samples.back();
+    EXPECT_FALSE(std::isnan(last.ram_remaining)) << "RAM progress up to the failure";
+    EXPECT_LE(last.t, failed.total.count() / 1000.0 + 0.001);
+    EXPECT_EQ(failed.downtime_ms, -1) << "QEMU's completion figures stay unknown";
+    const auto j = blockmig::report_json(failed);
+    EXPECT_EQ(j["event"], "failed");
+    EXPECT_EQ(j["outcome"], "failed");
+    EXPECT_EQ(j["phase"], "ram");
+    EXPECT_EQ(j["error"], r.error().message);
+    EXPECT_EQ(journals(), 0u);
+
+    MigrateReport none;
+    dst.side->run_state = "running";  // a refusal: nothing was touched, nothing to report
+    ASSERT_FALSE(run_migrate(*src.client, *dst.client, options, *progress, cancel, &none));
+    EXPECT_FALSE(none.failure);
+    EXPECT_TRUE(none.job.empty());
+}
+
+TEST_F(MigrateTest, ASuccessfulRunHandsOverNoFailedReport) {
+    MigrateReport failed;
+    auto r = run_migrate(*src.client, *dst.client, options, *progress, cancel, &failed);
+    ASSERT_TRUE(r) << r.error().message;
+    EXPECT_FALSE(r->failure);
+    EXPECT_FALSE(failed.failure);
+    EXPECT_EQ(blockmig::report_json(*r)["outcome"], "completed");
+    EXPECT_EQ(blockmig::report_json(*r)["event"], "done");
+}
+
 TEST_F(MigrateTest, InterruptBeforeSwitchoverCancels) {
     src.side->ram = FakeSide::Ram::never_ends;
     cancel = true;

@@ -113,6 +113,37 @@ class MigrateAll : public CopyRig {
         EXPECT_NE(text.find(R"(<rect class="pause")"), std::string::npos) << "the pause is marked";
         EXPECT_TRUE(text.ends_with("</svg>\n"));
     }
+
+    // After a failure: the last JSON line says failed with the phase and
+    // the error line itself, and the SVG says so too, with the disk's
+    // series up to the failure and the failure's time marked.
+    static void expect_failed_report(const std::string& out, const fs::path& svg,
+                                     const std::string& phase) {
+        json failed;
+        std::string error_line;
+        for (const auto& l : lines_of(out)) {
+            if (l.starts_with("blockmig: error: ")) error_line = l.substr(17);
+            json j = json::parse(l, nullptr, false);
+            if (!j.is_discarded() && j.value("event", "") == "failed") failed = j;
+        }
+        ASSERT_FALSE(failed.is_null()) << "no failed report line: " << out;
+        EXPECT_EQ(failed["outcome"], "failed");
+        EXPECT_EQ(failed["phase"], phase);
+        EXPECT_EQ(failed["error"], error_line);
+        EXPECT_FALSE(failed["cause"].get<std::string>().empty());
+        ASSERT_FALSE(failed["timeline"]["samples"].empty()) << failed.dump();
+        EXPECT_TRUE(failed["timeline"]["samples"].back()["disk_remaining"].contains("disk0"));
+        std::ifstream in(svg);
+        ASSERT_TRUE(in) << "no report at " << svg;
+        const std::string text{std::istreambuf_iterator<char>(in), {}};
+        EXPECT_NE(text.find(R"(data-outcome="failed")"), std::string::npos) << text;
+        EXPECT_NE(text.find("FAILED in phase " + phase), std::string::npos) << text;
+        EXPECT_NE(text.find(R"(<line class="failure")"), std::string::npos) << text;
+        const auto disk = text.find(R"(data-series="disk-remaining-disk0" points=")");
+        ASSERT_NE(disk, std::string::npos) << text;
+        EXPECT_NE(text[disk + 43], '"') << "a non-empty disk series up to the failure";
+        EXPECT_TRUE(text.ends_with("</svg>\n"));
+    }
 };
 
 TEST_F(MigrateAll, GuestRunsOnTheDestinationAndItsOwnDiskVerifies) {
@@ -151,7 +182,10 @@ TEST_F(MigrateAll, GuestRunsOnTheDestinationAndItsOwnDiskVerifies) {
 
 TEST_F(MigrateAll, DestinationKilledDuringTheMirrorLeavesTheGuestOnTheSource) {
     // 1 MiB/s: the 64 MiB copy takes long enough to be interrupted.
-    BackgroundCli cli(migrate_args({"--bandwidth", "1"}), src->qmp_socket().string());
+    const fs::path svg = dir / "failed.svg";
+    BackgroundCli cli(
+        migrate_args({"--bandwidth", "1", "--output", "json", "--report", svg.string()}),
+        src->qmp_socket().string());
     ASSERT_TRUE(wait_for_phase("mirror", 60s));
     std::this_thread::sleep_for(2s);
     kill(dst->pid(), SIGKILL);
@@ -159,6 +193,7 @@ TEST_F(MigrateAll, DestinationKilledDuringTheMirrorLeavesTheGuestOnTheSource) {
     const auto& r = cli.result();
     EXPECT_EQ(r.status, 1) << r.out;
     expect_one_error_line(r.out, {"phase mirror", "keeps running on the source"});
+    expect_failed_report(r.out, svg, "mirror");
     expect_source_clean();
     expect_guest_on_source();
 }

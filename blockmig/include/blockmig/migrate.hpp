@@ -120,19 +120,26 @@ struct MigrateReport {
     std::chrono::milliseconds total{0};
     std::vector<StreamBytes> streams;  // bytes per stream (migrate_report.hpp)
     MigrateTimeline timeline;          // what the live view showed, over time
+    // Set when the run failed (the report then ends at the failure, `total`
+    // after the start, and the fields QEMU reports at completion stay unknown).
+    std::optional<MigrateFailure> failure;
 };
 
 // Migrates the guest behind `src` into the QEMU behind `dst`. `cancel`
 // (SIGINT) aborts with rollback until the switchover. Blocks until done.
+// `failed_report`: when the run fails after its job began (not a pre-flight
+// refusal, which touched nothing), set to the report up to the failure, its
+// `failure` naming the phase, the cause and the Error's line (--report).
 Result<MigrateReport> run_migrate(qmp::Client& src, qmp::Client& dst, const MigrateOptions& options,
-                                  ProgressSink& progress, const std::atomic<bool>& cancel);
+                                  ProgressSink& progress, const std::atomic<bool>& cancel,
+                                  MigrateReport* failed_report = nullptr);
 
 // The same with a destination blockmig makes itself (options.launch set):
 // volumes created, the QEMU started and connected; all undone on failure.
 // Only --copy-storage all (launch_refusal says why not the others).
 Result<MigrateReport> run_migrate_launching(qmp::Client& src, const MigrateOptions& options,
-                                            ProgressSink& progress,
-                                            const std::atomic<bool>& cancel);
+                                            ProgressSink& progress, const std::atomic<bool>& cancel,
+                                            MigrateReport* failed_report = nullptr);
 
 Error launch_refusal(CopyStorage copy_storage);
 

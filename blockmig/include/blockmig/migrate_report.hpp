@@ -47,14 +47,25 @@ struct StreamBytes {
     std::uint64_t bytes = 0;
 };
 
+// How a failed run ended: its phase, the cause, and the whole error line
+// blockmig printed (what was undone, what to run next).
+struct MigrateFailure {
+    std::string phase;
+    std::string cause;
+    std::string message;
+};
+
 struct MigrateReport;
 
-// The final report as one JSON object ({"event": "done", ...}).
+// The final report as one JSON object: {"event": "done", "outcome":
+// "completed", ...}, or after a failure {"event": "failed", "outcome":
+// "failed", "phase", "cause", "error", ...} with the series up to it.
 nlohmann::json report_json(const MigrateReport& report);
 
 // An SVG of the run: remaining bytes (RAM, each disk), rates (guest dirty
 // rate, RAM and disk throughput) and the downtime limit over time, the
-// guest's pause shaded, the switch to post-copy marked.
+// guest's pause shaded, the switch to post-copy marked; a failed run says so
+// in its title (phase, cause) and marks the failure's time.
 std::string render_report_svg(const MigrateReport& report);
 // The same written to `path` atomically (a temporary file in the same
 // directory, then rename), mode 0644. Errors: io_error naming the path.
