@@ -333,6 +333,7 @@ class Run {
                                           .max_downtime = m_o.max_downtime,
                                           .deadline = deadline_after(*m_o.clock, m_report.timeout),
                                           .timeout = m_report.timeout});
+        m_downtime_limit = policy.downtime();  // what configure() set on the source
         auto next_sample = m_o.clock->now() + m_o.progress_interval;
         for (;;) {
             if (m_cancel.load()) return Failure{"ram", "interrupted"};
@@ -402,6 +403,7 @@ class Run {
                 return Failure{"ram", a.text};
         }
         if (!r) return Failure{"ram", a.text + " failed: " + r.error().message};
+        m_downtime_limit = policy.downtime();
         action(a.text);
         return std::nullopt;
     }
@@ -450,7 +452,8 @@ class Run {
     }
 
     // One RAM sample for the live view and the report. The downtime limit
-    // is read each time: a policy may have raised it.
+    // shown is the one blockmig set last (only blockmig changes it while
+    // it holds the monitor), so sampling costs one query-migrate, no more.
     void ram_event(const qmp::MigrationInfo& info) {
         const auto& ram = *info.ram;
         // auto-converge (--policy suspend): how much QEMU slows the vCPUs.
@@ -459,9 +462,7 @@ class Run {
         // dirty-pages-rate is in pages/s, 0 until QEMU's second pass.
         const double dirty = static_cast<double>(ram.dirty_pages_rate) *
                              static_cast<double>(ram.page_size ? ram.page_size : 4096);
-        std::int64_t limit = -1;
-        if (auto params = qmp::query_migrate_parameters(m_src, m_o.qmp_timeout); params)
-            limit = params->value("downtime-limit", std::int64_t{-1});
+        const std::int64_t limit = m_downtime_limit.count();
         m_progress.event(
             "ram",
             {{"status", info.status},
@@ -695,6 +696,8 @@ class Run {
     std::optional<migrate::StorageCopy> m_storage;
     migrate::TuningPlan m_plan;
     bool m_destination_running = false;  // the guest was seen running there (post-copy)
+    // The source's downtime-limit as blockmig last set it (the policy's).
+    std::chrono::milliseconds m_downtime_limit{-1};
     Clock::time_point m_started{};
     MigrateReport m_report;
 };

@@ -441,6 +441,46 @@ TEST_F(MigrateTest, DefaultPolicyStepsTheDowntimeLimitThenAbortsAtTheTimeout) {
     EXPECT_EQ(journals(), 0u);
 }
 
+// The live view's downtime limit is the one blockmig set (the policy's
+// steps), not read back from QEMU: sampling costs one query-migrate.
+TEST_F(MigrateTest, RamSamplesShowTheDowntimeLimitThePolicySetWithoutAskingQemu) {
+    struct Limits : ProgressSink {
+        std::mutex mutex;
+        std::vector<std::int64_t> seen;
+        void progress(const ProgressSample&) override {}
+        void event(const std::string& name, const json& fields, const std::string&) override {
+            std::lock_guard lock(mutex);
+            if (name == "ram") seen.push_back(fields.value("downtime_limit_ms", std::int64_t{0}));
+        }
+    };
+    auto limits = std::make_unique<Limits>();
+    auto& seen = limits->seen;
+    progress = std::move(limits);
+    src.side->ram = FakeSide::Ram::stalls;
+    options.max_downtime = 300ms;
+    options.timeout = 1s;
+    ASSERT_FALSE(migrate());
+    ASSERT_FALSE(seen.empty());
+    EXPECT_EQ(seen.front(), 100) << "the limit configure() set";
+    EXPECT_EQ(seen.back(), 300) << "raised by the policy up to --max-downtime";
+    EXPECT_TRUE(std::is_sorted(seen.begin(), seen.end()));
+    EXPECT_NE(std::find(seen.begin(), seen.end(), 200), seen.end());
+    auto& s = *src.side;
+    std::lock_guard lock(s.mutex);
+    const auto from = std::find_if(s.commands.begin(), s.commands.end(),
+                                   [](const auto& c) { return c.starts_with("migrate {"); });
+    const auto to = std::find_if(from, s.commands.end(),
+                                 [](const auto& c) { return c.starts_with("migrate_cancel"); });
+    ASSERT_NE(from, s.commands.end());
+    EXPECT_EQ(
+        std::count_if(from, to,
+                      [](const auto& c) { return c.starts_with("query-migrate-parameters"); }),
+        0)
+        << "no query-migrate-parameters while the RAM moves";
+    EXPECT_GT(
+        std::count_if(from, to, [](const auto& c) { return c.starts_with("query-migrate "); }), 3);
+}
+
 TEST_F(MigrateTest, PostcopyStartsWhenPreCopyStallsAndEndsOnTheDestination) {
     options.policy = MigratePolicy::postcopy;
     src.side->ram = FakeSide::Ram::postcopy;
