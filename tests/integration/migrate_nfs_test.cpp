@@ -43,6 +43,7 @@ TEST(MigrateNfs, SameVolumeUrlOnBothSidesMigrates) {
                            dst.qmp_socket().string(), "--dst-addr", "127.0.0.1", "--copy-storage",
                            "none", "--state-dir", (dir / "jobs").string()});
     ASSERT_EQ(r.status, 0) << r.out;
+    EXPECT_EQ(jobs_left(dir / "jobs"), 0) << "the migration ends its job";
     EXPECT_NE(r.out.find("the source QEMU quit"), std::string::npos) << r.out;
     EXPECT_TRUE(src.wait_exit(15s));
     EXPECT_NE(device_file(dst, "disk0").find("nfs://127.0.0.1/export/vm.raw"), std::string::npos)

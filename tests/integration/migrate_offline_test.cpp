@@ -9,7 +9,6 @@
 //   keeps running and writing, the existing file untouched;
 // - blockmig SIGKILLed while it copies: `blockmig recover` deletes the
 //   copy, the source file is intact and verifies.
-#include <fcntl.h>
 #include <sys/wait.h>
 
 #include "move_test_util.hpp"
@@ -56,11 +55,7 @@ class MigrateOffline : public ::testing::Test {
         return json::object();
     }
 
-    json jobs_listing() {
-        auto r = blockmig_cli({"--output", "json", "jobs", "--state-dir", state.string()});
-        auto j = json::parse(r.out.substr(r.out.find('{')), nullptr, false);
-        return j.is_discarded() ? json::object() : j;
-    }
+    json jobs_listing() { return move_test::jobs_listing(state); }
 
     static std::string sha256_of(const fs::path& file) {
         auto out = blockmig::lab::run_ok({"sha256sum", file.string()});
@@ -179,18 +174,7 @@ TEST_F(MigrateOffline, KilledWhileCopyingIsRecoveredWithoutTheCopy) {
                            "count=448", "conv=notrunc", "status=none"});
     fs::create_directories(pool);
     boot({{"disk0", raw, "raw"}});
-    auto a = args(pool.string());
-    a.insert(a.begin(), BLOCKMIG_BINARY);
-    pid_t pid = fork();
-    if (pid == 0) {
-        std::vector<char*> argv;
-        for (auto& s : a) argv.push_back(s.data());
-        argv.push_back(nullptr);
-        int null = open("/dev/null", O_WRONLY);
-        dup2(null, 1);
-        execv(argv[0], argv.data());
-        _exit(127);
-    }
+    pid_t pid = spawn_blockmig(args(pool.string()), true);
     bool copying = false;
     for (auto deadline = Clock::now() + 60s; !copying && Clock::now() < deadline;) {
         json l = jobs_listing();

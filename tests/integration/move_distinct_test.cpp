@@ -42,6 +42,7 @@ TEST_P(MoveDistinct, TwoDisksIntoOneIscsiPoolLandOnTwoLuns) {
                            iscsi.base_url(), "--format", format, "--state-dir",
                            (dir / "jobs").string(), "--timeout", "200"});
     ASSERT_EQ(r.status, 0) << r.out;
+    EXPECT_EQ(jobs_left(), 0) << "the move ends its job";
     const std::string f10 = device_file(guest, "virtio-disk10");
     const std::string f11 = device_file(guest, "virtio-disk11");
     EXPECT_NE(f10.find(iscsi.iqn()), std::string::npos) << f10;

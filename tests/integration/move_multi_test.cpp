@@ -32,6 +32,7 @@ TEST(MoveMulti, AllDisksMoveTogetherUnderOneBandwidthBudget) {
                            dir.path());
     const auto took = Clock::now() - started;
     ASSERT_EQ(r.status, 0) << r.out << r.err;
+    EXPECT_EQ(jobs_left(), 0) << "the move ends its job";
     EXPECT_GT(took, 2s) << "the shared 8 MiB/s budget was not applied";
     std::set<std::string> pivoted;
     for (const auto& line : lines_of(r.out)) {
@@ -65,6 +66,7 @@ TEST(MoveMulti, DeleteSourceRemovesOldVolumeAfterPivotOnly) {
     CommandResult r = blockmig_cli({"move", "--qmp", guest->qmp_socket().string(), "--disk",
                                     "disk0", "--to", pool.string(), "--delete-source"});
     ASSERT_EQ(r.status, 0) << r.out;
+    EXPECT_EQ(jobs_left(), 0) << "the move ends its job";
     EXPECT_FALSE(fs::exists(source)) << "old volume still there: " << r.out;
     EXPECT_FALSE(any_node_mentions(*guest, source.string())) << named_nodes(*guest).dump();
     ASSERT_TRUE(guest_keeps_writing(*guest));

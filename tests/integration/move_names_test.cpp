@@ -43,6 +43,7 @@ TEST(MoveNames, ClassicDriveMovesByItsDriveId) {
     auto r = blockmig_cli({"move", "--qmp", guest->qmp_socket().string(), "--disk", "virtio0",
                            "--to", target.string()});
     ASSERT_EQ(r.status, 0) << r.out;
+    EXPECT_EQ(jobs_left(), 0) << "the move ends its job";
     // Every line names the disk the way QEMU does, never by its qdev path.
     EXPECT_EQ(r.out.find("/machine/"), std::string::npos) << r.out;
     EXPECT_NE(r.out.find("virtio0: pivoted to"), std::string::npos) << r.out;
@@ -64,6 +65,7 @@ TEST(MoveNames, UnknownDiskNameListsTheNamesQemuUses) {
     auto r = blockmig_cli({"move", "--qmp", guest->qmp_socket().string(), "--disk", "virtio7",
                            "--to", (dir / "t.qcow2").string()});
     EXPECT_EQ(r.status, 1) << r.out;
+    EXPECT_EQ(jobs_left(), 0) << "a refused or failed move leaves no job";
     auto lines = lines_of(r.out);
     ASSERT_EQ(lines.size(), 1u) << r.out;
     EXPECT_NE(lines[0].find("no disk 'virtio7'"), std::string::npos) << r.out;
@@ -94,6 +96,7 @@ TEST(MoveNames, BlockdevWithDirectFileNodeIsNotRefusedAsWriteback) {
     auto r = blockmig_cli(
         {"move", "--qmp", guest->qmp_socket().string(), "--disk", "disk0", "--to", nfs.url()});
     ASSERT_EQ(r.status, 0) << r.out;
+    EXPECT_EQ(jobs_left(), 0) << "the move ends its job";
     EXPECT_EQ(r.out.find("cache mode"), std::string::npos) << r.out;
     const fs::path moved = nfs.export_dir() / "vm.raw";
     ASSERT_TRUE(fs::exists(moved)) << r.out;
@@ -119,6 +122,7 @@ TEST(MoveNames, WritebackFileNodeIsStillRefusedForNfs) {
     auto r = blockmig_cli(
         {"move", "--qmp", guest->qmp_socket().string(), "--disk", "disk0", "--to", nfs.url()});
     EXPECT_EQ(r.status, 1) << r.out;
+    EXPECT_EQ(jobs_left(), 0) << "a refused or failed move leaves no job";
     EXPECT_NE(r.out.find("cache mode 'writeback'"), std::string::npos) << r.out;
     EXPECT_EQ(entries_of(nfs.export_dir()), export_before);
 }

@@ -82,6 +82,7 @@ TEST(MoveNfs, ChainLocalQcow2ToNfsToIscsiToLocalRawKeepsEveryBlock) {
     std::cout << "[ move ] local -> NFS took "
               << std::chrono::duration<double>(Clock::now() - start).count() << " s\n";
     ASSERT_EQ(r.status, 0) << r.out;
+    EXPECT_EQ(jobs_left(), 0) << "the move ends its job";
     std::vector<std::string> created;
     for (const auto& name : entries_of(nfs.export_dir()))
         if (!export_before.contains(name)) created.push_back(name);
@@ -103,6 +104,7 @@ TEST(MoveNfs, ChainLocalQcow2ToNfsToIscsiToLocalRawKeepsEveryBlock) {
     std::cout << "[ move ] NFS -> iSCSI took "
               << std::chrono::duration<double>(Clock::now() - start).count() << " s\n";
     ASSERT_EQ(r.status, 0) << r.out;
+    EXPECT_EQ(jobs_left(), 0) << "the move ends its job";
     ASSERT_NO_FATAL_FAILURE(check_moved(*guest, start, iscsi.lun_url(1), "raw", {iscsi.iqn()},
                                         iscsi.iqn(), "nfs://", "nfs", k_blocks));
 
@@ -114,6 +116,7 @@ TEST(MoveNfs, ChainLocalQcow2ToNfsToIscsiToLocalRawKeepsEveryBlock) {
     std::cout << "[ move ] iSCSI -> local took "
               << std::chrono::duration<double>(Clock::now() - start).count() << " s\n";
     ASSERT_EQ(r.status, 0) << r.out;
+    EXPECT_EQ(jobs_left(), 0) << "the move ends its job";
     ASSERT_NO_FATAL_FAILURE(check_moved(*guest, start, final_raw.string(), "raw",
                                         {final_raw.string()}, final_raw.string(), iscsi.iqn(),
                                         "iscsi", k_blocks));
@@ -161,6 +164,7 @@ TEST(MoveNfs, TargetServerDyingMidCopyRollsBackWithinStallTimeout) {
     std::cout << "[ move ] failed " << took << " s after the NFS server stopped\n";
     const CommandResult& r = move.result();
     EXPECT_EQ(r.status, 1) << r.out;
+    EXPECT_EQ(jobs_left(), 0) << "a refused or failed move leaves no job";
     std::vector<std::string> errors;
     for (const auto& line : lines_of(r.out))
         if (line.find("blockmig: error: ") != std::string::npos) errors.push_back(line);
@@ -204,6 +208,7 @@ TEST(MoveNfs, UnreachableNfsServerIsRefusedAndNothingChanges) {
     const auto took = std::chrono::duration<double>(Clock::now() - start).count();
     EXPECT_LT(took, 60.0) << r.out;
     EXPECT_EQ(r.status, 1) << r.out;
+    EXPECT_EQ(jobs_left(), 0) << "a refused or failed move leaves no job";
     auto lines = lines_of(r.out);
     ASSERT_EQ(lines.size(), 1u) << r.out;
     EXPECT_EQ(lines[0].rfind("blockmig: error: ", 0), 0u) << r.out;

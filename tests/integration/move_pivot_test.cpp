@@ -50,6 +50,7 @@ TEST(MovePivot, NoPivotThenAbortThenPivotFinishesOnADirectNode) {
     const auto pivot_started = Clock::now();
     r = blockmig_cli({"pivot", "--qmp", qmp, "--disk", "disk0"});
     ASSERT_EQ(r.status, 0) << r.out;
+    EXPECT_EQ(jobs_left(), 0) << "the pivot ends the job";
     EXPECT_TRUE(block_jobs(*guest).empty());
     const std::string file = device_file(*guest, "disk0");
     EXPECT_NE(file.find(nfs.url() + "/vm.qcow2"), std::string::npos) << file;

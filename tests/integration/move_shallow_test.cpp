@@ -5,7 +5,7 @@
 
 #include <nlohmann/json.hpp>
 
-#include "lab.hpp"
+#include "move_test_util.hpp"
 
 using namespace blockmig::lab;
 using namespace std::chrono_literals;
@@ -13,8 +13,6 @@ using namespace std::chrono_literals;
 namespace {
 
 constexpr std::uint64_t k_blocks = 2048;  // 8 MiB written per generation
-
-std::string blockmig_binary() { return BLOCKMIG_BINARY; }
 
 TEST(MoveShallow, CopiesOnlyTheTopImageAndKeepsTheBackingChain) {
     LAB_REQUIRE();
@@ -47,9 +45,10 @@ TEST(MoveShallow, CopiesOnlyTheTopImageAndKeepsTheBackingChain) {
     ASSERT_TRUE(guest.wait_for_ack("vda", 1, 90s)) << guest.console();
 
     CommandResult r =
-        run({blockmig_binary(), "move", "--qmp", guest.qmp_socket().string(), "--disk", "disk0",
-             "--to", target_pool.string(), "--shallow", "--verify"});
+        move_test::blockmig_cli({"move", "--qmp", guest.qmp_socket().string(), "--disk", "disk0",
+                                 "--to", target_pool.string(), "--shallow", "--verify"});
     ASSERT_EQ(r.status, 0) << r.out;
+    EXPECT_EQ(move_test::jobs_left(), 0) << "the move ends its job";
     EXPECT_NE(r.out.find("verified"), std::string::npos) << r.out;
 
     const auto target = target_pool / "overlay.qcow2";

@@ -135,6 +135,7 @@ TEST(Move, SparseSourceStaysSparseOnLocalAndIscsiTargets) {
                            "--format", "qcow2", "--timeout", "300"});
     std::cout << "[ move ] 1 GiB sparse raw -> local qcow2 took " << seconds_since(start) << "\n";
     ASSERT_EQ(r.status, 0) << r.out;
+    EXPECT_EQ(jobs_left(), 0) << "the move ends its job";
     EXPECT_NE(device_file(*guest, "disk0").find(qcow2.string()), std::string::npos);
     const std::uint64_t qcow2_alloc = allocated_bytes(qcow2);
     std::cout << "[ move ] allocation: source " << raw_alloc << ", qcow2 target " << qcow2_alloc
@@ -150,6 +151,7 @@ TEST(Move, SparseSourceStaysSparseOnLocalAndIscsiTargets) {
                       "raw", "--timeout", "300"});
     std::cout << "[ move ] 1 GiB sparse qcow2 -> iSCSI took " << seconds_since(start) << "\n";
     ASSERT_EQ(r.status, 0) << r.out;
+    EXPECT_EQ(jobs_left(), 0) << "the move ends its job";
     EXPECT_NE(device_file(*guest, "disk0").find(iscsi.iqn()), std::string::npos)
         << device_file(*guest, "disk0");
     const std::uint64_t lun_alloc = allocated_bytes(iscsi.backing_file(1));
@@ -166,6 +168,7 @@ TEST(Move, SparseSourceStaysSparseOnLocalAndIscsiTargets) {
     r = blockmig_cli({"move", "--qmp", qmp, "--disk", "disk0", "--to", back.string(), "--format",
                       "raw", "--timeout", "300"});
     ASSERT_EQ(r.status, 0) << r.out;
+    EXPECT_EQ(jobs_left(), 0) << "the move ends its job";
     const std::uint64_t back_alloc = allocated_bytes(back);
     std::cout << "[ move ] allocation: LUN " << lun_alloc << ", local raw target " << back_alloc
               << "\n";
@@ -194,6 +197,7 @@ TEST(Move, CopyOnlyLeavesGuestOnSourceAndMakesVerifiableCopy) {
     auto r = blockmig_cli({"move", "--qmp", guest->qmp_socket().string(), "--disk", "disk0", "--to",
                            copy.string(), "--copy-only", "--timeout", "300"});
     ASSERT_EQ(r.status, 0) << r.out;
+    EXPECT_EQ(jobs_left(), 0) << "the move ends its job";
     const std::optional<Ack> at_return = guest->last_ack("vda");
     std::cout << "[ move ] copy-only took " << seconds_since(start) << "; ACK before "
               << ack_text(floor) << ", at return " << ack_text(at_return) << "\n";
@@ -233,6 +237,7 @@ TEST(Move, TargetPoolTooSmallIsRefusedBeforeAnythingIsCreated) {
     auto r = blockmig_cli({"move", "--qmp", guest->qmp_socket().string(), "--disk", "disk0", "--to",
                            pool.path().string(), "--timeout", "120"});
     EXPECT_EQ(r.status, 1) << r.out;
+    EXPECT_EQ(jobs_left(), 0) << "a refused or failed move leaves no job";
     auto lines = lines_of(r.out);
     ASSERT_EQ(lines.size(), 1u) << r.out;
     EXPECT_EQ(lines[0].rfind("blockmig: error: ", 0), 0u) << r.out;
@@ -281,6 +286,7 @@ TEST(Move, BadInputIsRefusedWithOneLineAndNothingChanges) {
         auto r = blockmig_cli(args);
         SCOPED_TRACE(c.args[1] + " " + c.args[3]);
         EXPECT_EQ(r.status, 1) << r.out;
+        EXPECT_EQ(jobs_left(), 0) << "a refused or failed move leaves no job";
         auto lines = lines_of(r.out);
         ASSERT_EQ(lines.size(), 1u) << r.out;
         EXPECT_EQ(lines[0].rfind("blockmig: error: ", 0), 0u) << r.out;
@@ -365,6 +371,7 @@ TEST(Move, AutoCopyModeConvergesWhenGuestOutwritesTheBandwidthCap) {
               << job_restarts << " times (" << samples << " samples)\n";
     EXPECT_GT(samples, 50) << "the watcher did not see the job while it ran";
     ASSERT_EQ(r.status, 0) << r.out << r.err;
+    EXPECT_EQ(jobs_left(), 0) << "the move ends its job";
     auto events = json_lines(r.out);
     auto switches = events_named(events, "copy-mode");
     ASSERT_FALSE(switches.empty()) << "no copy-mode event: " << r.out;
@@ -417,6 +424,7 @@ TEST(Move, JsonOutputIsOneObjectPerLineWithProgressAndDone) {
          "--to", target.string(), "--bandwidth", "8", "--timeout", "300"},
         dir.path());
     ASSERT_EQ(r.status, 0) << r.out << r.err;
+    EXPECT_EQ(jobs_left(), 0) << "the move ends its job";
     auto events = json_lines(r.out);
     ASSERT_FALSE(events.empty()) << r.out;
 
@@ -490,6 +498,7 @@ TEST(Move, InterruptBeforePivotRollsBackAndDeletesTheTarget) {
     EXPECT_NE(r.out.find("blockmig: error: "), std::string::npos) << r.out;
 
     EXPECT_FALSE(fs::exists(target)) << "the volume blockmig created must be deleted";
+    EXPECT_EQ(jobs_left(), 0) << "Ctrl-C rolled back: no job needs recovery";
     EXPECT_TRUE(block_jobs(*guest).empty()) << block_jobs(*guest).dump();
     EXPECT_EQ(node_names(*guest), nodes_before);
     EXPECT_EQ(device_file(*guest, "disk0"), file_before);
@@ -519,6 +528,7 @@ TEST(Move, DiskAlreadyInAJobIsRefused) {
     auto r = blockmig_cli({"move", "--qmp", guest->qmp_socket().string(), "--disk", "disk0", "--to",
                            (dir / "mine.qcow2").string(), "--timeout", "60"});
     EXPECT_EQ(r.status, 1) << r.out;
+    EXPECT_EQ(jobs_left(), 0) << "a refused or failed move leaves no job";
     // Refused in pre-flight: one line naming the job, nothing tried first.
     auto lines = lines_of(r.out);
     EXPECT_EQ(lines.size(), 1u) << r.out;

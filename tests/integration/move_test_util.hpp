@@ -10,6 +10,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <condition_variable>
 #include <cstdint>
@@ -41,8 +42,43 @@ using namespace std::chrono_literals;
 constexpr std::uint64_t k_mib = 1 << 20;
 constexpr std::uint64_t k_block = 4096;  // diskstamp's block size
 
+// The job journals of the running test: a directory of its own, made at
+// its first use in each test (the previous test's is removed then). Every
+// run through the helpers below gets it as --state-dir unless the test
+// names one, so no test leaves its jobs in the machine's default
+// /var/lib/blockmig/jobs, where needs-recovery jobs of killed or failed
+// runs used to pile up.
+inline fs::path test_state_dir() {
+    static std::mutex mutex;
+    static std::string owner;
+    static std::unique_ptr<blockmig::lab::TempDir> dir;
+    const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
+    const std::string test =
+        info ? std::string(info->test_suite_name()) + "." + info->name() : std::string();
+    std::lock_guard lock(mutex);
+    if (!dir || owner != test) {
+        dir.reset();
+        dir = std::make_unique<blockmig::lab::TempDir>("jobs");
+        owner = test;
+    }
+    return dir->path();
+}
+
+// `args` (blockmig's, without the binary) with `--state-dir
+// test_state_dir()` right after the subcommand when it is one that keeps
+// journals and the test gave no --state-dir.
+inline std::vector<std::string> with_state_dir(std::vector<std::string> args) {
+    static const std::set<std::string> journaling{"move", "migrate", "pivot", "recover", "jobs"};
+    if (std::find(args.begin(), args.end(), "--state-dir") != args.end()) return args;
+    const auto sub = std::find_if(args.begin(), args.end(),
+                                  [](const std::string& a) { return journaling.contains(a); });
+    if (sub != args.end()) args.insert(sub + 1, {"--state-dir", test_state_dir().string()});
+    return args;
+}
+
 // Runs the blockmig binary; stdout and stderr interleaved.
 inline CommandResult blockmig_cli(std::vector<std::string> args) {
+    args = with_state_dir(std::move(args));
     args.insert(args.begin(), BLOCKMIG_BINARY);
     return blockmig::lab::run(args);
 }
@@ -69,6 +105,7 @@ inline SplitResult run_split(const std::vector<std::string>& argv, const fs::pat
 
 // The blockmig binary with stdout and stderr kept apart.
 inline SplitResult blockmig_cli_split(std::vector<std::string> args, const fs::path& scratch) {
+    args = with_state_dir(std::move(args));
     args.insert(args.begin(), BLOCKMIG_BINARY);
     return run_split(args, scratch);
 }
@@ -76,6 +113,7 @@ inline SplitResult blockmig_cli_split(std::vector<std::string> args, const fs::p
 // Starts the blockmig binary as a child of the test, so it can be SIGKILLed
 // mid-job; stdout goes to /dev/null when `quiet`.
 inline pid_t spawn_blockmig(std::vector<std::string> args, bool quiet = false) {
+    args = with_state_dir(std::move(args));
     args.insert(args.begin(), BLOCKMIG_BINARY);
     pid_t pid = fork();
     if (pid == 0) {
@@ -99,12 +137,31 @@ inline json jobs_listing(const fs::path& state) {
     return j.is_discarded() ? json::object() : j;
 }
 
+// How many jobs `state` holds (default: the test's own); -1 when `blockmig
+// jobs` lists none at all (so a broken listing never reads as "no job").
+inline long jobs_left(const fs::path& state = test_state_dir()) {
+    const json l = jobs_listing(state);
+    return l.contains("jobs") && l["jobs"].is_array() ? static_cast<long>(l["jobs"].size()) : -1;
+}
+
 inline std::vector<std::string> lines_of(const std::string& text) {
     std::vector<std::string> out;
     std::istringstream in(text);
     for (std::string line; std::getline(in, line);)
         if (line.find_first_not_of(" \t\r") != std::string::npos) out.push_back(line);
     return out;
+}
+
+// blockmig's lines that start "blockmig: error:" each contain every one of
+// `needles`, and there is exactly one such line.
+inline void expect_one_error_line(const std::string& out, const std::vector<std::string>& needles) {
+    std::size_t errors = 0;
+    for (const auto& l : lines_of(out))
+        if (l.starts_with("blockmig: error:")) {
+            ++errors;
+            for (const auto& n : needles) EXPECT_NE(l.find(n), std::string::npos) << l;
+        }
+    EXPECT_EQ(errors, 1u) << out;
 }
 
 // Bytes the file system really holds for `path` (st_blocks), not its size.
@@ -216,6 +273,14 @@ inline bool qemu7_under_tcg(Guest& guest) {
     return version["qemu"].value("major", 0) < 8 && !kvm;
 }
 
+// Skips the running test when `guest` is QEMU 7.2 under TCG, naming what of
+// QEMU's (`what`: "post-copy", "multifd", ...) corrupts the guest there.
+#define SKIP_ON_QEMU7_TCG(guest, what)                                                      \
+    if (move_test::qemu7_under_tcg(guest))                                                  \
+    GTEST_SKIP() << "QEMU 7.2 " << (what)                                                   \
+                 << " under TCG corrupts the guest (QEMU's defect, docs/known-issues.md); " \
+                    "run with BLOCKMIG_QEMU=10"
+
 // `blockmig ARGS` on a thread, so a test can act (stop a server) while it
 // runs. `unique` is an argument only this run has (the guest's QMP socket):
 // if the run is still going when the object dies, that process is killed by
@@ -224,7 +289,7 @@ class BackgroundCli {
   public:
     BackgroundCli(std::vector<std::string> args, std::string unique)
         : m_unique(std::move(unique)), m_started(Clock::now()) {
-        m_thread = std::thread([this, args = std::move(args)] {
+        m_thread = std::thread([this, args = with_state_dir(std::move(args))] {
             CommandResult r = blockmig_cli(args);
             std::lock_guard lock(m_mutex);
             m_result = std::move(r);
