@@ -24,10 +24,7 @@ using namespace migrate_test;
 
 namespace {
 
-class MigratePolicy : public SharedRig {
-  protected:
-    bool qemu7_under_tcg() { return move_test::qemu7_under_tcg(*src); }
-};
+class MigratePolicy : public SharedRig {};
 
 // The first `event` line whose fields satisfy `match`, or null.
 template <typename Match>
@@ -67,6 +64,23 @@ class MigrateDirtyGuest : public MigratePolicy {
         for (std::size_t i = 0; i < actions.size(); ++i)
             if (actions[i].find(needle) != std::string::npos) return i;
         return actions.size();
+    }
+
+    struct PolicyRun {
+        std::string out;  // stdout: JSON lines
+        std::vector<json> events;
+        std::vector<std::string> actions;
+    };
+
+    // blockmig under `policy` (timeout 120 s) run to success. Call through
+    // ASSERT_NO_FATAL_FAILURE.
+    void run_to_completion(const std::string& policy, PolicyRun& run) {
+        auto r = blockmig_cli_split(policy_args(policy, "120"), dir.path());
+        ASSERT_EQ(r.status, 0) << r.out << r.err;
+        run.out = r.out;
+        run.events = json_lines(r.out);
+        ASSERT_FALSE(run.events.empty());
+        run.actions = actions(run.events);
     }
 
     static std::string joined(const std::vector<std::string>& lines) {
@@ -110,14 +124,10 @@ TEST_F(MigrateDirtyGuest, PostcopySwitchesWhenPreCopyStallsAndTheGuestRunsOnTheD
     // completion path a few seconds after the switch, twice out of twice, on
     // this rig); QEMU 10.0 passes the same test. KVM hosts are not affected
     // by TCG's path; the lab here has no KVM (docs/known-issues.md).
-    if (qemu7_under_tcg())
-        GTEST_SKIP() << "QEMU 7.2 post-copy under TCG corrupts the guest (QEMU's defect); run "
-                        "with BLOCKMIG_QEMU=10";
-    auto r = blockmig_cli_split(policy_args("postcopy", "120"), dir.path());
-    ASSERT_EQ(r.status, 0) << r.out << r.err;
-    const auto events = json_lines(r.out);
-    ASSERT_FALSE(events.empty());
-    const auto a = actions(events);
+    SKIP_ON_QEMU7_TCG(*src, "post-copy");
+    PolicyRun run;
+    ASSERT_NO_FATAL_FAILURE(run_to_completion("postcopy", run));
+    const auto& [out, events, a] = run;
     const auto requested = index_of(a, "requested post-copy");
     ASSERT_LT(requested, a.size()) << joined(a);
     EXPECT_NE(a[requested].find("pre-copy stalled"), std::string::npos) << a[requested];
@@ -126,14 +136,14 @@ TEST_F(MigrateDirtyGuest, PostcopySwitchesWhenPreCopyStallsAndTheGuestRunsOnTheD
     for (const auto& e : events)
         if (e.value("event", "") == "ram" && e.value("status", "") == "active")
             passes = std::max<std::uint64_t>(passes, e.value("iteration", 0));
-    EXPECT_GE(passes, 3u) << r.out;
+    EXPECT_GE(passes, 3u) << out;
     const json switched = find_event(events, "policy", [](const json& e) {
         return e.value("qemu_status", "") == "postcopy-active";
     });
-    EXPECT_FALSE(switched.is_null()) << "QEMU's MIGRATION event said postcopy-active\n" << r.out;
+    EXPECT_FALSE(switched.is_null()) << "QEMU's MIGRATION event said postcopy-active\n" << out;
     const json& done = events.back();
-    EXPECT_EQ(done["event"], "done") << r.out;
-    EXPECT_TRUE(done.value("postcopy", false)) << r.out;
+    EXPECT_EQ(done["event"], "done") << out;
+    EXPECT_TRUE(done.value("postcopy", false)) << out;
     // The report: paused at pre-switchover, then post-copy, running on the
     // destination from then on (not only once the last page arrived).
     const json& tl = done["timeline"];
@@ -150,11 +160,9 @@ TEST_F(MigrateDirtyGuest, PostcopySwitchesWhenPreCopyStallsAndTheGuestRunsOnTheD
 }
 
 TEST_F(MigrateDirtyGuest, SuspendThrottlesThenPausesTheGuestAndCompletes) {
-    auto r = blockmig_cli_split(policy_args("suspend", "120"), dir.path());
-    ASSERT_EQ(r.status, 0) << r.out << r.err;
-    const auto events = json_lines(r.out);
-    ASSERT_FALSE(events.empty());
-    const auto a = actions(events);
+    PolicyRun run;
+    ASSERT_NO_FATAL_FAILURE(run_to_completion("suspend", run));
+    const auto& [out, events, a] = run;
     const auto throttle1 = index_of(a, "throttle step 10 -> 20 %");
     const auto throttle2 = index_of(a, "throttle step 20 -> 40 %");
     const auto paused = index_of(a, "paused the guest on the source");
@@ -166,9 +174,9 @@ TEST_F(MigrateDirtyGuest, SuspendThrottlesThenPausesTheGuestAndCompletes) {
     for (const auto& e : events)
         if (e.value("event", "") == "ram")
             throttled = std::max(throttled, e.value("cpu_throttle", 0));
-    EXPECT_GT(throttled, 0) << r.out;
+    EXPECT_GT(throttled, 0) << out;
     const json& done = events.back();
-    EXPECT_EQ(done["event"], "done") << r.out;
+    EXPECT_EQ(done["event"], "done") << out;
     EXPECT_FALSE(done.value("postcopy", true));
     EXPECT_TRUE(src->wait_exit(15s)) << "the source QEMU quits";
     // The report marks the pause from the stop to the destination's start.
@@ -195,9 +203,7 @@ TEST_F(MigratePolicy, ParallelZstdChannelsOnBothSides) {
     // the destination guest's kernel oopsed (NULL dereference in its timer
     // tick) right after a multifd+zstd switchover, twice in a row; QEMU 10.0
     // passes (docs/known-issues.md).
-    if (qemu7_under_tcg())
-        GTEST_SKIP() << "QEMU 7.2 multifd under TCG corrupts the guest (QEMU's defect); run "
-                        "with BLOCKMIG_QEMU=10";
+    SKIP_ON_QEMU7_TCG(*src, "multifd");
     auto r = blockmig_cli_split(migrate_args({"--parallel", "2", "--compress", "zstd",
                                               "--keep-source", "--output", "json"}),
                                 dir.path());
