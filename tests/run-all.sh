@@ -18,8 +18,9 @@ cmake --build build -j"$jobs"
 # Integration tests run real QEMU guests under TCG on 2 loaded cores: one that
 # fails is run again, up to twice, and every such retry is listed at the end (a
 # real bug fails three times; a retry is still a finding for the session note).
-# Two tries were enough until QEMU 7.2 under TCG began handing about one in
-# three migrated guests bad memory (docs/known-issues.md, stop 16).
+# Two tries were enough until stop 16: QEMU 7.2 under TCG breaks the guest of
+# a migration that needs a second live pass (QEMU's defect, measured in
+# docs/known-issues.md; nothing blockmig or the rig can avoid).
 retries=$(mktemp)
 trap 'rm -f "$retries"' EXIT
 integration() {
