@@ -1,5 +1,5 @@
 #!/bin/bash
-# Reproducer for the open QEMU 7.2-under-TCG defect (docs/known-issues.md):
+# Reproducer for the QEMU 7.2-under-TCG defect (docs/known-issues.md):
 # plain pre-copy of the lab guest between the two lab hosts, driven by hand
 # over QMP (socat, no blockmig, no out-of-band, no disk copy: both QEMUs open
 # the same raw file, as `migrate --copy-storage none` does), then the guest
