@@ -31,13 +31,15 @@ trap '"$lab/guest.sh" stop "$d/src"; "$lab/guest.sh" stop "$d/dst"; "$lab/hosts.
 qmp() {
   local line n=0
   coproc QMP_CONN { socat - "UNIX-CONNECT:$1" 2>/dev/null; }
+  [ -n "${QMP_CONN[1]:-}" ] || return 0  # socat gone already: no socket
   printf '{"execute":"qmp_capabilities"}\n%s\n' "$2" >&"${QMP_CONN[1]}"
   while IFS= read -r -t 30 line <&"${QMP_CONN[0]}"; do
     case $line in *'"return"'* | *'"error"'*)
       n=$((n + 1)); [ $n = 2 ] && { echo "$line"; break; } ;;
     esac
   done
-  kill "$QMP_CONN_PID" 2>/dev/null; wait "$QMP_CONN_PID" 2>/dev/null
+  local pid=${QMP_CONN_PID:-}  # unset once socat is gone (QEMU exited)
+  [ -z "$pid" ] || { kill "$pid" 2>/dev/null; wait "$pid" 2>/dev/null; }
 }
 field() { sed -n "s/.*\"$1\": *\"\{0,1\}\([^\",}]*\).*/\1/p" | head -n 1; }
 disk_args() {
