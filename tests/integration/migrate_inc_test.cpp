@@ -22,8 +22,6 @@ using namespace migrate_test;
 
 namespace {
 
-constexpr std::uint64_t k_blocks = 8192;  // 32 MiB stamped by the guest
-constexpr std::uint64_t k_stamped = k_blocks * 4096;
 constexpr std::uint64_t k_disk = std::uint64_t{256} << 20;
 
 std::string sha256(const fs::path& file, std::uint64_t skip_mib = 0) {
@@ -33,26 +31,29 @@ std::string sha256(const fs::path& file, std::uint64_t skip_mib = 0) {
     return out.substr(0, 64);
 }
 
-class MigrateInc : public ::testing::Test {
+// The two-host rig (migrate_test_util.hpp) with --copy-storage inc: the
+// base made first, A's disk its overlay; B's QEMU started by each test over
+// an overlay of the base it names.
+class MigrateInc : public Rig {
   protected:
-    void SetUp() override {
-        LAB_REQUIRE();
-        hosts = std::make_unique<HostPair>("200mbit");
+    MigrateInc() : Rig("inc") {
+        disk = dir / "src.qcow2";
+        dst_disk = dir / "dst.qcow2";
+        format = "qcow2";
+        // A whole first pass: every stamped block is in A's overlay (a block
+        // the guest has not stamped yet reads as random base data, which
+        // the verifier cannot tell from a corrupted one).
+        first_generation = 2;
+        destination_in_setup = false;
+    }
+
+    void make_disks() override {
         // Real data everywhere in the base: a copy of it into an overlay
         // would show in the overlay's allocation map.
         blockmig::lab::run_ok({"dd", "if=/dev/urandom", "of=" + base.string(), "bs=1M",
                                "count=" + std::to_string(k_disk >> 20), "status=none"});
         base_sum = sha256(base);
-        overlay(src_disk, base);
-        config = GuestConfig{.disks = {{"disk0", src_disk, "qcow2"}},
-                             .stamp_blocks = k_blocks,
-                             .netns = hosts->ns_a()};
-        src = std::make_unique<Guest>(config);
-        ASSERT_TRUE(src->wait_for_line("GUEST-UP", 120s)) << src->console();
-        // A whole first pass: every stamped block is in A's overlay (a block
-        // the guest has not stamped yet reads as random base data, which
-        // the verifier cannot tell from a corrupted one).
-        ASSERT_TRUE(src->wait_for_ack("vda", 2, 240s)) << src->console();
+        overlay(disk, base);
     }
 
     static void overlay(const fs::path& file, const fs::path& backing) {
@@ -63,65 +64,32 @@ class MigrateInc : public ::testing::Test {
     // B's QEMU over its own fresh overlay of `backing`.
     void start_destination(const fs::path& backing) {
         overlay(dst_disk, backing);
-        GuestConfig other = config;
-        other.disks[0].path = dst_disk;
-        dst = std::make_unique<Guest>(blockmig::lab::incoming_config(other, hosts->ns_b()));
+        Rig::start_destination();
     }
 
-    std::vector<std::string> migrate_args(std::vector<std::string> extra = {}) {
-        std::vector<std::string> a{"migrate",
-                                   "--src-qmp",
-                                   src->qmp_socket().string(),
-                                   "--dst-qmp",
-                                   dst->qmp_socket().string(),
-                                   "--dst-addr",
-                                   HostPair::k_addr_b,
-                                   "--copy-storage",
-                                   "inc",
-                                   "--state-dir",
-                                   state.string()};
-        a.insert(a.end(), extra.begin(), extra.end());
-        return a;
-    }
+    static constexpr std::uint64_t k_stamped = k_blocks * k_block;  // by the guest
 
-    std::size_t jobs() {
-        auto r = blockmig_cli({"--output", "json", "jobs", "--state-dir", state.string()});
-        EXPECT_EQ(r.status, 0) << r.out;
-        auto j = json::parse(r.out.substr(r.out.find('{')), nullptr, false);
-        return j.is_discarded() ? 999 : j["jobs"].size();
-    }
-
-    std::unique_ptr<HostPair> hosts;
-    blockmig::lab::TempDir dir{"migrate-inc"};
     fs::path base = dir / "base.raw";  // both hosts see dir (one file system)
-    fs::path src_disk = dir / "src.qcow2";
-    fs::path dst_disk = dir / "dst.qcow2";
-    fs::path state = dir / "jobs";
     std::string base_sum;
-    GuestConfig config;
-    std::unique_ptr<Guest> src, dst;
 };
 
 TEST_F(MigrateInc, OnlyTheOverlayMovesAndTheGuestVerifiesOnTheDestination) {
     start_destination(base);
     auto r = blockmig_cli_split(migrate_args({"--output", "json"}), dir.path());
     ASSERT_EQ(r.status, 0) << r.out << r.err;
-    auto lines = lines_of(r.out);
-    ASSERT_FALSE(lines.empty());
+    const auto events = json_lines(r.out);
+    ASSERT_FALSE(events.empty());
     bool saw_mirror_phase = false;
-    for (const auto& l : lines) {
-        json j = json::parse(l, nullptr, false);
-        ASSERT_FALSE(j.is_discarded()) << "not JSON: " << l;
+    for (const auto& j : events)
         if (j["event"] == "phase" && j["phase"] == "mirror") saw_mirror_phase = true;
-    }
     EXPECT_TRUE(saw_mirror_phase) << r.out;
-    EXPECT_EQ(json::parse(lines.back())["event"], "done") << r.out;
+    EXPECT_EQ(events.back()["event"], "done") << r.out;
     EXPECT_TRUE(src->wait_exit(15s)) << "the source QEMU quits";
 
     EXPECT_EQ(qmp_return(*dst, R"({"execute":"query-status"})")["status"], "running");
     ASSERT_TRUE(dst->wait_for_ack("vda", 1, 60s)) << dst->console();
     ASSERT_TRUE(guest_keeps_writing(*dst)) << "the guest keeps writing on the destination";
-    EXPECT_EQ(jobs(), 0u);
+    EXPECT_EQ(jobs_left(state), 0);
     EXPECT_TRUE(qmp_return(*dst, R"({"execute":"query-block-exports"})").empty());
 
     dst->pause();
@@ -178,7 +146,7 @@ TEST_F(MigrateInc, AnOverlayOverAnotherBaseIsRefusedUntouched) {
     EXPECT_EQ(qmp_return(*dst, R"({"execute":"query-status"})")["status"], "inmigrate");
     EXPECT_TRUE(qmp_return(*src, R"({"execute":"query-block-jobs"})").empty());
     EXPECT_TRUE(qmp_return(*dst, R"({"execute":"query-block-exports"})").empty());
-    EXPECT_EQ(jobs(), 0u);
+    EXPECT_EQ(jobs_left(state), 0);
     ASSERT_TRUE(guest_keeps_writing(*src));
     EXPECT_EQ(sha256(dst_disk), dst_sum) << "the destination's overlay was written";
     EXPECT_EQ(sha256(base), base_sum) << "the base image was written";
@@ -195,11 +163,9 @@ TEST(MigrateIncCli, DstLaunchIsRefusedWithOneLine) {
                            "127.0.0.1", "--copy-storage", "inc", "--dst-pool", tmp.path().string(),
                            "--dst-launch", "--", "true"});
     EXPECT_EQ(r.status, 2) << r.out;
-    auto lines = lines_of(r.out);
-    ASSERT_EQ(lines.size(), 1u) << r.out;
-    EXPECT_NE(lines[0].find("with --copy-storage inc create the destination's qcow2 overlays"),
-              std::string::npos)
-        << r.out;
+    EXPECT_EQ(lines_of(r.out).size(), 1u) << r.out;
+    expect_one_error_line(r.out,
+                          {"with --copy-storage inc create the destination's qcow2 overlays"});
 }
 
 }  // namespace

@@ -20,8 +20,6 @@ using namespace migrate_test;
 
 namespace {
 
-constexpr std::uint64_t k_blocks = 8192;  // 32 MiB stamped
-
 // The tls-creds-x509 objects a QEMU holds (qom-list /objects).
 std::vector<std::string> tls_objects(Guest& guest) {
     std::vector<std::string> out;
@@ -37,47 +35,12 @@ fs::path make_credentials(const fs::path& dir, const std::string& server_name) {
     return dir;
 }
 
-class MigrateTls : public ::testing::Test {
+// The copy rig (migrate_test_util.hpp) with --tls-dir.
+class MigrateTls : public CopyRig {
   protected:
-    void SetUp() override {
-        LAB_REQUIRE();
-        hosts = std::make_unique<HostPair>("200mbit");
-        blockmig::lab::run_ok({"truncate", "-s", "64M", src_disk.string()});
-        blockmig::lab::run_ok({"truncate", "-s", "64M", dst_disk.string()});
-        config = GuestConfig{.disks = {{"disk0", src_disk, "raw"}},
-                             .stamp_blocks = k_blocks,
-                             .netns = hosts->ns_a()};
-        src = std::make_unique<Guest>(config);
-        ASSERT_TRUE(src->wait_for_line("GUEST-UP", 120s)) << src->console();
-        ASSERT_TRUE(src->wait_for_ack("vda", 1, 120s)) << src->console();
-        GuestConfig other = config;
-        other.disks[0].path = dst_disk;
-        dst = std::make_unique<Guest>(blockmig::lab::incoming_config(other, hosts->ns_b()));
-    }
-
-    std::vector<std::string> migrate_args(const fs::path& pki, std::vector<std::string> extra) {
-        std::vector<std::string> a{"migrate",
-                                   "--src-qmp",
-                                   src->qmp_socket().string(),
-                                   "--dst-qmp",
-                                   dst->qmp_socket().string(),
-                                   "--dst-addr",
-                                   HostPair::k_addr_b,
-                                   "--copy-storage",
-                                   "all",
-                                   "--tls-dir",
-                                   pki.string(),
-                                   "--state-dir",
-                                   state.string()};
-        a.insert(a.end(), extra.begin(), extra.end());
-        return a;
-    }
-
-    json jobs_listing() {
-        auto r = blockmig_cli({"--output", "json", "jobs", "--state-dir", state.string()});
-        EXPECT_EQ(r.status, 0) << r.out;
-        auto j = json::parse(r.out.substr(r.out.find('{')), nullptr, false);
-        return j.is_discarded() ? json::object() : j;
+    std::vector<std::string> tls_args(const fs::path& pki, std::vector<std::string> extra) {
+        extra.insert(extra.begin(), {"--tls-dir", pki.string()});
+        return migrate_args(std::move(extra));
     }
 
     // What the journal says exists once the export is there (blockmig holds
@@ -115,14 +78,6 @@ class MigrateTls : public ::testing::Test {
         }
         return blockmig::lab::run(argv);
     }
-
-    std::unique_ptr<HostPair> hosts;
-    blockmig::lab::TempDir dir{"migrate-tls"};
-    fs::path src_disk = dir / "src.raw";
-    fs::path dst_disk = dir / "dst.raw";
-    fs::path state = dir / "jobs";
-    GuestConfig config;
-    std::unique_ptr<Guest> src, dst;
 };
 
 TEST_F(MigrateTls, CopiesOverTlsAndTheGuestRunsOnTheDestination) {
@@ -130,12 +85,10 @@ TEST_F(MigrateTls, CopiesOverTlsAndTheGuestRunsOnTheDestination) {
     // QEMU 7.2 handed the destination a guest whose kernel panicked after
     // this slow (4 MiB/s, many-pass) pre-copy, with or without TLS, 3 of 3
     // runs; QEMU 10.0 passes. The refusal tests below still run on 7.2.
-    if (qemu7_under_tcg(*src))
-        GTEST_SKIP() << "QEMU 7.2 slow pre-copy under TCG corrupts the guest (QEMU's defect); run "
-                        "with BLOCKMIG_QEMU=10";
+    SKIP_ON_QEMU7_TCG(*src, "slow pre-copy");
     const auto pki = make_credentials(dir / "pki", HostPair::k_addr_b);
     // 4 MiB/s: the copy lasts long enough to probe B's NBD server.
-    BackgroundCli cli(migrate_args(pki, {"--bandwidth", "4"}), src->qmp_socket().string());
+    BackgroundCli cli(tls_args(pki, {"--bandwidth", "4"}), src->qmp_socket().string());
     const auto [port, export_name] = wait_for_export(60s);
     ASSERT_FALSE(port.empty()) << "the journal names B's NBD server and export";
     const auto plain = list_exports(port);
@@ -164,16 +117,9 @@ TEST_F(MigrateTls, CopiesOverTlsAndTheGuestRunsOnTheDestination) {
 
 TEST_F(MigrateTls, ACertificateForAnotherHostFailsTheCopyAndLeavesNothing) {
     const auto pki = make_credentials(dir / "pki", "10.77.0.99");
-    auto r = blockmig_cli(migrate_args(pki, {}));
+    auto r = blockmig_cli(tls_args(pki, {}));
     EXPECT_EQ(r.status, 1) << r.out;
-    std::size_t errors = 0;
-    for (const auto& l : lines_of(r.out))
-        if (l.starts_with("blockmig: error:")) {
-            ++errors;
-            EXPECT_NE(l.find("phase mirror"), std::string::npos) << l;
-            EXPECT_NE(l.find("keeps running on the source"), std::string::npos) << l;
-        }
-    EXPECT_EQ(errors, 1u) << r.out;
+    expect_one_error_line(r.out, {"phase mirror", "keeps running on the source"});
     std::cerr << r.out;
     EXPECT_EQ(qmp_return(*src, R"({"execute":"query-status"})")["status"], "running");
     EXPECT_TRUE(qmp_return(*src, R"({"execute":"query-block-jobs"})").empty());
@@ -189,7 +135,7 @@ TEST_F(MigrateTls, ACertificateForAnotherHostFailsTheCopyAndLeavesNothing) {
     }
     EXPECT_EQ(jobs_listing()["jobs"].size(), 0u);
     ASSERT_TRUE(guest_keeps_writing(*src));
-    auto v = pause_and_verify(*src, src_disk.string(), "raw", k_blocks);
+    auto v = pause_and_verify(*src, disk.string(), "raw", k_blocks);
     EXPECT_TRUE(v.intact()) << v.output;
 }
 
@@ -199,14 +145,7 @@ TEST_F(MigrateTlsShared, TheMigrationStreamChecksTheDestinationsCertificate) {
     const auto pki = make_credentials(dir / "pki", "10.77.0.99");
     auto r = blockmig_cli(migrate_args({"--tls-dir", pki.string()}));
     EXPECT_EQ(r.status, 1) << r.out;
-    std::size_t errors = 0;
-    for (const auto& l : lines_of(r.out))
-        if (l.starts_with("blockmig: error:")) {
-            ++errors;
-            EXPECT_NE(l.find("phase ram"), std::string::npos) << l;
-            EXPECT_NE(l.find("keeps running on the source"), std::string::npos) << l;
-        }
-    EXPECT_EQ(errors, 1u) << r.out;
+    expect_one_error_line(r.out, {"phase ram", "keeps running on the source"});
     std::cerr << r.out;
     EXPECT_EQ(qmp_return(*src, R"({"execute":"query-status"})")["status"], "running");
     EXPECT_TRUE(tls_objects(*src).empty());

@@ -56,14 +56,6 @@ class QmpSsh : public ::testing::Test {
         return out;
     }
 
-    static std::vector<std::string> error_lines(const std::string& out) {
-        std::vector<std::string> lines;
-        std::istringstream in(out);
-        for (std::string l; std::getline(in, l);)
-            if (l.starts_with("blockmig: error:")) lines.push_back(l);
-        return lines;
-    }
-
     std::unique_ptr<QemuProcess> qemu;
     std::unique_ptr<SshServer> sshd;
     int variants = 0;
@@ -111,11 +103,8 @@ TEST_F(QmpSsh, CliQueriesTheMonitorAndLeavesNoSshBehind) {
 TEST_F(QmpSsh, NoSuchSocketIsOneClearLine) {
     auto r = cli({"qmp", sshd->url("/run/no-such-dir/qmp.sock"), "query-status"});
     EXPECT_EQ(r.status, 1) << r.out;
-    auto errors = error_lines(r.out);
-    ASSERT_EQ(errors.size(), 1u) << r.out;
-    EXPECT_NE(errors[0].find("sshd on 127.0.0.1 cannot open /run/no-such-dir/qmp.sock"),
-              std::string::npos)
-        << r.out;
+    move_test::expect_one_error_line(r.out,
+                                     {"sshd on 127.0.0.1 cannot open /run/no-such-dir/qmp.sock"});
 }
 
 TEST_F(QmpSsh, UnreachableSshdIsOneClearLine) {
@@ -123,9 +112,7 @@ TEST_F(QmpSsh, UnreachableSshdIsOneClearLine) {
     sshd->stop();
     auto r = cli({"qmp", url, "query-status"});
     EXPECT_EQ(r.status, 1) << r.out;
-    auto errors = error_lines(r.out);
-    ASSERT_EQ(errors.size(), 1u) << r.out;
-    EXPECT_NE(errors[0].find("cannot reach sshd on 127.0.0.1"), std::string::npos) << r.out;
+    move_test::expect_one_error_line(r.out, {"cannot reach sshd on 127.0.0.1"});
 }
 
 TEST_F(QmpSsh, UnknownKeyIsOneClearLine) {
@@ -136,9 +123,7 @@ TEST_F(QmpSsh, UnknownKeyIsOneClearLine) {
     ::setenv("BLOCKMIG_SSH_CONFIG", config.c_str(), 1);
     auto r = cli({"qmp", sshd->url(qemu->socket()), "query-status"});
     EXPECT_EQ(r.status, 1) << r.out;
-    auto errors = error_lines(r.out);
-    ASSERT_EQ(errors.size(), 1u) << r.out;
-    EXPECT_NE(errors[0].find("authentication failed"), std::string::npos) << r.out;
+    move_test::expect_one_error_line(r.out, {"authentication failed"});
 }
 
 TEST_F(QmpSsh, UntrustedHostKeyIsOneClearLine) {
@@ -149,9 +134,7 @@ TEST_F(QmpSsh, UntrustedHostKeyIsOneClearLine) {
     ::setenv("BLOCKMIG_SSH_CONFIG", config.c_str(), 1);
     auto r = cli({"qmp", sshd->url(qemu->socket()), "query-status"});
     EXPECT_EQ(r.status, 1) << r.out;
-    auto errors = error_lines(r.out);
-    ASSERT_EQ(errors.size(), 1u) << r.out;
-    EXPECT_NE(errors[0].find("host key of 127.0.0.1 is not trusted"), std::string::npos) << r.out;
+    move_test::expect_one_error_line(r.out, {"host key of 127.0.0.1 is not trusted"});
 }
 
 TEST_F(QmpSsh, TcpAddressWarnsOnceSshDoesNot) {
