@@ -61,6 +61,22 @@ class BorrowedPool final : public blockmig::pools::Pool {
     Pool& m_p;
 };
 
+inline constexpr std::uint64_t k_mib = 1 << 20;
+
+// An in-memory pool (`mem`: what really happened) behind the fault pool
+// (`faults`: what the code under test is handed; use_faults() sets which
+// of its calls fail). A new `mem` needs use_faults() again.
+struct FaultedPool {
+    explicit FaultedPool(std::uint64_t capacity) : mem(blockmig::pools::make_mem_pool(capacity)) {
+        use_faults({});
+    }
+    void use_faults(blockmig::pools::FaultPlan plan) {
+        faults =
+            blockmig::pools::make_fault_pool(std::make_unique<BorrowedPool>(*mem), std::move(plan));
+    }
+    std::unique_ptr<blockmig::pools::Pool> mem, faults;
+};
+
 // The QEMU side of a move, as far as recovery looks at it.
 struct FakeQemu {
     struct Job {

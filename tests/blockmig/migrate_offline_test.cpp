@@ -22,7 +22,7 @@ namespace fs = std::filesystem;
 
 namespace {
 
-constexpr std::uint64_t k_mib = 1 << 20;
+using jobs_test::k_mib;
 
 struct Disk {
     std::string id, file, format;
@@ -176,7 +176,6 @@ class MigrateOfflineTest : public ::testing::Test {
         guest.script->set_responder([this](const json& m, auto& s) { qemu.respond(m, s); });
         add_disk("disk0", 4 * k_mib, {0, 3 * k_mib + 4096});
         add_disk("disk1", 2 * k_mib, {k_mib});
-        use_faults({});
     }
     void TearDown() override { fs::remove_all(dir); }
 
@@ -193,14 +192,10 @@ class MigrateOfflineTest : public ::testing::Test {
         qemu.disks.push_back({id, "nfs://nas/vms/" + name, "raw", size});
     }
 
-    void use_faults(pools::FaultPlan plan) {
-        faults = pools::make_fault_pool(std::make_unique<jobs_test::BorrowedPool>(*dst), plan);
-    }
-
     PoolOpener opener() {
         return {.open_pool = [this](std::string_view spec) -> Result<std::unique_ptr<pools::Pool>> {
                     if (spec != "cold") return fail(ErrorCode::not_found, "no pool");
-                    auto p = std::make_unique<jobs_test::BorrowedPool>(*faults);
+                    auto p = std::make_unique<jobs_test::BorrowedPool>(*pool.faults);
                     if (corrupt) return std::make_unique<CorruptingPool>(std::move(p));
                     return p;
                 },
@@ -209,8 +204,9 @@ class MigrateOfflineTest : public ::testing::Test {
                         return pools::VolumeRef{std::make_unique<jobs_test::BorrowedPool>(*src),
                                                 std::string(spec.substr(14))};
                     if (spec.starts_with("mem:"))
-                        return pools::VolumeRef{std::make_unique<jobs_test::BorrowedPool>(*faults),
-                                                std::string(spec.substr(4))};
+                        return pools::VolumeRef{
+                            std::make_unique<jobs_test::BorrowedPool>(*pool.faults),
+                            std::string(spec.substr(4))};
                     return fail(ErrorCode::not_found, fmt::format("no volume {}", spec));
                 }};
     }
@@ -234,7 +230,7 @@ class MigrateOfflineTest : public ::testing::Test {
 
     std::vector<std::string> dst_volumes() {
         std::vector<std::string> out;
-        auto listed = dst->list_volumes();
+        auto listed = pool.mem->list_volumes();
         if (listed)
             for (const auto& v : *listed) out.push_back(v.name);
         return out;
@@ -248,8 +244,7 @@ class MigrateOfflineTest : public ::testing::Test {
     jobs_test::FakeGuest guest;
     OfflineQemu qemu;
     std::unique_ptr<pools::Pool> src = pools::make_mem_pool(64 * k_mib);
-    std::unique_ptr<pools::Pool> dst = pools::make_mem_pool(64 * k_mib);
-    std::unique_ptr<pools::Pool> faults;
+    jobs_test::FaultedPool pool{64 * k_mib};  // the destination
     bool corrupt = false;
     std::atomic<bool> cancel{false};
     fs::path dir = jobs_test::temp_dir("offline");
@@ -270,7 +265,7 @@ TEST_F(MigrateOfflineTest, EveryDiskIsCopiedAfterThePowerdownAndProvenEqual) {
     for (const auto& d : r->disks) {
         const std::string name = d.device + ".raw";
         EXPECT_EQ(d.target, "mem:" + name);
-        EXPECT_EQ(contents(*dst, name), contents(*src, name)) << d.device;
+        EXPECT_EQ(contents(*pool.mem, name), contents(*src, name)) << d.device;
         // The digest is the SHA-256 of the disk's contents (sha256sum of a raw image).
         EXPECT_EQ(d.digest, sha256(contents(*src, name))) << d.device;
         EXPECT_EQ(d.source, "nfs://nas/vms/" + name);
@@ -311,8 +306,8 @@ TEST_F(MigrateOfflineTest, OneDiskWithDisk) {
 
 TEST_F(MigrateOfflineTest, AFullPoolFailsBeforeTheShutdownAndTheGuestKeepsRunning) {
     // Room for disk0's 4 MiB, not for disk1's 2 MiB more (mem pools reserve the size).
-    dst = pools::make_mem_pool(5 * k_mib);
-    use_faults({});
+    pool.mem = pools::make_mem_pool(5 * k_mib);
+    pool.use_faults({});
     snapshot();
     auto r = migrate();
     ASSERT_FALSE(r);
@@ -328,7 +323,7 @@ TEST_F(MigrateOfflineTest, AFullPoolFailsBeforeTheShutdownAndTheGuestKeepsRunnin
 }
 
 TEST_F(MigrateOfflineTest, AWriteErrorWhileCopyingDeletesEveryCopy) {
-    use_faults({.fail_write_n = 2});
+    pool.use_faults({.fail_write_n = 2});
     snapshot();
     auto r = migrate();
     ASSERT_FALSE(r);
@@ -393,7 +388,7 @@ TEST_F(MigrateOfflineTest, RefusalsTouchNothing) {
     // A local name, and no QEMU pid behind the QMP (tcp:, ssh://): it may be another file.
     refused(options(), "cannot prove it reads QEMU's file");
     qemu.disks[1].file = "nfs://nas/vms/disk1.raw";
-    ASSERT_TRUE(dst->create("disk1.raw", 4096, pools::ImageFormat::raw));
+    ASSERT_TRUE(pool.mem->create("disk1.raw", 4096, pools::ImageFormat::raw));
     auto r = migrate();
     ASSERT_FALSE(r);
     EXPECT_NE(r.error().message.find("mem:disk1.raw already exists"), std::string::npos)
@@ -413,7 +408,8 @@ TEST_F(MigrateOfflineTest, RecoverDeletesAnUnfinishedCopyAndKeepsAFinishedOne) {
         jobs::UndoEnv env;
         env.resolve = [this](const std::string& url) { return opener().resolve_volume(url); };
         jobs::Effects effects(*journal, env);
-        ASSERT_TRUE(effects.create_volume("disk0", *dst, "c.raw", 4096, pools::ImageFormat::raw));
+        ASSERT_TRUE(
+            effects.create_volume("disk0", *pool.mem, "c.raw", 4096, pools::ImageFormat::raw));
         ASSERT_TRUE(journal->update([&](jobs::Job& j) { j.disks[0].phase = phase; }));
         EXPECT_TRUE(journal->job().needs_recovery() || phase == "done");
         auto report = migrate::recover_offline(*journal, env, dir / "jobs");
@@ -424,7 +420,7 @@ TEST_F(MigrateOfflineTest, RecoverDeletesAnUnfinishedCopyAndKeepsAFinishedOne) {
             EXPECT_NE(report->disks[0].reason.find("shut down"), std::string::npos);
         } else {
             EXPECT_EQ(dst_volumes(), std::vector<std::string>{"c.raw"}) << "verified copies stay";
-            ASSERT_TRUE(dst->remove("c.raw"));
+            ASSERT_TRUE(pool.mem->remove("c.raw"));
         }
         EXPECT_TRUE(no_journal());
     }

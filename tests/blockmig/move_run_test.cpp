@@ -25,7 +25,7 @@ namespace fs = std::filesystem;
 
 namespace {
 
-constexpr std::uint64_t k_mib = 1 << 20;
+using jobs_test::k_mib;
 const std::string k_volume = "disk0-fmt.qcow2";  // named after the source's file, /f/disk0-fmt
 const std::string k_url = "mem:" + k_volume;
 
@@ -68,16 +68,11 @@ class MoveRunTest : public ::testing::Test {
     void SetUp() override {
         ASSERT_TRUE(guest.client);
         guest.with_disk0();
-        use_faults({});
         guest.script->set_responder([this](const json& m, auto& s) { respond(m, s); });
     }
     void TearDown() override {
         EXPECT_TRUE(guest.script->failures().empty()) << guest.script->failures().front();
         fs::remove_all(dir);
-    }
-
-    void use_faults(pools::FaultPlan plan) {
-        faults = pools::make_fault_pool(std::make_unique<jobs_test::BorrowedPool>(*mem), plan);
     }
 
     // What `move` opens: "testpool" (a POOL spec) and mem:NAME volumes.
@@ -87,12 +82,12 @@ class MoveRunTest : public ::testing::Test {
                     [this, watch](std::string_view spec) -> Result<std::unique_ptr<pools::Pool>> {
                     if (spec != "testpool")
                         return fail(ErrorCode::not_found, fmt::format("no pool {}", spec));
-                    return std::make_unique<TestPool>(*faults, watch);
+                    return std::make_unique<TestPool>(*pool.faults, watch);
                 },
                 .resolve_volume = [this, watch](std::string_view spec) -> Result<pools::VolumeRef> {
                     if (!spec.starts_with("mem:"))
                         return fail(ErrorCode::not_found, fmt::format("no volume {}", spec));
-                    return pools::VolumeRef{std::make_unique<TestPool>(*faults, watch),
+                    return pools::VolumeRef{std::make_unique<TestPool>(*pool.faults, watch),
                                             std::string(spec.substr(4))};
                 }};
     }
@@ -174,14 +169,13 @@ class MoveRunTest : public ::testing::Test {
         EXPECT_TRUE(listed) << listed.error().message;
         return listed ? listed->size() : 0;
     }
-    std::size_t volumes() { return mem->list_volumes()->size(); }
+    std::size_t volumes() { return pool.mem->list_volumes()->size(); }
     std::set<std::string> original_nodes() { return {"disk0-fmt", "disk0-proto"}; }
 
     jobs_test::FakeGuest guest;
     FakeClock clock;
     fs::path dir = jobs_test::temp_dir("move-run");
-    std::unique_ptr<pools::Pool> mem = pools::make_mem_pool(64 * k_mib);
-    std::unique_ptr<pools::Pool> faults;
+    jobs_test::FaultedPool pool{64 * k_mib};
     std::function<void()> on_query_jobs;
     std::atomic<bool> cancel{false};
     std::mutex mutex;
@@ -198,7 +192,7 @@ TEST_F(MoveRunTest, PivotsOntoANewVolumeJournalingEachIntentBeforeItsEffect) {
     const std::string top = r->disks[0].target_node;
     EXPECT_EQ(guest.qemu->devices["disk0"], top);
     EXPECT_TRUE(guest.qemu->got("block-job-complete"));
-    auto info = mem->stat(k_volume);
+    auto info = pool.mem->stat(k_volume);
     ASSERT_TRUE(info) << info.error().message;
     EXPECT_EQ(info->virtual_size, 1 * k_mib);
     // No job, no journal: nothing is left for `blockmig recover`.
@@ -219,7 +213,7 @@ TEST_F(MoveRunTest, PivotsOntoANewVolumeJournalingEachIntentBeforeItsEffect) {
 
 TEST_F(MoveRunTest, FullPoolFailsTheCreateCleanlyBeforeAnyQemuSideEffect) {
     // The capacity check passed; the pool filled up before the create.
-    use_faults({.create_error = ErrorCode::no_space});
+    pool.use_faults({.create_error = ErrorCode::no_space});
     auto r = move();
     ASSERT_FALSE(r);
     EXPECT_EQ(r.error().code, ErrorCode::no_space);
@@ -247,7 +241,7 @@ TEST_F(MoveRunTest, MirrorFailingAfterTheCreateDeletesTheVolumeAndTheNodes) {
 }
 
 TEST_F(MoveRunTest, DeleteRefusedDuringRollbackIsNamedAndTheJournalKept) {
-    use_faults({.remove_error = ErrorCode::io_error});
+    pool.use_faults({.remove_error = ErrorCode::io_error});
     fail_job_with("Input/output error");
     auto r = move();
     ASSERT_FALSE(r);
@@ -257,7 +251,7 @@ TEST_F(MoveRunTest, DeleteRefusedDuringRollbackIsNamedAndTheJournalKept) {
     EXPECT_NE(r.error().message.find("blockmig recover"), std::string::npos) << r.error().message;
     // The nodes went; the volume could not, and the journal says so.
     EXPECT_EQ(guest.qemu->nodes, original_nodes());
-    EXPECT_TRUE(mem->stat(k_volume));
+    EXPECT_TRUE(pool.mem->stat(k_volume));
     auto listed = jobs::list_jobs(dir / "jobs");
     ASSERT_TRUE(listed) << listed.error().message;
     ASSERT_EQ(listed->size(), 1u);
@@ -335,7 +329,7 @@ TEST_F(MoveRunTest, PivotWhoseReplyIsLostFinishesForward) {
     ASSERT_TRUE(r) << r.error().message;
     EXPECT_TRUE(r->disks[0].pivoted);
     EXPECT_EQ(guest.qemu->devices["disk0"], r->disks[0].target_node);
-    EXPECT_TRUE(mem->stat(k_volume));  // the guest's disk now: never deleted
+    EXPECT_TRUE(pool.mem->stat(k_volume));  // the guest's disk now: never deleted
     EXPECT_EQ(journals(), 0u);
 }
 
@@ -366,7 +360,7 @@ TEST_F(MoveRunTest, NoPivotLeavesAJournaledReadyJobThatPivotFinishes) {
     ASSERT_EQ(p->disks.size(), 1u);
     EXPECT_TRUE(p->disks[0].pivoted);
     EXPECT_NE(guest.qemu->devices["disk0"], "disk0-fmt");
-    EXPECT_TRUE(mem->stat(k_volume));
+    EXPECT_TRUE(pool.mem->stat(k_volume));
     EXPECT_TRUE(guest.qemu->jobs.empty());
     EXPECT_EQ(journals(), 0u);
 }
