@@ -452,7 +452,10 @@ void Client::die(Error reason) {
         std::lock_guard lock(m_mutex);
         if (m_state == State::dead) return;
         m_state = State::dead;
-        if (reason.code != ErrorCode::protocol) reason.code = ErrorCode::interrupted;
+        // not_found stays: over ssh the stream ends so when sshd cannot open
+        // the socket (no QEMU there), which callers must tell from a lost link.
+        if (reason.code != ErrorCode::protocol && reason.code != ErrorCode::not_found)
+            reason.code = ErrorCode::interrupted;
         m_dead_reason = reason;
         for (auto& [id, p] : m_pending) {
             p->result = fail(reason.code, fmt::format("{}: {}", p->command, reason.message),

@@ -10,6 +10,7 @@
 #include <filesystem>
 
 #include "commands.hpp"
+#include "migrate/launch.hpp"
 #include "migrate_offline.hpp"
 #include "pool_shared.hpp"
 #include "qmp/client.hpp"
@@ -110,8 +111,10 @@ Result<void> run_migrate_command(const MigrateArgs& args, const GlobalOptions& g
     if (args.dst_launch) {
         auto config = pools::load_pools_config(args.pools_file);
         if (!config) return fail(config.error());
-        o.launch = DestinationLaunch{
-            .pool = args.dst_pool, .config = std::move(*config), .argv = args.launch_argv};
+        o.launch = DestinationLaunch{.pool = args.dst_pool,
+                                     .config = std::move(*config),
+                                     .argv = args.launch_argv,
+                                     .qmp = args.dst_qmp};
     }
     o.bandwidth = static_cast<std::uint64_t>(args.bandwidth_mib * 1024 * 1024);
     o.max_downtime = std::chrono::milliseconds(args.max_downtime_ms);
@@ -169,6 +172,16 @@ Result<void> run_migrate_command(const MigrateArgs& args, const GlobalOptions& g
 
 }  // namespace
 
+// --dst-launch with --dst-qmp ssh://...: a command or pool that cannot work
+// on the other host is a usage error, found before anything is made.
+void check_remote_launch(const MigrateArgs& args) {
+    DestinationLaunch launch{.pool = args.dst_pool, .argv = args.launch_argv, .qmp = args.dst_qmp};
+    if (auto config = pools::load_pools_config(args.pools_file))
+        launch.config = std::move(*config);  // else the run reports the pools file
+    if (auto ok = migrate::check_launch_target(launch); !ok)
+        throw CLI::ValidationError(ok.error().message);
+}
+
 void add_migrate_command(CLI::App& app, Dispatch& dispatch) {
     auto args = std::make_shared<MigrateArgs>();
     auto* cmd = app.add_subcommand(
@@ -176,19 +189,20 @@ void add_migrate_command(CLI::App& app, Dispatch& dispatch) {
     cmd->add_option("--src-qmp", args->src_qmp,
                     "the guest's QMP (path, tcp:HOST:PORT or ssh://[USER@]HOST[:PORT]/PATH)")
         ->required();
-    auto* dst_qmp = cmd->add_option(
+    cmd->add_option(
         "--dst-qmp", args->dst_qmp,
         "the destination QEMU's QMP (path, tcp:HOST:PORT or ssh://[USER@]HOST[:PORT]/PATH); "
         "it runs with the same devices and -incoming defer");
     cmd->add_option("--dst-pool", args->dst_pool,
                     "with --dst-launch: the pool where blockmig creates the destination's volumes "
                     "(raw, each the size of its source disk)");
-    auto* launch = cmd->add_flag(
+    cmd->add_flag(
         "--dst-launch", args->dst_launch,
         "blockmig starts the destination QEMU: the command after -- (run as argv, no shell; "
         "{qmp} = its QMP socket, {vol:DEV} = the volume made for disk DEV), e.g. -- ip netns "
-        "exec B qemu-system-x86_64 ... -qmp unix:{qmp},server=on,wait=off -incoming defer");
-    launch->excludes(dst_qmp);
+        "exec B qemu-system-x86_64 ... -qmp unix:{qmp},server=on,wait=off -incoming defer; "
+        "on another host give --dst-qmp ssh://HOST/PATH and -- ssh HOST qemu-system-x86_64 ... "
+        "({qmp} = PATH there, each remote word quoted for its shell by blockmig)");
     cmd->add_option("CMD", args->launch_argv, "with --dst-launch: the destination's command");
     add_pools_option(*cmd, args->pools_file);
     cmd->add_option("--dst-addr", args->dst_addr,
@@ -298,6 +312,7 @@ void add_migrate_command(CLI::App& app, Dispatch& dispatch) {
             throw CLI::ValidationError("--dst-launch",
                                        "needs --dst-pool POOL, --copy-storage all and the command "
                                        "after --");
+        if (args->dst_launch && !args->dst_qmp.empty()) check_remote_launch(*args);
         if (!args->dst_launch && (!args->dst_pool.empty() || !args->launch_argv.empty()))
             throw CLI::ValidationError("--dst-pool", "only with --dst-launch");
         dispatch.action = [args, &dispatch] {

@@ -11,6 +11,7 @@
 #include <mutex>
 #include <thread>
 
+#include "qmp/address.hpp"
 #include "qmp/commands.hpp"
 
 namespace blockmig::jobs {
@@ -211,7 +212,60 @@ int launched_pid(const UndoStep& step) {
     return -1;
 }
 
+// A QEMU `--dst-launch` started on another host (name: its ssh:// address):
+// the local process is ssh, not QEMU (none at all once a -daemonize QEMU
+// detached), so it is asked to `quit` through its monitor, unless it runs a
+// guest (then it is not the never-started QEMU blockmig may stop). The
+// local ssh ends with it; one still there is stopped as a local launch.
+StepOutcome stop_remote_launched(const UndoStep& step, UndoEnv& env, const qmp::Address& address) {
+    // The caller's connection to it if there is one (a QEMU monitor serves
+    // one client at a time), else a new one.
+    Result<std::unique_ptr<qmp::Client>> own = std::unique_ptr<qmp::Client>();
+    qmp::Client* client = env.client;
+    if (!client || client->state() != qmp::State::running) {
+        qmp::ConnectOptions options;
+        options.timeout = std::min<std::chrono::milliseconds>(env.step_timeout, 10s);
+        options.default_timeout = env.step_timeout;
+        own = qmp::Client::connect(step.socket, options);
+        client = own ? own->get() : nullptr;
+    }
+    std::string done = fmt::format("the destination QEMU on {} is not running", step.socket);
+    if (client) {
+        auto status = qmp::query_status(*client, env.step_timeout);
+        if (status && status->running)
+            return left(fmt::format("destination QEMU on {}", step.socket),
+                        "it runs a guest, so blockmig does not stop it");
+        if (auto q = qmp::quit(*client, env.step_timeout);
+            !q && q.error().code != ErrorCode::interrupted)
+            return left(fmt::format("destination QEMU on {}", step.socket), q.error().message);
+        const auto deadline = deadline_after(*env.clock, env.step_timeout);
+        while (client->state() != qmp::State::dead && before(env, deadline))
+            env.clock->sleep_for(env.poll_interval);
+        done = fmt::format("quit the destination QEMU on {} that blockmig started", step.socket);
+    } else if (own.error().code != ErrorCode::not_found) {
+        return left(fmt::format("destination QEMU on {}", step.socket),
+                    fmt::format("{}; quit it there", own.error().message));
+    }
+    const bool ours = step.pid > 0 && !process_gone(step.pid) &&
+                      cmdline_of(step.pid).find(address.path) != std::string::npos;
+    if (ours) {
+        const auto grace = deadline_after(
+            *env.clock, std::min<std::chrono::milliseconds>(env.step_timeout / 2, 3s));
+        while (!process_gone(step.pid) && before(env, grace))
+            env.clock->sleep_for(env.poll_interval);
+        if (!process_gone(step.pid)) kill(step.pid, SIGTERM);
+        const auto deadline = deadline_after(*env.clock, env.step_timeout);
+        while (!process_gone(step.pid) && before(env, deadline))
+            env.clock->sleep_for(env.poll_interval);
+        if (!process_gone(step.pid)) kill(step.pid, SIGKILL);
+    }
+    return {true, done};
+}
+
 StepOutcome stop_launched(const UndoStep& step, UndoEnv& env) {
+    if (auto remote = qmp::parse_address(step.socket);
+        remote && remote->kind == qmp::Address::Kind::ssh)
+        return stop_remote_launched(step, env, *remote);
     const int pid = launched_pid(step);
     if (pid <= 0)
         return {true, fmt::format("the destination QEMU on {} is not running", step.socket)};

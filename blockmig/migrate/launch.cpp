@@ -14,6 +14,7 @@
 
 #include "jobs/effects.hpp"
 #include "jobs/names.hpp"
+#include "qmp/address.hpp"
 
 namespace blockmig::migrate {
 
@@ -97,28 +98,43 @@ Result<int> spawn(const std::vector<std::string>& argv, const fs::path& log) {
     return pid;
 }
 
-// Until the QMP socket answers, CMD exits, or the deadline.
-Result<std::unique_ptr<qmp::Client>> wait_for_qmp(int pid, const fs::path& socket,
+std::string exit_text(int status) {
+    return WIFEXITED(status) ? fmt::format("status {}", WEXITSTATUS(status))
+                             : fmt::format("signal {}", WTERMSIG(status));
+}
+
+Result<std::unique_ptr<qmp::Client>> connect_launched(const std::string& address,
+                                                      qmp::Milliseconds qmp_timeout) {
+    qmp::ConnectOptions options;
+    options.enable_oob = true;  // the undo may need a yank (jobs/undo.cpp)
+    options.timeout = std::min<qmp::Milliseconds>(qmp_timeout, 10s);
+    options.default_timeout = qmp_timeout;
+    return qmp::Client::connect(address, options);
+}
+
+// Until the QMP socket answers, CMD fails, or the deadline. A remote CMD
+// (ssh) that ends with status 0 left a detached QEMU (-daemonize): its
+// socket is still awaited. Over ssh every try is a new ssh connection, and
+// "sshd cannot open PATH" (not_found) means not yet.
+Result<std::unique_ptr<qmp::Client>> wait_for_qmp(int pid, const LaunchQmp& qmp,
                                                   const fs::path& log,
                                                   const DestinationLaunch& launch,
                                                   qmp::Milliseconds qmp_timeout) {
     const auto deadline = std::chrono::steady_clock::now() + launch.start_timeout;
     Error last{ErrorCode::timeout, "no QMP socket yet", {}};
+    bool running = true;
     for (;;) {
         int status = 0;
-        if (waitpid(pid, &status, WNOHANG) == pid)
-            return fail(
-                ErrorCode::io_error,
-                fmt::format("{} exited ({}) before its QMP answered: {}", launch.argv.front(),
-                            WIFEXITED(status) ? fmt::format("status {}", WEXITSTATUS(status))
-                                              : fmt::format("signal {}", WTERMSIG(status)),
-                            log_tail(log)));
-        if (fs::exists(socket)) {
-            qmp::ConnectOptions options;
-            options.enable_oob = true;  // the undo may need a yank (jobs/undo.cpp)
-            options.timeout = std::min<qmp::Milliseconds>(qmp_timeout, 10s);
-            options.default_timeout = qmp_timeout;
-            auto client = qmp::Client::connect(socket.string(), options);
+        if (running && waitpid(pid, &status, WNOHANG) == pid) {
+            running = false;
+            if (!qmp.remote || !WIFEXITED(status) || WEXITSTATUS(status) != 0)
+                return fail(ErrorCode::io_error,
+                            fmt::format("{} exited ({}) before its QMP {} answered: {}",
+                                        launch.argv.front(), exit_text(status), qmp.address,
+                                        log_tail(log)));
+        }
+        if (qmp.remote || fs::exists(qmp.path)) {
+            auto client = connect_launched(qmp.address, qmp_timeout);
             if (client) return client;
             last = client.error();
         }
@@ -126,10 +142,40 @@ Result<std::unique_ptr<qmp::Client>> wait_for_qmp(int pid, const fs::path& socke
             return fail(ErrorCode::timeout,
                         fmt::format("the destination QEMU's QMP {} did not answer within {} s "
                                     "({}); its log: {}",
-                                    socket.string(), launch.start_timeout.count() / 1000,
-                                    last.message, log_tail(log)));
-        std::this_thread::sleep_for(50ms);
+                                    qmp.address, launch.start_timeout.count() / 1000, last.message,
+                                    log_tail(log)));
+        std::this_thread::sleep_for(qmp.remote ? 250ms : 50ms);
     }
+}
+
+// Before anything is made: nothing may answer at a remote PATH yet (a stale
+// socket file is fine: QEMU replaces it), so whatever answers after the
+// launch is the QEMU blockmig started, and ssh to HOST works.
+Result<void> check_remote_free(const LaunchQmp& qmp, qmp::Milliseconds qmp_timeout) {
+    auto client = connect_launched(qmp.address, qmp_timeout);
+    if (client)
+        return fail(ErrorCode::already_exists,
+                    fmt::format("--dst-qmp {}: a QEMU already answers there; give the launched "
+                                "QEMU a socket path no other QEMU uses",
+                                qmp.address));
+    if (client.error().code == ErrorCode::not_found) return {};
+    return fail(client.error().with_context("--dst-qmp"));
+}
+
+bool is_plain_word(char c) {
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+           std::string_view("@%+=:,./_-").find(c) != std::string_view::npos;
+}
+
+// The pool type a spec names, without opening it ("" for an unknown name:
+// open_pool() reports that).
+std::string pool_type(const std::string& spec, const pools::PoolsConfig& config) {
+    if (spec.starts_with("nfs://")) return "nfs";
+    if (spec.starts_with("iscsi://")) return "iscsi";
+    if (auto it = config.pools.find(spec); it != config.pools.end()) return it->second.type;
+    const bool path = spec.starts_with('/') || spec.starts_with("./") || spec.starts_with("../") ||
+                      spec.starts_with("~/") || spec == "." || spec == "..";
+    return path ? "dir" : "";
 }
 
 }  // namespace
@@ -184,12 +230,111 @@ fs::path launch_socket(const fs::path& state_dir, const std::string& job) {
     return state_dir / (job + ".dst.qmp");
 }
 
+LaunchQmp launch_qmp(const DestinationLaunch& launch, const fs::path& state_dir,
+                     const std::string& job) {
+    if (launch.qmp.empty()) {
+        const auto socket = launch_socket(state_dir, job).string();
+        return {socket, socket, false};
+    }
+    auto address = qmp::parse_address(launch.qmp);
+    if (!address || address->kind != qmp::Address::Kind::ssh)
+        return {launch.qmp, launch.qmp, false};  // refused by check_launch_target
+    return {qmp::to_string(*address), address->path, true};
+}
+
+std::optional<std::size_t> ssh_remote_command(const std::vector<std::string>& argv) {
+    if (argv.empty() || (argv[0] != "ssh" && !argv[0].ends_with("/ssh"))) return std::nullopt;
+    // ssh's own getopt string: these options take a value.
+    constexpr std::string_view with_value = "BbcDEeFIiJLlmOoPpQRSWw";
+    for (std::size_t i = 1; i < argv.size(); ++i) {
+        const std::string& a = argv[i];
+        if (a == "--") return i + 2 < argv.size() ? std::optional(i + 2) : std::nullopt;
+        if (a.size() < 2 || a[0] != '-')
+            return i + 1 < argv.size() ? std::optional(i + 1) : std::nullopt;
+        for (std::size_t c = 1; c < a.size(); ++c)
+            if (with_value.find(a[c]) != std::string_view::npos) {
+                if (c + 1 == a.size()) ++i;  // "-F cfg": the value is the next word
+                break;
+            }
+    }
+    return std::nullopt;
+}
+
+Result<std::string> quote_for_remote_shell(std::string_view word) {
+    for (char c : word)
+        if (static_cast<unsigned char>(c) < 0x20 || c == 0x7f)
+            return fail(ErrorCode::invalid_argument,
+                        fmt::format("--dst-launch: '{}' holds a control character, which cannot "
+                                    "be passed safely through ssh's remote shell",
+                                    word));
+    if (!word.empty() && std::all_of(word.begin(), word.end(), is_plain_word))
+        return std::string(word);
+    std::string out = "'";
+    for (char c : word) out += c == '\'' ? std::string("'\\''") : std::string(1, c);
+    return out + "'";
+}
+
+Result<void> check_launch_target(const DestinationLaunch& launch) {
+    if (launch.qmp.empty()) return {};
+    auto address = qmp::parse_address(launch.qmp);
+    if (!address) return fail(address.error().with_context("--dst-qmp"));
+    if (address->kind != qmp::Address::Kind::ssh)
+        return fail(
+            ErrorCode::invalid_argument,
+            fmt::format("--dst-qmp {} with --dst-launch: only ssh://[USER@]HOST[:PORT]/PATH "
+                        "(a QEMU launched on this host gets its own socket, "
+                        "<state-dir>/<job>.dst.qmp)",
+                        launch.qmp));
+    const auto start = ssh_remote_command(launch.argv);
+    if (!start)
+        return fail(ErrorCode::invalid_argument,
+                    fmt::format("--dst-qmp {}: the launch command must be `ssh [OPTIONS] HOST "
+                                "CMD...` running the QEMU on {}",
+                                launch.qmp, address->host));
+    bool qmp = false;
+    for (auto i = *start; i < launch.argv.size(); ++i) {
+        if (auto q = quote_for_remote_shell(launch.argv[i]); !q) return fail(q.error());
+        qmp = qmp || launch.argv[i].find("{qmp}") != std::string::npos;
+    }
+    if (!qmp)
+        return fail(ErrorCode::invalid_argument,
+                    fmt::format("--dst-launch: {{qmp}} must be in the command ssh runs on {} "
+                                "(e.g. -qmp unix:{{qmp}},server=on,wait=off)",
+                                address->host));
+    if (pool_type(launch.pool, launch.config) == "dir")
+        return fail(ErrorCode::invalid_argument,
+                    fmt::format("--dst-pool {} is a directory on this host, which the QEMU on {} "
+                                "cannot open: give a pool both hosts reach (nfs://, iscsi://, or "
+                                "a named nfs/iscsi pool)",
+                                launch.pool, address->host));
+    return {};
+}
+
+Result<std::vector<std::string>> launch_command(const DestinationLaunch& launch,
+                                                const LaunchQmp& qmp,
+                                                const std::map<std::string, std::string>& volumes) {
+    auto argv = expand_launch(launch.argv, qmp.path, volumes);
+    if (!qmp.remote) return argv;
+    const auto start = ssh_remote_command(launch.argv);
+    if (!start) return fail(ErrorCode::invalid_argument, "--dst-launch: no command for ssh to run");
+    for (auto i = *start; i < argv.size(); ++i) {
+        auto quoted = quote_for_remote_shell(argv[i]);
+        if (!quoted) return fail(quoted.error());
+        argv[i] = std::move(*quoted);
+    }
+    return argv;
+}
+
 Result<std::unique_ptr<qmp::Client>> launch_destination(jobs::Journal& journal,
                                                         const DestinationLaunch& launch,
                                                         const SideFacts& src,
                                                         const fs::path& state_dir,
                                                         qmp::Milliseconds qmp_timeout) {
     const std::string job = journal.job().id;
+    const LaunchQmp qmp = launch_qmp(launch, state_dir, job);
+    if (auto ok = check_launch_target(launch); !ok) return fail(ok.error());
+    if (qmp.remote)
+        if (auto ok = check_remote_free(qmp, qmp_timeout); !ok) return fail(ok.error());
     auto pool = pools::open_pool(launch.pool, launch.config);
     if (!pool) return fail(pool.error().with_context("--dst-pool " + launch.pool));
     jobs::UndoEnv env{.step_timeout = qmp_timeout};
@@ -204,14 +349,16 @@ Result<std::unique_ptr<qmp::Client>> launch_destination(jobs::Journal& journal,
                 fmt::format("disk {}: create {} in {}", d.device, name, (*pool)->url())));
         volumes[d.device] = (*pool)->url_of(made->name);
     }
-    const fs::path socket = launch_socket(state_dir, job);
+    auto argv = launch_command(launch, qmp, volumes);
+    if (!argv) return fail(argv.error());
     const fs::path log = state_dir / (job + ".dst.log");
     std::error_code ec;
-    fs::remove(socket, ec);
-    auto seq = journal.intend(
-        {.disk = k_launched, .effect = jobs::EffectKind::destination_launched, .name = socket});
+    if (!qmp.remote) fs::remove(qmp.path, ec);
+    auto seq = journal.intend({.disk = k_launched,
+                               .effect = jobs::EffectKind::destination_launched,
+                               .name = qmp.address});
     if (!seq) return fail(seq.error());
-    auto pid = spawn(expand_launch(launch.argv, socket.string(), volumes), log);
+    auto pid = spawn(*argv, log);
     if (auto w = journal.outcome(*seq, pid ? jobs::RecordState::done : jobs::RecordState::failed,
                                  pid ? "" : pid.error().message, pid ? *pid : -1);
         !w)
@@ -219,7 +366,7 @@ Result<std::unique_ptr<qmp::Client>> launch_destination(jobs::Journal& journal,
     // The pid is what a recovery stops: durable now, not with the next write.
     if (auto w = journal.flush(); !w) return fail(w.error());
     if (!pid) return fail(pid.error().with_context("--dst-launch"));
-    return wait_for_qmp(*pid, socket, log, launch, qmp_timeout);
+    return wait_for_qmp(*pid, qmp, log, launch, qmp_timeout);
 }
 
 }  // namespace blockmig::migrate

@@ -9,18 +9,31 @@
 // in its own session (it becomes the guest's QEMU and outlives blockmig),
 // stdin /dev/null, stdout and stderr appended to <state-dir>/<job>.dst.log.
 //
+// On another host (`--dst-qmp ssh://[USER@]HOST[:PORT]/PATH`): CMD is
+// `ssh [OPTIONS] HOST CMD...`, `{qmp}` is PATH (on HOST) and `{vol:DEV}`
+// the volume's URL, so the pool must be one HOST reaches (nfs://, iscsi://;
+// a dir pool is refused: its path is on this host). ssh hands CMD to the
+// remote login shell as one string: blockmig quotes every word of it for a
+// POSIX shell, so each reaches QEMU as the word given. The local child is
+// ssh (its own session, as above); blockmig waits for PATH through the ssh
+// transport. CMD may end once its QEMU detached (-daemonize): ssh's exit
+// status 0 is not a failure then.
+//
 // Volumes and the process are journaled under disk k_launched before they
 // exist. They are undone only when the migration is undone (settle.hpp:
 // the process stopped — its pid trusted only while its argv names the
 // socket — then the volumes deleted), never after the destination ran the
-// guest: then they are the guest's.
+// guest: then they are the guest's. A QEMU on another host is stopped
+// with `quit` through its monitor (jobs/undo.cpp).
 #pragma once
 
 #include <chrono>
 #include <filesystem>
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "blockmig/migrate.hpp"
@@ -44,6 +57,39 @@ std::vector<std::string> expand_launch(const std::vector<std::string>& argv, con
 
 // The socket `{qmp}` names: <state-dir>/<job>.dst.qmp (0700 directory).
 std::filesystem::path launch_socket(const std::filesystem::path& state_dir, const std::string& job);
+
+// Where the launched QEMU's monitor is.
+struct LaunchQmp {
+    std::string address;  // what blockmig connects to and journals
+    std::string path;     // what `{qmp}` becomes
+    bool remote = false;  // on the host of an ssh:// address
+};
+// Without launch.qmp: launch_socket() on this host; ssh://HOST/PATH: PATH on HOST.
+LaunchQmp launch_qmp(const DestinationLaunch& launch, const std::filesystem::path& state_dir,
+                     const std::string& job);
+
+// Pure, before any side effect (the CLI calls it for a usage error). Nothing
+// to check without launch.qmp; an ssh:// address needs CMD = `ssh [OPTIONS]
+// HOST CMD...` with `{qmp}` in the remote CMD, every remote word quotable and
+// a pool the other host can open (nfs or iscsi; a dir pool, named or a
+// path, is on this host). invalid_argument otherwise, and for any other
+// address (a path or tcp:: a local launch names its own socket).
+Result<void> check_launch_target(const DestinationLaunch& launch);
+
+// `ssh [OPTIONS] HOST CMD...` (argv[0] is ssh or a path ending in /ssh): the
+// index of CMD's first word; nullopt when argv runs no command through ssh.
+std::optional<std::size_t> ssh_remote_command(const std::vector<std::string>& argv);
+
+// One word for the POSIX shell (sh, dash, bash, ksh, zsh) that runs ssh's
+// command on the other host: letters, digits and @%+=:,./_- as they are,
+// anything else in single quotes (a quote as '\''). invalid_argument for
+// control characters (newline, tab, ...), which no quoting carries safely.
+Result<std::string> quote_for_remote_shell(std::string_view word);
+
+// expand_launch(), then every word of the remote CMD quoted (remote launch).
+Result<std::vector<std::string>> launch_command(const DestinationLaunch& launch,
+                                                const LaunchQmp& qmp,
+                                                const std::map<std::string, std::string>& volumes);
 
 // Creates the volumes, starts CMD, waits (at most launch.start_timeout) for
 // its QMP socket and connects. Errors name what failed (the pool, the

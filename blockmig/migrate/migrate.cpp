@@ -99,7 +99,7 @@ class Run {
         migrate::SideFacts unknown;
         if (auto r = open_journal(*src, unknown); !r) return fail(r.error());
         announce_job();
-        const auto socket = migrate::launch_socket(jobs_dir(), m_report.job).string();
+        const auto socket = migrate::launch_qmp(*m_o.launch, jobs_dir(), m_report.job).address;
         if (auto w =
                 m_journal->update([&](jobs::Job& job) { job.migration->destination.qmp = socket; });
             !w)

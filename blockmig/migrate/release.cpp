@@ -133,11 +133,14 @@ Result<Released> release_destination(jobs::Journal& journal, qmp::Client* dst,
                    "destination", timeout);
 }
 
-Result<Released> release_launched(jobs::Journal& journal, qmp::Milliseconds timeout) {
+Result<Released> release_launched(jobs::Journal& journal, qmp::Client* dst,
+                                  qmp::Milliseconds timeout) {
     auto plan = jobs::undo_plan(journal.job(), k_launched);
     if (!plan) return fail(plan.error());
     if (plan->empty()) return Released{};
-    jobs::UndoEnv env{.step_timeout = timeout};
+    // A QEMU on another host is quit through this connection (its monitor
+    // serves one client at a time).
+    jobs::UndoEnv env{.client = dst, .step_timeout = timeout};
     auto report = jobs::run_undo(journal, *plan, env);
     if (!report) return fail(report.error());
     return Released{report->done, report->left_behind};

@@ -41,7 +41,8 @@ Result<Released> release_destination(jobs::Journal& journal, qmp::Client* dst,
 // What `--dst-launch` made (launch.hpp): the QEMU it started, then the
 // volumes. Only for an undo: after the destination ran the guest they are
 // the guest's.
-Result<Released> release_launched(jobs::Journal& journal, qmp::Milliseconds timeout);
+Result<Released> release_launched(jobs::Journal& journal, qmp::Client* dst,
+                                  qmp::Milliseconds timeout);
 
 // The TLS credentials objects (tls.hpp) of both sides, once nothing uses
 // them: a migration parameter still naming one is cleared first.

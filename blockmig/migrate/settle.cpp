@@ -283,7 +283,7 @@ class Settler {
         else
             return fail(tls.error());
         // A destination blockmig started (--dst-launch) never had the guest.
-        auto launched = release_launched(m_journal, m_timeout);
+        auto launched = release_launched(m_journal, m_dst, m_timeout);
         if (!launched) return fail(launched.error());
         take(*launched);
         return {};

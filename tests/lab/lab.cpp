@@ -187,13 +187,15 @@ TempDir::~TempDir() {
 
 // ---- NFS -------------------------------------------------------------------
 
-NfsServer::NfsServer() : m_export(m_dir / "export") {
+NfsServer::NfsServer(const std::string& netns, const std::string& addr)
+    : m_export(m_dir / "export"), m_netns(netns), m_addr(addr) {
     // rpcbind's port 111 admits one NFSv3 server per namespace: serialise
     // every NFS-using test on this machine, whichever process runs it.
     m_lock_fd = open("/run/lock/blockmig-lab-nfs.lock", O_CREAT | O_RDWR | O_CLOEXEC, 0644);
     if (m_lock_fd < 0 || flock(m_lock_fd, LOCK_EX) != 0) die("cannot take the NFS lab lock");
-    CommandResult r =
-        run({script("nfs.sh"), "start", (m_dir / "state").string(), m_export.string()});
+    // rpcbind's lock and socket are files shared by every namespace: the lock covers them too.
+    CommandResult r = run({"env", "BLOCKMIG_NETNS=" + m_netns, script("nfs.sh"), "start",
+                           (m_dir / "state").string(), m_export.string(), m_addr});
     if (r.status != 0) {
         close(m_lock_fd);
         die("NFS server did not start: " + r.out);

@@ -83,12 +83,14 @@ class TempDir {
 // constructor waits for a machine-wide lock that is held until destruction.
 class NfsServer {
   public:
-    NfsServer();
+    // In `netns` (empty: this namespace), exporting on `addr`: e.g. a NAS in
+    // lab host A's namespace on 10.77.0.1 that host B reaches over the link.
+    explicit NfsServer(const std::string& netns = "", const std::string& addr = "127.0.0.1");
     ~NfsServer();
     NfsServer(const NfsServer&) = delete;
     NfsServer& operator=(const NfsServer&) = delete;
 
-    std::string url() const { return "nfs://127.0.0.1/export"; }
+    std::string url() const { return "nfs://" + m_addr + "/export"; }
     const fs::path& export_dir() const { return m_export; }
     int pid() const { return m_pid; }
     // Stops the server now (e.g. to simulate a dead NAS); idempotent.
@@ -97,6 +99,7 @@ class NfsServer {
   private:
     TempDir m_dir{"nfs"};
     fs::path m_export;
+    std::string m_netns, m_addr;
     int m_lock_fd = -1;
     int m_pid = -1;
 };

@@ -67,6 +67,9 @@ struct DestinationLaunch {
     std::string pool;  // POOL spec (pools/address.hpp)
     pools::PoolsConfig config;
     std::vector<std::string> argv;
+    // --dst-qmp: empty = a socket blockmig names on this host; ssh://HOST/PATH =
+    // the QEMU runs on HOST (argv is `ssh ... HOST CMD...`), {qmp} = PATH there.
+    std::string qmp;
     std::chrono::milliseconds start_timeout{60'000};  // until its QMP answers
 };
 

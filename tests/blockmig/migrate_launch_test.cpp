@@ -1,0 +1,200 @@
+// `migrate --dst-launch` on another host (migrate/launch.hpp): where the
+// remote command starts in an ssh argv, how its words are quoted for the
+// remote shell (checked against the real sh and bash), and which
+// combinations are refused before anything is made.
+#include <fcntl.h>
+#include <gtest/gtest.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "blockmig/migrate.hpp"
+#include "migrate/launch.hpp"
+
+using namespace blockmig;
+
+namespace {
+
+// What `shell -c "printf '%s\n' WORDS"` prints, one line per word: the words
+// the remote shell hands its program.
+std::string through_shell(const std::string& shell, const std::vector<std::string>& words) {
+    std::string line = "printf '%s|' ";
+    for (const auto& w : words) {
+        auto q = migrate::quote_for_remote_shell(w);
+        EXPECT_TRUE(q) << w;
+        line += " " + (q ? *q : std::string());
+    }
+    int out[2];
+    if (pipe(out) != 0) return "pipe failed";
+    const pid_t pid = fork();
+    if (pid == 0) {
+        dup2(out[1], 1);
+        close(out[0]);
+        execl(shell.c_str(), shell.c_str(), "-c", line.c_str(), static_cast<char*>(nullptr));
+        _exit(127);
+    }
+    close(out[1]);
+    std::string text;
+    char buf[4096];
+    for (ssize_t n; (n = read(out[0], buf, sizeof buf)) > 0;) text.append(buf, n);
+    close(out[0]);
+    waitpid(pid, nullptr, 0);
+    return text;
+}
+
+TEST(RemoteShellQuoting, PlainWordsStayAsTheyAre) {
+    for (std::string w : {"qemu-system-x86_64", "-qmp", "unix:/run/b/qmp.sock,server=on,wait=off",
+                          "file=nfs://10.0.0.5/export/j-disk0.raw", "user@host", "a%b+c=d"})
+        EXPECT_EQ(migrate::quote_for_remote_shell(w).value_or("?"), w);
+}
+
+TEST(RemoteShellQuoting, EveryOtherWordIsSingleQuoted) {
+    EXPECT_EQ(migrate::quote_for_remote_shell("").value_or("?"), "''");
+    EXPECT_EQ(migrate::quote_for_remote_shell("a b").value_or("?"), "'a b'");
+    EXPECT_EQ(migrate::quote_for_remote_shell("it's").value_or("?"), "'it'\\''s'");
+    EXPECT_EQ(migrate::quote_for_remote_shell("$(rm -rf /)").value_or("?"), "'$(rm -rf /)'");
+}
+
+TEST(RemoteShellQuoting, TheRemoteShellGetsBackEveryWordExactly) {
+    const std::vector<std::string> words{"BLOCKMIG_GUEST_APPEND=stamp.hb=100 stamp.blocks=8192",
+                                         "it's",
+                                         "\"double\"",
+                                         "$HOME `id` $(id) ${x}",
+                                         "a;b|c&d>e<f",
+                                         "*?[a-z]~",
+                                         "back\\slash\\",
+                                         "",
+                                         "!bang #hash",
+                                         "'''",
+                                         "ünïcödé"};
+    std::string expected;
+    for (const auto& w : words) expected += w + "|";
+    for (std::string shell : {"/bin/sh", "/bin/bash", "/bin/dash"}) {
+        if (access(shell.c_str(), X_OK) != 0) continue;
+        EXPECT_EQ(through_shell(shell, words), expected) << shell;
+    }
+}
+
+TEST(RemoteShellQuoting, ControlCharactersAreRefused) {
+    for (std::string w : std::vector<std::string>{"a\nb", "tab\there", "bell\a", "del\x7f"}) {
+        auto q = migrate::quote_for_remote_shell(w);
+        ASSERT_FALSE(q) << w;
+        EXPECT_NE(q.error().message.find("control character"), std::string::npos);
+    }
+}
+
+TEST(SshRemoteCommand, FindsTheFirstWordAfterTheHost) {
+    using V = std::vector<std::string>;
+    EXPECT_EQ(migrate::ssh_remote_command(V{"ssh", "root@b", "qemu", "-m", "1G"}), 2u);
+    EXPECT_EQ(migrate::ssh_remote_command(V{"ssh", "-F", "cfg", "-p", "2222", "root@b", "qemu"}),
+              6u);
+    EXPECT_EQ(migrate::ssh_remote_command(V{"ssh", "-vF", "cfg", "-T", "b", "qemu"}), 5u);
+    EXPECT_EQ(migrate::ssh_remote_command(V{"ssh", "-p2222", "-oBatchMode=yes", "b", "qemu"}), 4u);
+    EXPECT_EQ(migrate::ssh_remote_command(V{"ssh", "-o", "X=y", "--", "b", "qemu"}), 5u);
+    EXPECT_EQ(migrate::ssh_remote_command(V{"/usr/bin/ssh", "-n", "b", "qemu"}), 3u);
+    EXPECT_EQ(migrate::ssh_remote_command(V{"ssh", "-J", "jump", "b", "-qemu-flag"}), 4u);
+}
+
+TEST(SshRemoteCommand, NothingWithoutSshOrWithoutARemoteCommand) {
+    using V = std::vector<std::string>;
+    EXPECT_EQ(migrate::ssh_remote_command(V{}), std::nullopt);
+    EXPECT_EQ(migrate::ssh_remote_command(V{"ssh", "b"}), std::nullopt);
+    EXPECT_EQ(migrate::ssh_remote_command(V{"ssh", "-F", "cfg"}), std::nullopt);
+    EXPECT_EQ(migrate::ssh_remote_command(V{"ssh", "--", "b"}), std::nullopt);
+    EXPECT_EQ(migrate::ssh_remote_command(V{"ip", "netns", "exec", "b", "ssh", "b", "q"}),
+              std::nullopt);
+    EXPECT_EQ(migrate::ssh_remote_command(V{"sshpass", "b", "qemu"}), std::nullopt);
+}
+
+DestinationLaunch remote(std::vector<std::string> argv, std::string pool = "nfs://10.0.0.5/export",
+                         std::string qmp = "ssh://root@b/run/b/qmp.sock") {
+    return DestinationLaunch{
+        .pool = std::move(pool), .argv = std::move(argv), .qmp = std::move(qmp)};
+}
+
+std::string refusal(const DestinationLaunch& l) {
+    auto r = migrate::check_launch_target(l);
+    return r ? "" : r.error().message;
+}
+
+const std::vector<std::string> k_ssh{"ssh",
+                                     "-F",
+                                     "cfg",
+                                     "root@b",
+                                     "qemu-system-x86_64",
+                                     "-qmp",
+                                     "unix:{qmp},server=on,wait=off",
+                                     "-drive",
+                                     "file={vol:disk0},format=raw,if=none,id=d0"};
+
+TEST(LaunchTarget, AnSshLaunchIntoANetworkPoolIsAccepted) {
+    EXPECT_EQ(refusal(remote(k_ssh)), "");
+    EXPECT_EQ(refusal(remote(k_ssh, "iscsi://10.0.0.6:3260/iqn.2024-01.x:t")), "");
+    DestinationLaunch named = remote(k_ssh, "nas");
+    named.config.pools["nas"] = {"nas", "nfs", "nfs://10.0.0.5/export"};
+    EXPECT_EQ(refusal(named), "");
+    // Without --dst-qmp the launch is local, as before.
+    EXPECT_EQ(refusal(DestinationLaunch{.pool = "/srv/pool", .argv = {"qemu", "{qmp}"}}), "");
+}
+
+TEST(LaunchTarget, ADirectoryPoolOfThisHostIsRefused) {
+    for (std::string pool : {"/srv/pool", "./pool", "~/pool"})
+        EXPECT_NE(refusal(remote(k_ssh, pool)).find("is a directory on this host"),
+                  std::string::npos)
+            << pool;
+    DestinationLaunch named = remote(k_ssh, "local");
+    named.config.pools["local"] = {"local", "dir", "/srv/pool"};
+    EXPECT_NE(refusal(named).find("--dst-pool local is a directory on this host"),
+              std::string::npos);
+}
+
+TEST(LaunchTarget, OtherAddressesAndCommandsAreRefused) {
+    EXPECT_NE(refusal(remote(k_ssh, "nfs://h/e", "/run/b/qmp.sock")).find("only ssh://"),
+              std::string::npos);
+    EXPECT_NE(refusal(remote(k_ssh, "nfs://h/e", "tcp:b:4444")).find("only ssh://"),
+              std::string::npos);
+    EXPECT_NE(refusal(remote(k_ssh, "nfs://h/e", "ssh://b")).find("bad address"),
+              std::string::npos);
+    EXPECT_NE(refusal(remote({"ip", "netns", "exec", "b", "qemu", "{qmp}"}))
+                  .find("must be `ssh [OPTIONS] HOST CMD...`"),
+              std::string::npos);
+    EXPECT_NE(refusal(remote({"ssh", "-S", "{qmp}", "b", "qemu"})).find("{qmp} must be in the"),
+              std::string::npos);
+    EXPECT_NE(
+        refusal(remote({"ssh", "b", "qemu", "{qmp}", "-name", "x\ny"})).find("control character"),
+        std::string::npos);
+}
+
+TEST(LaunchTarget, QmpIsThePathOnTheOtherHost) {
+    auto local = migrate::launch_qmp(DestinationLaunch{}, "/var/lib/blockmig", "j1");
+    EXPECT_EQ(local.address, "/var/lib/blockmig/j1.dst.qmp");
+    EXPECT_EQ(local.path, local.address);
+    EXPECT_FALSE(local.remote);
+    auto far = migrate::launch_qmp(remote(k_ssh, "nfs://h/e", "ssh://root@b:2222/run/b/q.sock"),
+                                   "/var/lib/blockmig", "j1");
+    EXPECT_EQ(far.address, "ssh://root@b:2222/run/b/q.sock");
+    EXPECT_EQ(far.path, "/run/b/q.sock");
+    EXPECT_TRUE(far.remote);
+}
+
+TEST(LaunchTarget, OnlyTheRemoteWordsAreQuoted) {
+    auto l = remote({"ssh", "-o", "SetEnv=A=b c", "root@b", "env", "APPEND=x y", "qemu",
+                     "unix:{qmp},server=on", "file={vol:disk0}"});
+    auto q = migrate::launch_qmp(l, "/s", "j1");
+    auto argv = migrate::launch_command(l, q, {{"disk0", "nfs://h/e/j1 disk0.raw"}});
+    ASSERT_TRUE(argv) << argv.error().message;
+    EXPECT_EQ(*argv, (std::vector<std::string>{
+                         "ssh", "-o", "SetEnv=A=b c", "root@b", "env", "'APPEND=x y'", "qemu",
+                         "unix:/run/b/qmp.sock,server=on", "'file=nfs://h/e/j1 disk0.raw'"}));
+    // A local launch: argv as given, placeholders replaced, nothing quoted.
+    DestinationLaunch local{.argv = {"qemu", "-qmp", "unix:{qmp}", "a b"}};
+    auto lq = migrate::launch_qmp(local, "/s", "j1");
+    auto largv = migrate::launch_command(local, lq, {});
+    ASSERT_TRUE(largv);
+    EXPECT_EQ(*largv, (std::vector<std::string>{"qemu", "-qmp", "unix:/s/j1.dst.qmp", "a b"}));
+}
+
+}  // namespace
