@@ -59,6 +59,30 @@ Result<void> migrate_start_postcopy(Client& client, Timeout timeout) {
     return run(client, "migrate-start-postcopy", json::object(), timeout);
 }
 
+namespace {
+
+Result<void> run_oob_if_possible(Client& client, std::string_view command, const json& args,
+                                 Timeout timeout) {
+    if (!client.oob_enabled()) return run(client, command, args, timeout);
+    auto r = client.execute_oob(command, args, timeout);
+    if (!r) return fail(r.error());
+    return {};
+}
+
+}  // namespace
+
+Result<void> migrate_recover(Client& client, const std::string& uri, Timeout timeout) {
+    return run_oob_if_possible(client, "migrate-recover", {{"uri", uri}}, timeout);
+}
+
+Result<void> migrate_resume(Client& client, const std::string& uri, Timeout timeout) {
+    return run(client, "migrate", {{"uri", uri}, {"resume", true}}, timeout);
+}
+
+Result<void> migrate_pause(Client& client, Timeout timeout) {
+    return run_oob_if_possible(client, "migrate-pause", json::object(), timeout);
+}
+
 Result<MigrationInfo> query_migrate(Client& client, Timeout timeout) {
     auto r = client.execute("query-migrate", json::object(), timeout);
     if (!r) return fail(r.error());

@@ -53,6 +53,9 @@ Result<std::unique_ptr<qmp::Client>> connect(const std::string& address, const c
                                              const GlobalOptions& globals) {
     qmp::ConnectOptions connect;
     connect.default_timeout = o.qmp_timeout;  // no QMP call may block forever
+    // Post-copy recovery's migrate-recover / migrate-pause go out-of-band: the
+    // destination's main thread may wait for a page the broken link holds back.
+    connect.enable_oob = true;
     if (globals.verbose)
         connect.log = [side](qmp::LogLevel, std::string_view text) {
             fmt::print(stderr, "qmp {}: {}\n", side, text);

@@ -58,6 +58,8 @@ Result<void> recover_one(const std::filesystem::path& dir, const std::string& id
     qmp::ConnectOptions connect;
     connect.timeout = std::chrono::seconds(args.step_timeout_s);
     connect.default_timeout = std::chrono::seconds(args.step_timeout_s);
+    // A post-copy recovery sends migrate-recover out-of-band (postcopy_recovery.hpp).
+    connect.enable_oob = true;
     auto client = connect_qmp(journal->job().guest.qmp, connect);
     jobs::UndoEnv env;
     env.client = client ? client->get() : nullptr;

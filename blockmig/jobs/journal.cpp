@@ -42,6 +42,8 @@ constexpr std::array k_effects{
     std::pair{EffectKind::switchover_sent, "switchover_sent"},
     std::pair{EffectKind::postcopy_requested, "postcopy_requested"},
     std::pair{EffectKind::destination_resumed, "destination_resumed"},
+    std::pair{EffectKind::recovery_listening, "recovery_listening"},
+    std::pair{EffectKind::migration_resumed, "migration_resumed"},
     std::pair{EffectKind::source_quit, "source_quit"},
     std::pair{EffectKind::nbd_server_started, "nbd_server_started"},
     std::pair{EffectKind::export_added, "export_added"},
@@ -560,6 +562,12 @@ std::vector<std::string> what_exists(const Job& job, std::string_view disk) {
                 what =
                     "post-copy requested (after the switchover the destination holds the "
                     "only live copy of the guest)";
+                break;
+            case EffectKind::recovery_listening:
+                what = "destination listening for the post-copy recovery on " + r->name;
+                break;
+            case EffectKind::migration_resumed:
+                what = "post-copy resumed towards " + r->name;
                 break;
             case EffectKind::nbd_server_started:
                 what = "NBD server on the destination at " + r->name;

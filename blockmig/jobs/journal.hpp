@@ -51,7 +51,10 @@ enum class EffectKind {
     // no return (the destination runs the guest, part of its RAM on the source).
     postcopy_requested,
     destination_resumed,  // name: the destination's QMP address
-    source_quit,          // name: the source's QMP address
+    // Post-copy recovery (migrate/postcopy_recovery.hpp), each attempt:
+    recovery_listening,  // name: the URI the destination listens on again (migrate-recover)
+    migration_resumed,   // name: the URI the source reconnects to (migrate resume=true)
+    source_quit,         // name: the source's QMP address
     // `migrate --copy-storage all`, on the DESTINATION QEMU (disk "@dst"):
     nbd_server_started,  // name: HOST:PORT the NBD server listens on
     export_added,        // name: the export's id (= its NBD name)

@@ -398,6 +398,8 @@ std::optional<UndoStep> undo_of(const Record& r) {
         case EffectKind::migration_started:
         case EffectKind::switchover_sent:
         case EffectKind::postcopy_requested:
+        case EffectKind::recovery_listening:
+        case EffectKind::migration_resumed:
         case EffectKind::destination_resumed:
         case EffectKind::source_quit:
             return std::nullopt;

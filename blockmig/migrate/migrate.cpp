@@ -11,6 +11,7 @@
 #include "jobs/journal.hpp"
 #include "launch.hpp"
 #include "policy.hpp"
+#include "postcopy_recovery.hpp"
 #include "preflight.hpp"
 #include "qmp/commands.hpp"
 #include "qmp/migration.hpp"
@@ -31,6 +32,10 @@ using nlohmann::json;
 // QEMU's own default max-bandwidth is 128 MiB/s (32 MiB/s before 5.2); an
 // unlimited migration says so explicitly with a rate no link reaches.
 constexpr std::uint64_t k_unlimited = std::uint64_t{1} << 40;
+
+// A post-copy recovery gets at least this long, even past --timeout: the
+// guest cannot be given back to the source, so giving up early saves nothing.
+constexpr std::chrono::seconds k_recover_floor{30};
 
 std::string human_mib(std::uint64_t bytes) {
     return fmt::format("{:.1f} MiB", static_cast<double>(bytes) / (1 << 20));
@@ -329,9 +334,10 @@ class Run {
                             [&] { return qmp::migrate(m_src, uri, m_o.qmp_timeout); });
             !r)
             return Failure{"ram", "migrate: " + r.error().message};
+        m_deadline = deadline_after(*m_o.clock, m_report.timeout);
         migrate::PolicyController policy({.policy = m_o.policy,
                                           .max_downtime = m_o.max_downtime,
-                                          .deadline = deadline_after(*m_o.clock, m_report.timeout),
+                                          .deadline = m_deadline,
                                           .timeout = m_report.timeout});
         m_downtime_limit = policy.downtime();  // what configure() set on the source
         auto next_sample = m_o.clock->now() + m_o.progress_interval;
@@ -513,22 +519,35 @@ class Run {
     // The migration's final status. Without post-copy the final state moves
     // within switchover_timeout. In post-copy the guest already runs on the
     // destination while the rest of its RAM follows at link speed: the wait
-    // lasts as long as pages keep moving (switchover_timeout without progress
-    // ends it, and settle.hpp never cancels a post-copy).
+    // lasts as long as pages keep moving. A broken link (QEMU's
+    // postcopy-paused, or no page moved for postcopy_stall) is recovered
+    // (migrate/postcopy_recovery.hpp), never cancelled.
     Result<std::string> wait_for_completion(qmp::EventSubscription& sub) {
         auto last_progress = m_o.clock->now();
         std::uint64_t transferred = 0;
         for (;;) {
-            if (m_o.clock->now() - last_progress > m_o.switchover_timeout)
-                return fail(ErrorCode::timeout,
-                            m_report.postcopy ? "post-copy made no progress" : "timed out");
+            const auto quiet = m_o.clock->now() - last_progress;
+            if (!m_report.postcopy && quiet > m_o.switchover_timeout)
+                return fail(ErrorCode::timeout, "timed out");
+            if (m_report.postcopy && quiet > m_o.postcopy_stall) {
+                const auto stall =
+                    std::chrono::duration_cast<std::chrono::seconds>(m_o.postcopy_stall).count();
+                auto r = recover_link(sub, fmt::format("no page moved for {} s", stall));
+                if (!r) return fail(r.error());
+                if (*r) return **r;
+                last_progress = m_o.clock->now();
+                continue;
+            }
             auto ev = sub.next(m_report.postcopy ? m_o.progress_interval : m_o.switchover_timeout);
             if (!ev) {
                 if (ev.error().code != ErrorCode::timeout) return fail(ev.error());
                 if (!m_report.postcopy) continue;
                 auto info = qmp::query_migrate(m_src, m_o.qmp_timeout);
-                if (info && info->ram && info->ram->transferred != transferred) {
-                    transferred = info->ram->transferred;
+                if (info && info->status == "completed") return info->status;
+                // No answer or no RAM figures prove nothing: only a count
+                // that stands still is a stall.
+                if (!info || !info->ram || info->ram->transferred != transferred) {
+                    if (info && info->ram) transferred = info->ram->transferred;
                     last_progress = m_o.clock->now();
                 }
                 report_progress();
@@ -547,8 +566,63 @@ class Run {
                     return fail(r.error());
                 note_destination_running();
             }
+            if (status == "postcopy-paused" && m_report.postcopy) {
+                auto r = recover_link(sub, "QEMU paused the post-copy (postcopy-paused)");
+                if (!r) return fail(r.error());
+                if (*r) return **r;
+                last_progress = m_o.clock->now();
+                continue;
+            }
             if (status == "completed" || status == "failed" || status == "cancelled") return status;
         }
+    }
+
+    // The link broke in post-copy: the guest is frozen on the destination
+    // until the pages only the source has can flow again. One line, then
+    // retries until the link is back or the deadline. nullopt: pages flow
+    // again (`sub` renewed, so no stale event of the recovery is read);
+    // a status: the migration's end; an error: recovery is impossible.
+    Result<std::optional<std::string>> recover_link(qmp::EventSubscription& sub,
+                                                    const std::string& symptom) {
+        const auto now = m_o.clock->now();
+        // The job's deadline, but never less than a short window to try in;
+        // without --timeout, postcopy_recover_timeout.
+        const auto deadline =
+            m_report.timeout.count() > 0
+                ? std::max(m_deadline, now + std::min<std::chrono::nanoseconds>(
+                                                 m_o.postcopy_recover_timeout, k_recover_floor))
+                : now + m_o.postcopy_recover_timeout;
+        const auto window = std::chrono::duration_cast<std::chrono::seconds>(deadline - now);
+        action(fmt::format("the link broke during post-copy ({}): the guest waits on the "
+                           "destination for RAM only the source has; retrying the connection "
+                           "(migrate-recover, migrate resume) for up to {} s",
+                           symptom, window.count()),
+               "postcopy-paused");
+        migrate::RecoveryOptions ro{.dst_addr = m_o.dst_addr,
+                                    .clock = m_o.clock,
+                                    .deadline = deadline,
+                                    .qmp_timeout = m_o.qmp_timeout,
+                                    .retry_interval = m_o.postcopy_retry_interval,
+                                    .attempt_timeout = m_o.switchover_timeout};
+        auto r = migrate::recover_postcopy(*m_journal, m_src, m_dst, ro);
+        if (!r) return fail(r.error());
+        m_destination_gone = r->destination_gone;
+        if (r->outcome == migrate::RecoveryOutcome::impossible)
+            return fail(ErrorCode::io_error,
+                        fmt::format("the link broke during post-copy and the recovery failed: {}",
+                                    r->reason));
+        const auto took = std::chrono::duration_cast<std::chrono::seconds>(m_o.clock->now() - now);
+        action(fmt::format("post-copy recovered after {} attempt{} ({} s): {}", r->attempts,
+                           r->attempts == 1 ? "" : "s", took.count(),
+                           r->outcome == migrate::RecoveryOutcome::completed
+                               ? "the migration completed"
+                               : "pages flow again"),
+               r->outcome == migrate::RecoveryOutcome::completed ? "completed" : "postcopy-active");
+        if (r->outcome == migrate::RecoveryOutcome::completed) return std::string("completed");
+        sub = m_src.subscribe("MIGRATION");
+        auto info = qmp::query_migrate(m_src, m_o.qmp_timeout);
+        if (info && info->status == "completed") return std::string("completed");
+        return std::optional<std::string>{};
     }
 
     // Post-copy: the guest's pause ends when the destination runs it, long
@@ -674,12 +748,33 @@ class Run {
                                     "guest keeps running on the source",
                                     f.phase, f.cause));
         }
+        if (m_report.postcopy) return split(f);
         std::string state = s->left_behind.empty() ? s->reason : s->left_behind.front();
         return fail(
             ErrorCode::invalid_state,
             fmt::format("migrate failed in phase {}: {}; {}; nothing unsafe was done: run "
                         "`{}`",
                         f.phase, f.cause, state, jobs::recover_command(jobs_dir(), m_report.job)));
+    }
+
+    // Post-copy failed: the guest's RAM is split between both hosts. One line
+    // with what is true and what the admin can do; nothing was stopped.
+    Result<MigrateReport> split(const Failure& f) {
+        const std::string recover = jobs::recover_command(jobs_dir(), m_report.job);
+        return fail(
+            ErrorCode::invalid_state,
+            fmt::format("migrate failed in phase {}: {}; the guest's state is split between the "
+                        "two hosts (it ran on the destination, part of its RAM is only on the "
+                        "source), so it cannot be resumed on the source; the source QEMU is kept "
+                        "paused, never quit; {}",
+                        f.phase, f.cause,
+                        m_destination_gone
+                            ? std::string("with the destination QEMU gone the guest cannot "
+                                          "run anywhere: restart it from its disks (the source "
+                                          "QEMU still holds the rest of its RAM)")
+                            : fmt::format("`{}` retries the resume once the link and the "
+                                          "destination are back",
+                                          recover)));
     }
 
     qmp::Client& m_src;
@@ -698,6 +793,8 @@ class Run {
     bool m_destination_running = false;  // the guest was seen running there (post-copy)
     // The source's downtime-limit as blockmig last set it (the policy's).
     std::chrono::milliseconds m_downtime_limit{-1};
+    bool m_destination_gone = false;     // a post-copy recovery found it gone
+    Clock::time_point m_deadline = Clock::time_point::max();  // --timeout, from `migrate`
     Clock::time_point m_started{};
     MigrateReport m_report;
 };

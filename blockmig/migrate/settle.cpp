@@ -4,6 +4,7 @@
 
 #include <algorithm>
 
+#include "postcopy_recovery.hpp"
 #include "qmp/commands.hpp"
 #include "qmp/migration.hpp"
 #include "release.hpp"
@@ -76,6 +77,17 @@ constexpr std::string_view k_split =
 std::optional<Decision> decide_postcopy(const jobs::Job& job, const Observation& now) {
     const SideNow& s = now.src;
     const SideNow& d = now.dst;
+    // The link broke: QEMU keeps both halves and waits for a recovery
+    // (postcopy_recovery.hpp), which nothing here may pre-empt.
+    if (s.reachable && postcopy_broken(s.migration))
+        return Decision{
+            Verdict::wait,
+            fmt::format(
+                "post-copy is paused (source {}, destination {}): the link between them "
+                "broke, the guest waits on the destination for RAM only the source has; "
+                "neither QEMU may be stopped; `blockmig recover` resumes it (migrate-recover "
+                "on the destination, migrate resume=true on the source)",
+                s.migration, d.reachable ? d.migration : d.error)};
     if (s.reachable && in_postcopy(s.migration))
         return Decision{Verdict::again,
                         fmt::format("post-copy is in progress (source {}, destination {}): the "

@@ -67,7 +67,13 @@ struct FakeSide {
     std::uint64_t passes = 1;      // dirty-sync-count while the RAM stalls
     bool fail_after_stop = false;  // stalls: the migration fails once the guest is paused
     bool resume_on_cancel = true;  // QEMU resumes a source whose migration ended
-    FakeSide* peer = nullptr;      // the destination, for the source
+    // Post-copy recovery: how many `migrate` resume=true fail to connect
+    // (the link still down) before one gets through; -1: never.
+    int resume_failures = 0;
+    bool dies_when_paused = false;  // destination: its QEMU exits once post-copy pauses
+    bool dead = false;              // every command ends the connection
+    std::string listening;          // destination: migrate-recover's URI
+    FakeSide* peer = nullptr;       // the destination, for the source
     blockmig::qmp::testing::Script* script = nullptr;
 
     bool got(const std::string& command, const std::string& arg = "") {
@@ -98,9 +104,10 @@ struct FakeSide {
 
     void respond(const json& m, blockmig::qmp::testing::Script& s) {
         std::unique_lock lock(mutex);
-        const std::string cmd = m.value("execute", "");
+        const std::string cmd = m.value("execute", m.value("exec-oob", ""));
         const json args = m.value("arguments", json::object());
         commands.push_back(cmd + " " + args.dump());
+        if (dead) return s.push_disconnect();
         auto reply = [&](json v) { s.push({{"return", v}, {"id", m["id"]}}); };
         if (cmd == "query-uuid") return reply({{"UUID", "00000000-0000-0000-0000-000000000000"}});
         if (cmd == "query-name") return reply(json::object());
@@ -241,6 +248,47 @@ struct FakeSide {
             migration = "setup";
             return reply(json::object());
         }
+        if (cmd == "migrate-pause") {
+            if (migration != "postcopy-active")
+                return error("migrate-pause is currently only supported during postcopy-active");
+            event("postcopy-paused");
+            return reply(json::object());
+        }
+        if (cmd == "migrate-recover") {
+            if (migration != "postcopy-paused")
+                return error("Migrate recover can only be run when postcopy is paused.");
+            listening = args.value("uri", "");
+            return reply(json::object());
+        }
+        if (cmd == "migrate" && args.value("resume", false)) {
+            if (migration != "postcopy-paused")
+                return error("Cannot resume if there is no paused migration");
+            reply(json::object());
+            event("postcopy-recover-setup");
+            if (resume_failures != 0) {
+                if (resume_failures > 0) --resume_failures;
+                event("postcopy-paused");  // connect: Network is unreachable
+                return;
+            }
+            lock.unlock();
+            std::string peer_uri;
+            {
+                std::lock_guard peer_lock(peer->mutex);
+                peer_uri = peer->listening;
+            }
+            std::lock_guard relock(mutex);
+            if (peer_uri != args.value("uri", "")) {
+                event("postcopy-paused");  // connection refused
+                return;
+            }
+            event("postcopy-recover");
+            event("postcopy-active");
+            run_state = "postmigrate";
+            event("completed");
+            std::lock_guard peer_lock(peer->mutex);
+            peer->event("completed");
+            return;
+        }
         if (cmd == "migrate") {
             reply(json::object());
             event("setup");
@@ -281,6 +329,7 @@ struct FakeSide {
                 event("postcopy-paused");
                 std::lock_guard peer_lock(peer->mutex);
                 peer->migration = "postcopy-paused";
+                peer->dead = peer->dies_when_paused;
                 return;
             }
             run_state = "postmigrate";
@@ -503,18 +552,117 @@ TEST_F(MigrateTest, PostcopyStartsWhenPreCopyStallsAndEndsOnTheDestination) {
     EXPECT_EQ(journals(), 0u);
 }
 
-TEST_F(MigrateTest, FailedPostcopyNeverResumesTheSourceNorStopsEitherQemu) {
+// The link dies in post-copy (both QEMUs postcopy-paused), stays down for two
+// reconnects, then comes back: the destination listens again, the source
+// resumes to it, the migration completes forward.
+TEST_F(MigrateTest, PausedPostcopyIsRecoveredAndCompletes) {
+    FakeClock clock;
+    options.clock = &clock;
     options.policy = MigratePolicy::postcopy;
+    options.dst_addr = "10.0.0.2:4444";
     src.side->ram = FakeSide::Ram::postcopy_fails;
+    src.side->resume_failures = 2;
+    auto r = migrate();
+    ASSERT_TRUE(r) << r.error().message;
+    auto& s = *src.side;
+    auto& d = *dst.side;
+    // Three rounds, each journaled before it is sent; the first port after --dst-addr's.
+    EXPECT_TRUE(d.got("migrate-recover", R"("uri":"tcp:10.0.0.2:4445")"));
+    EXPECT_EQ(std::count_if(s.commands.begin(), s.commands.end(),
+                            [](const std::string& c) {
+                                return c.find(R"("resume":true)") != std::string::npos;
+                            }),
+              3);
+    EXPECT_LT(s.index_of("migrate-pause"), 0) << "QEMU paused it itself";
+    EXPECT_TRUE(s.got("migrate", R"("uri":"tcp:10.0.0.2:4445")"));
+    EXPECT_FALSE(s.got("cont")) << "the source is never resumed after the switch";
+    EXPECT_FALSE(s.got("migrate_cancel"));
+    EXPECT_TRUE(s.got("quit")) << "quit once the destination completed";
+    EXPECT_TRUE(r->postcopy);
+    const auto broke = std::find_if(r->actions.begin(), r->actions.end(), [](const auto& a) {
+        return a.starts_with("the link broke during post-copy");
+    });
+    ASSERT_NE(broke, r->actions.end());
+    EXPECT_NE(broke->find("retrying"), std::string::npos) << *broke;
+    EXPECT_NE(r->actions.back().find("post-copy recovered after 3 attempts"), std::string::npos)
+        << r->actions.back();
+    EXPECT_EQ(journals(), 0u);
+}
+
+// The link never comes back: retries until the deadline, then one line;
+// neither QEMU is stopped, the source never resumed nor quit.
+TEST_F(MigrateTest, PostcopyRecoveryEndsAtTheDeadlineWithTheSourceKeptPaused) {
+    FakeClock clock;
+    options.clock = &clock;
+    options.policy = MigratePolicy::postcopy;
+    options.postcopy_recover_timeout = 20s;
+    options.postcopy_retry_interval = 2s;
+    src.side->ram = FakeSide::Ram::postcopy_fails;
+    src.side->resume_failures = -1;
+    const auto before = clock.now();
     auto r = migrate();
     ASSERT_FALSE(r);
-    EXPECT_NE(r.error().message.find("phase switchover"), std::string::npos) << r.error().message;
-    EXPECT_NE(r.error().message.find("post-copy"), std::string::npos) << r.error().message;
-    EXPECT_NE(r.error().message.find("blockmig recover"), std::string::npos) << r.error().message;
-    EXPECT_FALSE(src.side->got("cont")) << "the source's RAM is stale: never resumed";
-    EXPECT_FALSE(src.side->got("migrate_cancel"));
-    EXPECT_FALSE(src.side->got("quit")) << "it still holds pages the destination lacks";
+    const auto& m = r.error().message;
+    EXPECT_NE(m.find("the link broke during post-copy and the recovery failed: the link did not "
+                     "come back before the deadline"),
+              std::string::npos)
+        << m;
+    EXPECT_NE(m.find("the guest's state is split"), std::string::npos) << m;
+    EXPECT_NE(m.find("cannot be resumed on the source"), std::string::npos) << m;
+    EXPECT_NE(m.find("the source QEMU is kept paused, never quit"), std::string::npos) << m;
+    EXPECT_NE(m.find("blockmig recover"), std::string::npos) << m;
+    EXPECT_NE(m.find("retries the resume"), std::string::npos) << m;
+    EXPECT_GE(clock.now() - before, 20s) << "it kept trying until the deadline";
+    EXPECT_LT(clock.now() - before, 30s);
+    auto& s = *src.side;
+    EXPECT_GE(s.index_of("migrate", R"("resume":true)"), 0);
+    EXPECT_FALSE(s.got("cont")) << "the source's RAM is stale: never resumed";
+    EXPECT_FALSE(s.got("migrate_cancel"));
+    EXPECT_FALSE(s.got("quit")) << "it still holds pages the destination lacks";
+    EXPECT_FALSE(dst.side->got("stop")) << "a paused post-copy is left to QEMU";
     EXPECT_EQ(journals(), 1u) << "recover finishes it";
+
+    // Once the link is back, `blockmig recover` resumes it and finishes forward.
+    s.resume_failures = 0;
+    auto listed = jobs::list_jobs(options.jobs_dir);
+    ASSERT_TRUE(listed && listed->size() == 1);
+    auto j = jobs::Journal::open(options.jobs_dir, listed->front().job.id);
+    ASSERT_TRUE(j) << j.error().message;
+    auto rec =
+        migrate::recover_migration(*j, src.client.get(), dst.client.get(), 500ms, options.jobs_dir);
+    ASSERT_TRUE(rec) << rec.error().message;
+    EXPECT_EQ(rec->disks[0].direction, jobs::Direction::forward) << rec->disks[0].reason;
+    ASSERT_FALSE(rec->disks[0].actions.empty());
+    EXPECT_NE(rec->disks[0].actions[0].find("post-copy resumed (1 attempt) and completed"),
+              std::string::npos)
+        << rec->disks[0].actions[0];
+    EXPECT_TRUE(s.got("quit"));
+    EXPECT_FALSE(s.got("cont"));
+    EXPECT_TRUE(rec->journal_removed);
+}
+
+// The destination QEMU died with the link: nothing to resume to. One line
+// says so; the source is kept paused, never quit nor resumed.
+TEST_F(MigrateTest, PostcopyWithTheDestinationGoneEndsWithTheSourceKeptPaused) {
+    FakeClock clock;
+    options.clock = &clock;
+    options.policy = MigratePolicy::postcopy;
+    src.side->ram = FakeSide::Ram::postcopy_fails;
+    dst.side->dies_when_paused = true;
+    const auto before = clock.now();
+    auto r = migrate();
+    ASSERT_FALSE(r);
+    const auto& m = r.error().message;
+    EXPECT_NE(m.find("the recovery failed: the destination QEMU is gone"), std::string::npos) << m;
+    EXPECT_NE(m.find("cannot be resumed on the source"), std::string::npos) << m;
+    EXPECT_NE(m.find("the source QEMU is kept paused, never quit"), std::string::npos) << m;
+    EXPECT_NE(m.find("cannot run anywhere"), std::string::npos) << m;
+    EXPECT_LT(clock.now() - before, 10s) << "a QEMU proven gone ends the retries at once";
+    EXPECT_FALSE(src.side->got("migrate", R"("resume":true)")) << "nothing listens for it";
+    EXPECT_FALSE(src.side->got("cont"));
+    EXPECT_FALSE(src.side->got("quit"));
+    EXPECT_FALSE(src.side->got("migrate_cancel"));
+    EXPECT_EQ(journals(), 1u);
 }
 
 TEST_F(MigrateTest, SuspendThrottlesThenPausesTheGuestAndResumesItOnTheDestination) {
@@ -1042,8 +1190,11 @@ TEST(MigrateDecide, PostcopyIsNeverUndoneNorCutShort) {
     // no forward (it would quit the source), no cancel.
     auto d = v(pc, seen("finish-migrate", "postcopy-active", "running", "postcopy-active"));
     EXPECT_EQ(d.verdict, Verdict::again) << d.reason;
+    // The link broke: wait (a recovery resumes it), nothing stopped or undone.
     d = v(pc, seen("finish-migrate", "postcopy-paused", "running", "postcopy-paused"));
-    EXPECT_EQ(d.verdict, Verdict::again);
+    EXPECT_EQ(d.verdict, Verdict::wait);
+    EXPECT_FALSE(d.pause_destination);
+    EXPECT_NE(d.reason.find("blockmig recover"), std::string::npos) << d.reason;
     migrate::Observation src_gone = seen("", "", "running", "postcopy-paused");
     src_gone.src.reachable = false;
     d = v(pc, src_gone);

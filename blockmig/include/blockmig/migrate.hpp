@@ -101,6 +101,14 @@ struct MigrateOptions {
     std::chrono::milliseconds qmp_timeout{30'000};  // deadline of each QMP call
     // How long the switchover (migrate-continue -> completed on both sides) may take.
     std::chrono::milliseconds switchover_timeout{60'000};
+    // Post-copy: no page moved for this long means the link broke (QEMU
+    // itself notices a silent link only when TCP gives up): the stream is
+    // paused on both sides and recovered (migrate/postcopy_recovery.hpp).
+    std::chrono::milliseconds postcopy_stall{10'000};
+    // How long a post-copy recovery retries without --timeout (with it: until
+    // the job's deadline, and at least 30 s).
+    std::chrono::milliseconds postcopy_recover_timeout{300'000};
+    std::chrono::milliseconds postcopy_retry_interval{2'000};  // between two attempts
     // How often RAM progress is read (query-migrate) between MIGRATION events.
     std::chrono::milliseconds progress_interval{1'000};
     Clock* clock = &system_clock();  // the --timeout deadline

@@ -32,6 +32,19 @@ Result<void> migrate_continue(Client& client, const std::string& state, Timeout 
 Result<void> migrate_cancel(Client& client, Timeout timeout = {});
 Result<void> migrate_start_postcopy(Client& client, Timeout timeout = {});
 
+// Post-copy recovery (QEMU >= 3.0; docs/devel/migration/postcopy.rst): after
+// a broken link both sides sit in postcopy-paused. The destination listens
+// again with migrate-recover, the source reconnects with `migrate` resume=true.
+// migrate-recover and migrate-pause are allow-oob: sent out-of-band when the
+// client negotiated oob, since the destination's main thread may be blocked
+// on a guest page that has not arrived (in-band QMP would wait with it).
+Result<void> migrate_recover(Client& client, const std::string& uri, Timeout timeout = {});
+Result<void> migrate_resume(Client& client, const std::string& uri, Timeout timeout = {});
+// Forces a post-copy migration into postcopy-paused (its socket shut down):
+// a link that drops packets silently is otherwise noticed only when TCP
+// gives up, many minutes later.
+Result<void> migrate_pause(Client& client, Timeout timeout = {});
+
 struct MigrationRamStats {
     std::uint64_t transferred = 0, remaining = 0, total = 0, duplicate = 0, normal = 0;
     std::uint64_t dirty_pages_rate = 0, dirty_sync_count = 0, page_size = 0;
