@@ -687,7 +687,7 @@ class Run {
                 phase("completed", "migration completed; starting the guest on the destination");
             !r)
             return fail(r.error());
-        // settle() removes the exports before the destination runs the guest.
+        // settle() removes the exports before its `cont` (see release_for_forward).
         auto s = migrate::settle(*m_journal, &m_src, m_dst, m_o.qmp_timeout);
         if (!s) return fail(s.error());
         m_report.duration =

@@ -265,11 +265,13 @@ class Settler {
         if (r) wait_for_end(&sub);
     }
 
-    // Disk copies (`--copy-storage all`) end before the destination runs
-    // the guest: its exports go first (a hard delete cuts any client off),
-    // so nothing but the guest writes its disks; a destination that cannot
-    // prove them gone is not resumed (false). The source's jobs and nodes
-    // follow.
+    // Disk copies (`--copy-storage all`) end before `cont` runs the guest on
+    // the destination: its exports go first (a hard delete cuts any client
+    // off); a destination that cannot prove them gone is not resumed
+    // (false). A destination started without -S runs the guest by itself
+    // once the RAM is in, before this; the source's NBD client nodes were
+    // deleted at pre-switchover, so even then nothing but the guest writes
+    // its disks. The source's jobs and nodes follow.
     Result<bool> release_for_forward() {
         auto dst = release_destination(m_journal, m_dst, m_timeout);
         if (!dst) return fail(dst.error());
