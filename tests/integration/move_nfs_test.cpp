@@ -164,13 +164,17 @@ TEST(MoveNfs, TargetServerDyingMidCopyRollsBackWithinStallTimeout) {
     std::cout << "[ move ] failed " << took << " s after the NFS server stopped\n";
     const CommandResult& r = move.result();
     EXPECT_EQ(r.status, 1) << r.out;
-    EXPECT_EQ(jobs_left(), 0) << "a refused or failed move leaves no job";
+    // The target volume is on the dead server and cannot be deleted: the job
+    // must be kept for `recover` (named in the error line), not dropped.
+    EXPECT_EQ(jobs_left(), 1) << "the job that left a volume behind is kept";
     std::vector<std::string> errors;
     for (const auto& line : lines_of(r.out))
         if (line.find("blockmig: error: ") != std::string::npos) errors.push_back(line);
     ASSERT_EQ(errors.size(), 1u) << r.out;
     EXPECT_NE(errors[0].find("127.0.0.1"), std::string::npos)
         << "the error must name the unreachable server: " << r.out;
+    EXPECT_NE(errors[0].find("blockmig recover --state-dir"), std::string::npos)
+        << "the error must say how to finish the kept job: " << r.out;
     std::cout << "[ move ] " << errors[0] << "\n";
 
     // Nothing of the move is left in the guest's QEMU or on the host.
@@ -208,7 +212,9 @@ TEST(MoveNfs, UnreachableNfsServerIsRefusedAndNothingChanges) {
     const auto took = std::chrono::duration<double>(Clock::now() - start).count();
     EXPECT_LT(took, 60.0) << r.out;
     EXPECT_EQ(r.status, 1) << r.out;
-    EXPECT_EQ(jobs_left(), 0) << "a refused or failed move leaves no job";
+    // The target volume is on the dead server and cannot be deleted: the job
+    // must be kept for `recover` (named in the error line), not dropped.
+    EXPECT_EQ(jobs_left(), 1) << "the job that left a volume behind is kept";
     auto lines = lines_of(r.out);
     ASSERT_EQ(lines.size(), 1u) << r.out;
     EXPECT_EQ(lines[0].rfind("blockmig: error: ", 0), 0u) << r.out;
