@@ -142,6 +142,12 @@ Result<void> Qcow2Reader::parse_header(std::span<const std::byte> head) {
         if (m_h.header_length < k_v3_header_length || m_h.header_length % 8 != 0 ||
             m_h.header_length > cluster_size())
             return fail(corrupt(fmt::format("header_length {} invalid", m_h.header_length)));
+        // The header's own length must fit in the file before any optional
+        // field past the v3 minimum (compression_type) is read from it.
+        if (m_h.header_length > m_file_size)
+            return fail(
+                corrupt(fmt::format("header_length {} runs past the end of the file ({} bytes)",
+                                    m_h.header_length, m_file_size)));
         if (m_h.header_length > k_off_compression_type)
             m_h.compression_type = std::to_integer<std::uint8_t>(p[k_off_compression_type]);
     }

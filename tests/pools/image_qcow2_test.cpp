@@ -308,6 +308,14 @@ TEST(Qcow2Reader, RefusesTruncatedHeader) {
     expect_error(f.reopen(60), "header truncated");
 }
 
+// Found by qcow2_reader_fuzz: a v3 header whose header_length promises the
+// optional compression_type byte in a file that ends before it.
+TEST(Qcow2Reader, RefusesAHeaderLengthPastTheEndOfTheFile) {
+    Fixture f;
+    put(f.img, 100, 112, 4);
+    expect_error(f.reopen(104), "header_length 112 runs past the end of the file");
+}
+
 TEST(Qcow2Reader, RefusesAbsurdSizes) {
     Fixture f;
     put(f.img, 24, 1ull << 62, 8);
