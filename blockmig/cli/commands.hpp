@@ -7,11 +7,16 @@
 #pragma once
 
 #include <CLI/CLI.hpp>
+#include <filesystem>
 #include <functional>
 #include <string>
 
 #include "qmp/client.hpp"
 #include "qmp/error.hpp"
+
+namespace blockmig::jobs {
+class Journal;
+}
 
 namespace blockmig::cli {
 
@@ -40,6 +45,13 @@ void add_compare_command(CLI::App& app, Dispatch& dispatch);
 void add_jobs_command(CLI::App& app, Dispatch& dispatch);
 void add_recover_command(CLI::App& app, Dispatch& dispatch);
 void add_migrate_command(CLI::App& app, Dispatch& dispatch);
+void add_guard_command(CLI::App& app, Dispatch& dispatch);
+
+// `blockmig recover` of one job whose journal the caller holds locked (the
+// guardian, jobs/guardian.hpp, runs exactly this). Prints the report;
+// invalid_state with the recover command when the job is not fully recovered.
+Result<void> recover_locked(const std::filesystem::path& dir, jobs::Journal& journal,
+                            int step_timeout_s, const GlobalOptions& globals);
 
 // Connects to a QMP address in any form (socket path, tcp:HOST:PORT,
 // ssh://[USER@]HOST[:PORT]/PATH), warning once per address on stderr when it

@@ -49,43 +49,59 @@ void print_report(const jobs::RecoveryReport& report, const GlobalOptions& globa
     }
 }
 
-// Recovers one job; `failures` collects the one-line reasons it is not done.
-Result<void> recover_one(const std::filesystem::path& dir, const std::string& id,
-                         jobs::Intent intent, const RecoverArgs& args, const GlobalOptions& globals,
-                         std::vector<std::string>& failures) {
-    auto journal = jobs::Journal::open(dir, id);
-    if (!journal) return fail(journal.error());
+// Recovers one job its caller holds locked; `failures` collects the
+// one-line reasons it is not done.
+Result<void> recover_journal(const std::filesystem::path& dir, jobs::Journal& journal,
+                             jobs::Intent intent, const RecoverArgs& args,
+                             const GlobalOptions& globals, std::vector<std::string>& failures) {
+    const std::string id = journal.job().id;
     qmp::ConnectOptions connect;
     connect.timeout = std::chrono::seconds(args.step_timeout_s);
     connect.default_timeout = std::chrono::seconds(args.step_timeout_s);
     // A post-copy recovery sends migrate-recover out-of-band (postcopy_recovery.hpp).
     connect.enable_oob = true;
-    auto client = connect_qmp(journal->job().guest.qmp, connect);
+    auto client = connect_qmp(journal.job().guest.qmp, connect);
     jobs::UndoEnv env;
     env.client = client ? client->get() : nullptr;
     env.step_timeout = std::chrono::seconds(args.step_timeout_s);
     // A migration is settled from what both QEMUs say.
     decltype(client) dst_client = fail(ErrorCode::not_found, "no destination");
-    if (journal->job().migration)
-        dst_client = connect_qmp(journal->job().migration->destination.qmp, connect);
-    auto report = journal->job().kind == "offline" ? migrate::recover_offline(*journal, env, dir)
-                  : journal->job().migration
-                      ? migrate::recover_migration(*journal, env.client,
+    if (journal.job().migration)
+        dst_client = connect_qmp(journal.job().migration->destination.qmp, connect);
+    auto report = journal.job().kind == "offline" ? migrate::recover_offline(journal, env, dir)
+                  : journal.job().migration
+                      ? migrate::recover_migration(journal, env.client,
                                                    dst_client ? dst_client->get() : nullptr,
                                                    env.step_timeout, dir)
-                      : jobs::recover_job(*journal, env, intent, dir);
+                      : jobs::recover_job(journal, env, intent, dir);
     if (!report) return fail(report.error());
     print_report(*report, globals);
     if (!report->journal_removed) {
         std::string why = client ? ""
                                  : fmt::format("the guest's QMP {} does not answer ({}); ",
-                                               journal->job().guest.qmp, client.error().message);
+                                               journal.job().guest.qmp, client.error().message);
         failures.push_back(
             fmt::format("job {} is not fully recovered: {}nothing unsafe was "
                         "done; run `{}` again",
                         id, why, report->next_step));
     }
     return {};
+}
+
+Result<void> recover_one(const std::filesystem::path& dir, const std::string& id,
+                         jobs::Intent intent, const RecoverArgs& args, const GlobalOptions& globals,
+                         std::vector<std::string>& failures) {
+    auto journal = jobs::Journal::open(dir, id);
+    if (!journal) return fail(journal.error());
+    return recover_journal(dir, *journal, intent, args, globals, failures);
+}
+
+Result<void> failures_to_error(const std::vector<std::string>& failures) {
+    if (failures.empty()) return {};
+    return fail(ErrorCode::invalid_state,
+                failures.size() == 1
+                    ? failures.front()
+                    : fmt::format("{} (and {} more)", failures.front(), failures.size() - 1));
 }
 
 }  // namespace
@@ -97,12 +113,18 @@ Result<void> run_recover(const std::filesystem::path& dir, const std::vector<std
     std::vector<std::string> failures;
     for (const auto& id : ids)
         if (auto r = recover_one(dir, id, intent, args, globals, failures); !r) return r;
-    if (!failures.empty())
-        return fail(ErrorCode::invalid_state,
-                    failures.size() == 1
-                        ? failures.front()
-                        : fmt::format("{} (and {} more)", failures.front(), failures.size() - 1));
-    return {};
+    return failures_to_error(failures);
+}
+
+Result<void> recover_locked(const std::filesystem::path& dir, jobs::Journal& journal,
+                            int step_timeout_s, const GlobalOptions& globals) {
+    RecoverArgs args;
+    args.step_timeout_s = step_timeout_s;
+    std::vector<std::string> failures;
+    if (auto r = recover_journal(dir, journal, jobs::Intent::as_journaled, args, globals, failures);
+        !r)
+        return r;
+    return failures_to_error(failures);
 }
 
 namespace {

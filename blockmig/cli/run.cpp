@@ -52,6 +52,7 @@ int run(int argc, char** argv) {
         add_jobs_command(app, dispatch);
         add_recover_command(app, dispatch);
         add_migrate_command(app, dispatch);
+        add_guard_command(app, dispatch);
 
         try {
             app.parse(argc, argv);
