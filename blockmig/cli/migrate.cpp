@@ -44,6 +44,7 @@ struct MigrateArgs {
     std::string state_dir;
     std::string report;    // --report FILE.svg
     bool offline = false;  // --offline (cli/migrate_offline.cpp)
+    bool no_guardian = false;
     std::vector<std::string> disks;
     int shutdown_timeout_s = 60;
 };
@@ -134,6 +135,8 @@ Result<void> run_migrate_command(const MigrateArgs& args, const GlobalOptions& g
     o.unsafe = args.unsafe;
     o.tls_dir = args.tls_dir;
     o.jobs_dir = args.state_dir;
+    // The guardian is this very binary (its hidden `_guard` command, cli/guard.cpp).
+    if (!args.no_guardian) o.guardian = "/proc/self/exe";
     auto src = connect(args.src_qmp, "source", o, globals);
     if (!src) return fail(src.error());
     std::unique_ptr<qmp::Client> dst;
@@ -263,6 +266,11 @@ void add_migrate_command(CLI::App& app, Dispatch& dispatch) {
                     "QEMU) and ca-cert.pem, client-cert.pem, client-key.pem (read by the source "
                     "QEMU), at the same absolute path on both hosts");
     add_state_dir_option(*cmd, args->state_dir);
+    cmd->add_flag("--no-guardian", args->no_guardian,
+                  "start no guardian: by default a process of its own (its own session, not "
+                  "the terminal's) waits for this blockmig to end and, if it dies instead (kill "
+                  "-9, OOM, SSH drop), runs `blockmig recover JOB` so the guest is not left "
+                  "paused at the switchover; give this when a supervisor recovers jobs itself");
     cmd->add_option("--report", args->report,
                     "write FILE.svg when the migration ends, completed or failed: remaining "
                     "bytes, dirty rate, throughput and the downtime limit over time, the guest's "

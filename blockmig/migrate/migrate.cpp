@@ -8,6 +8,7 @@
 
 #include <cmath>
 
+#include "jobs/guardian.hpp"
 #include "jobs/journal.hpp"
 #include "launch.hpp"
 #include "policy.hpp"
@@ -67,6 +68,15 @@ class Run {
           m_failed_report(failed_report) {}
 
     Result<MigrateReport> run() {
+        auto r = run_job();
+        // Ended here, not killed: whatever is left, the owner settled it as
+        // far as it could and said so; the guardian only acts on a death.
+        if (m_guardian) m_guardian->owner_finished();
+        return r;
+    }
+
+  private:
+    Result<MigrateReport> run_job() {
         if (!m_o.tls_dir.empty())
             if (auto r = migrate::check_tls_dir(m_o.tls_dir, migrate::is_local_qmp(m_o.src_qmp),
                                                 !m_o.launch && migrate::is_local_qmp(m_o.dst_qmp));
@@ -82,7 +92,6 @@ class Run {
         return finish();
     }
 
-  private:
     void announce_job() {
         m_report.job = m_journal->job().id;
         m_progress.event("job", {{"job", m_report.job}},
@@ -204,6 +213,21 @@ class Run {
         auto journal = jobs::Journal::create(jobs_dir(), std::move(job));
         if (!journal) return fail(journal.error());
         m_journal.emplace(std::move(*journal));
+        return start_guardian();
+    }
+
+    // Before the first side effect: from here on QEMU would go on alone if
+    // this process died. Nothing is done yet, so a guardian that cannot
+    // start ends the job with its journal.
+    Result<void> start_guardian() {
+        if (m_o.guardian.empty()) return {};
+        auto g = jobs::Guardian::start(m_o.guardian, jobs_dir(), m_journal->job().id);
+        if (!g) {
+            (void)m_journal->remove();
+            return fail(g.error().with_context(
+                "migrate: the job's guardian (give --no-guardian to run without one)"));
+        }
+        m_guardian.emplace(std::move(*g));
         return {};
     }
 
@@ -787,13 +811,14 @@ class Run {
     const std::atomic<bool>& m_cancel;
     MigrateReport* m_failed_report;  // where a failed run's report goes, or nullptr
     std::optional<jobs::Journal> m_journal;
+    std::optional<jobs::Guardian> m_guardian;  // recovers the job if this process dies
     std::pair<migrate::SideFacts, migrate::SideFacts> m_facts;
     std::optional<migrate::StorageCopy> m_storage;
     migrate::TuningPlan m_plan;
     bool m_destination_running = false;  // the guest was seen running there (post-copy)
     // The source's downtime-limit as blockmig last set it (the policy's).
     std::chrono::milliseconds m_downtime_limit{-1};
-    bool m_destination_gone = false;     // a post-copy recovery found it gone
+    bool m_destination_gone = false;                          // a post-copy recovery found it gone
     Clock::time_point m_deadline = Clock::time_point::max();  // --timeout, from `migrate`
     Clock::time_point m_started{};
     MigrateReport m_report;

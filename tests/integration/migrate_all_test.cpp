@@ -224,7 +224,7 @@ TEST_F(MigrateAll, LinkDownDuringTheMirrorIsCancelled) {
 
 TEST_F(MigrateAll, KilledWhileTheMirrorsCopyIsRecoveredOntoTheSource) {
     // 1 MiB/s: the 32 MiB copy is still running when blockmig dies.
-    pid_t pid = spawn_blockmig(migrate_args({"--bandwidth", "1"}), true);
+    pid_t pid = spawn_blockmig(migrate_args({"--bandwidth", "1", "--no-guardian"}), true);
     const bool copying = wait_for_mirror_job(60s);
     std::this_thread::sleep_for(2s);
     kill(pid, SIGKILL);
@@ -244,7 +244,7 @@ TEST_F(MigrateAll, KilledWhileTheMirrorsCopyIsRecoveredOntoTheSource) {
 
 TEST_F(MigrateAll, KilledWhileTheRamMovesIsRecoveredOntoTheSource) {
     // 2 MiB/s: the disk is in sync after ~16 s, the ~100 MiB of RAM takes longer.
-    pid_t pid = spawn_blockmig(migrate_args({"--bandwidth", "2"}), true);
+    pid_t pid = spawn_blockmig(migrate_args({"--bandwidth", "2", "--no-guardian"}), true);
     const bool in_ram = wait_for_phase("ram", 120s);
     std::this_thread::sleep_for(1s);
     kill(pid, SIGKILL);
@@ -270,7 +270,7 @@ class MigrateAllKilledAtSwitchover : public MigrateAll {
     std::string kill_at_and_recover(const std::string& status) {
         QmpEvents events(watch);
         const auto started = Clock::now();
-        pid_t pid = spawn_blockmig(migrate_args({"--bandwidth", "8"}), true);
+        pid_t pid = spawn_blockmig(migrate_args({"--bandwidth", "8", "--no-guardian"}), true);
         auto at = events.wait_until(
             [&](const json& e) {
                 return e.value("event", "") == "MIGRATION" &&

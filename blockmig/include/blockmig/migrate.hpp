@@ -97,7 +97,12 @@ struct MigrateOptions {
     // files in this directory (the same absolute path on both hosts;
     // blockmig/migrate/tls.hpp). Empty: plain TCP on --dst-addr only.
     std::filesystem::path tls_dir;
-    std::filesystem::path jobs_dir;                 // journals; default jobs::default_state_dir()
+    std::filesystem::path jobs_dir;  // journals; default jobs::default_state_dir()
+    // Set (the CLI passes /proc/self/exe unless --no-guardian): once the
+    // journal exists, before the first side effect, this program is started
+    // as the job's guardian (`EXE _guard ...`, blockmig/jobs/guardian.hpp),
+    // which recovers the job if this process dies. Empty: no guardian.
+    std::filesystem::path guardian;
     std::chrono::milliseconds qmp_timeout{30'000};  // deadline of each QMP call
     // How long the switchover (migrate-continue -> completed on both sides) may take.
     std::chrono::milliseconds switchover_timeout{60'000};
