@@ -20,7 +20,11 @@
 //   volume and starts B's QEMU; on success the guest runs there and every
 //   block the source acknowledged is on the new volume; when the launched
 //   QEMU is refused (another memory size) it is stopped and the volume
-//   deleted.
+//   deleted;
+// - the same, blockmig SIGKILLed while the RAM moves and nobody runs
+//   `recover`: the guardian it started recovers the job by itself (the guest
+//   runs on A again, B's volume and QEMU are gone, every block verifies).
+// The kill tests that prove `recover` by hand run with --no-guardian.
 // QEMU's monitor serves one client at a time, so while blockmig runs the
 // test watches the journal (`blockmig jobs`), never QMP.
 #include <arpa/inet.h>
@@ -33,6 +37,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <fstream>
 #include <map>
 
@@ -478,6 +483,59 @@ TEST_F(MigrateLaunch, ARefusedDestinationIsStoppedAndItsVolumeDeleted) {
                 }).empty())
         << "the QEMU blockmig started is stopped";
     EXPECT_EQ(jobs_listing()["jobs"].size(), 0u);
+    expect_source_clean();
+    expect_guest_on_source();
+}
+
+// blockmig SIGKILLed while the RAM moves, and nobody runs `recover`: QEMU
+// would migrate on and leave the guest paused at pre-switchover; the
+// guardian blockmig started (jobs/guardian.hpp) sees its owner die, takes
+// the job's lock and recovers it as `blockmig recover` would.
+TEST_F(MigrateLaunch, KilledWhileTheRamMovesItsGuardianRecoversTheJob) {
+    auto args = launch_args({});
+    // 2 MiB/s (before the `--` of the destination's command): the disk is in
+    // sync after ~16 s, the ~100 MiB of RAM takes longer.
+    args.insert(std::find(args.begin(), args.end(), "--"), {"--bandwidth", "2"});
+    pid_t pid = spawn_blockmig(args, true);
+    const bool in_ram = wait_for_phase("ram", 180s);
+    std::this_thread::sleep_for(1s);  // migration_started is journaled right after the phase
+    const auto guardians = processes_where([&](const std::string& cmdline) {
+        return cmdline.find(" _guard ") != std::string::npos &&
+               cmdline.find(state.string()) != std::string::npos;
+    });
+    const std::string while_owned = jobs_listing()["jobs"].dump();
+    // Frozen, the idle guardian shows what `blockmig jobs` sees beside it:
+    // it holds no lock, so the abandoned job reads as abandoned.
+    for (int g : guardians) kill(g, SIGSTOP);
+    kill(pid, SIGKILL);
+    waitpid(pid, nullptr, 0);
+    const std::string abandoned = jobs_listing()["jobs"].dump();
+    for (int g : guardians) kill(g, SIGCONT);
+    ASSERT_TRUE(in_ram);
+    ASSERT_EQ(guardians.size(), 1u) << "one guardian per job";
+    EXPECT_NE(while_owned.find(R"("state":"running")"), std::string::npos) << while_owned;
+    EXPECT_NE(abandoned.find(R"("state":"needs-recovery")"), std::string::npos) << abandoned;
+
+    // Nobody runs recover here: the job has to go by itself.
+    const auto deadline = Clock::now() + 120s;
+    long left = -1;
+    while (Clock::now() < deadline && (left = jobs_left(state)) != 0)
+        std::this_thread::sleep_for(500ms);
+    std::string log;
+    for (const auto& e : fs::directory_iterator(state))
+        if (e.path().string().ends_with(".guardian.log")) {
+            std::ifstream in(e.path());
+            log.assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+        }
+    std::cerr << "guardian log:\n" << log;
+    ASSERT_EQ(left, 0) << "the job is still there: " << jobs_listing().dump();
+    EXPECT_NE(log.find("undo"), std::string::npos) << log;
+    EXPECT_TRUE(entries_of(pool).empty()) << "the volume blockmig made is deleted";
+    EXPECT_TRUE(processes_where([&](const std::string& cmdline) {
+                    return cmdline.find(state.string()) != std::string::npos &&
+                           cmdline.find("qemu-system") != std::string::npos;
+                }).empty())
+        << "the QEMU blockmig started is stopped";
     expect_source_clean();
     expect_guest_on_source();
 }
