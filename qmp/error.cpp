@@ -26,4 +26,9 @@ Error Error::with_context(std::string_view context) const {
     return e;
 }
 
+bool is_definite_refusal(const Error& error) {
+    return error.code != ErrorCode::timeout && error.code != ErrorCode::interrupted &&
+           error.code != ErrorCode::protocol;
+}
+
 }  // namespace blockmig

@@ -4,19 +4,10 @@
 
 namespace blockmig::jobs {
 
-namespace {
-
-// A QEMU error reply or a pool's refusal: the effect did not happen.
-bool definite(const Error& e) {
-    return e.code != ErrorCode::timeout && e.code != ErrorCode::interrupted &&
-           e.code != ErrorCode::protocol;
-}
-
-}  // namespace
-
 Result<void> Effects::settle(std::uint64_t seq, const Result<void>& r) {
     if (r) return m_journal.outcome(seq, RecordState::done);
-    if (definite(r.error())) return m_journal.outcome(seq, RecordState::failed, r.error().message);
+    if (is_definite_refusal(r.error()))
+        return m_journal.outcome(seq, RecordState::failed, r.error().message);
     return {};  // no answer: the intent stands for "maybe"
 }
 
@@ -80,7 +71,7 @@ Result<CompleteReply> Effects::send_complete(const std::string& disk, const std:
     auto r = qmp::block_job_complete(*m_env.client, job, m_env.step_timeout);
     if (r) return CompleteReply::accepted;  // outcome "done" once QMP shows the device moved
     *error = r.error().message;
-    if (!definite(r.error())) return CompleteReply::unknown;
+    if (!is_definite_refusal(r.error())) return CompleteReply::unknown;
     if (auto w = m_journal.outcome(*seq, RecordState::failed, r.error().message); !w)
         return fail(w.error());
     if (auto w = set_phase(disk, "ready"); !w) return fail(w.error());

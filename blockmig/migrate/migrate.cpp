@@ -42,13 +42,6 @@ std::string human_mib(std::uint64_t bytes) {
     return fmt::format("{:.1f} MiB", static_cast<double>(bytes) / (1 << 20));
 }
 
-// A QEMU error reply: the effect did not happen. A timeout or a lost
-// connection may hide one that did: the intent stands.
-bool definite(const Error& e) {
-    return e.code != ErrorCode::timeout && e.code != ErrorCode::interrupted &&
-           e.code != ErrorCode::protocol;
-}
-
 struct Failure {
     std::string phase;
     std::string cause;
@@ -239,7 +232,7 @@ class Run {
         auto r = act();
         if (r) {
             if (auto w = m_journal->outcome(*seq, RecordState::done); !w) return w;
-        } else if (definite(r.error())) {
+        } else if (is_definite_refusal(r.error())) {
             if (auto w = m_journal->outcome(*seq, RecordState::failed, r.error().message); !w)
                 return w;
         }

@@ -15,12 +15,6 @@ namespace {
 using jobs::EffectKind;
 using jobs::RecordState;
 
-// A QEMU error reply: the effect did not happen (a timeout may hide one that did).
-bool definite(const Error& e) {
-    return e.code != ErrorCode::timeout && e.code != ErrorCode::interrupted &&
-           e.code != ErrorCode::protocol;
-}
-
 bool contains(const Error& e, std::string_view text) {
     return e.message.find(text) != std::string::npos;
 }
@@ -124,7 +118,7 @@ class Recovery {
             auto seq = m_journal.intend({.effect = EffectKind::recovery_listening, .name = uri});
             if (!seq) return fail(seq.error());
             auto r = qmp::migrate_recover(dst, uri, m_o.qmp_timeout);
-            if (r || definite(r.error()))
+            if (r || is_definite_refusal(r.error()))
                 if (auto w = m_journal.outcome(*seq, r ? RecordState::done : RecordState::failed,
                                                r ? "" : r.error().message);
                     !w)
@@ -148,7 +142,7 @@ class Recovery {
         auto seq = m_journal.intend({.effect = EffectKind::migration_resumed, .name = uri});
         if (!seq) return fail(seq.error());
         auto r = qmp::migrate_resume(m_src, uri, m_o.qmp_timeout);
-        if (r || definite(r.error()))
+        if (r || is_definite_refusal(r.error()))
             if (auto w = m_journal.outcome(*seq, r ? RecordState::done : RecordState::failed,
                                            r ? "" : r.error().message);
                 !w)

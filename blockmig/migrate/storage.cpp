@@ -15,12 +15,6 @@ namespace {
 using jobs::EffectKind;
 using jobs::RecordState;
 
-// A QEMU error reply: the effect did not happen (a timeout may hide one that did).
-bool definite(const Error& e) {
-    return e.code != ErrorCode::timeout && e.code != ErrorCode::interrupted &&
-           e.code != ErrorCode::protocol;
-}
-
 // QEMU's bind failure (inet_listen_saddr: "Failed to bind socket: Address
 // already in use"): the next port of the range is tried.
 bool port_in_use(const Error& e) {
@@ -61,7 +55,7 @@ Result<void> StorageCopy::dst_effect(EffectKind kind, const std::string& name,
     if (!seq) return fail(seq.error());
     auto r = act();
     if (r) return m_journal.outcome(*seq, RecordState::done);
-    if (definite(r.error()))
+    if (is_definite_refusal(r.error()))
         if (auto w = m_journal.outcome(*seq, RecordState::failed, r.error().message); !w) return w;
     return r;
 }

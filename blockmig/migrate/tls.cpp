@@ -14,12 +14,6 @@ namespace blockmig::migrate {
 
 namespace {
 
-// A QEMU error reply: the object was not added (a timeout may hide one that was).
-bool definite(const Error& e) {
-    return e.code != ErrorCode::timeout && e.code != ErrorCode::interrupted &&
-           e.code != ErrorCode::protocol;
-}
-
 std::string listed(const std::vector<std::string>& files) {
     return fmt::format("{}, {} and {}", files[0], files[1], files[2]);
 }
@@ -55,7 +49,7 @@ Result<void> add_object(jobs::Journal& journal, qmp::Client& client, const char*
     if (!seq) return fail(seq.error());
     auto r = qmp::object_add(client, object, timeout);
     if (r) return journal.outcome(*seq, jobs::RecordState::done);
-    if (definite(r.error()))
+    if (is_definite_refusal(r.error()))
         if (auto w = journal.outcome(*seq, jobs::RecordState::failed, r.error().message); !w)
             return w;
     return fail(r.error().with_context(fmt::format("the {} QEMU refused the TLS credentials in {}",

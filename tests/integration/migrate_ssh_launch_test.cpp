@@ -11,24 +11,20 @@
 
 #include <cstdlib>
 
-#include "migrate_test_util.hpp"
-#include "sshd.hpp"
+#include "migrate_ssh_rig.hpp"
 
 using namespace migrate_test;
 using blockmig::lab::NfsServer;
-using blockmig::lab::SshServer;
 
 namespace {
 
-class MigrateSshLaunch : public CopyRig {
+class MigrateSshLaunch : public SshRig {
   protected:
     void SetUp() override {
-        SSH_REQUIRE();
-        CopyRig::SetUp();
+        SshRig::SetUp();
         if (HasFatalFailure()) return;
         dst.reset();  // blockmig starts its own on B
         nas = std::make_unique<NfsServer>(hosts->ns_a(), HostPair::k_addr_a);
-        sshd = std::make_unique<SshServer>(hosts->ns_b(), HostPair::k_addr_b, 2222);
         fs::create_directories(on_b);
     }
 
@@ -42,16 +38,6 @@ class MigrateSshLaunch : public CopyRig {
             return cmdline.find(on_b.string()) != std::string::npos &&
                    cmdline.find("qemu-system") != std::string::npos;
         });
-    }
-
-    // blockmig on host A: the QMP transport's ssh uses the test's client config.
-    SplitResult on_host_a(std::vector<std::string> args) {
-        std::vector<std::string> argv{
-            "ip",           "netns", "exec",
-            hosts->ns_a(),  "env",   "BLOCKMIG_SSH_CONFIG=" + sshd->client_config().string(),
-            BLOCKMIG_BINARY};
-        argv.insert(argv.end(), args.begin(), args.end());
-        return run_split(argv, dir.path());
     }
 
     // `migrate ... --dst-launch -- ssh ... root@B env ... guest.sh run {qmp} ...`.
@@ -118,7 +104,6 @@ class MigrateSshLaunch : public CopyRig {
     }
 
     std::unique_ptr<NfsServer> nas;
-    std::unique_ptr<SshServer> sshd;
     fs::path on_b = dir / "host-b";  // the destination QEMU's files "on B"
     fs::path socket_on_b = on_b / "qmp.sock";
 };

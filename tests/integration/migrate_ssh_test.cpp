@@ -5,33 +5,14 @@
 // --copy-storage all: the guest's blocks go over NBD to B's own disk file.
 #include <gtest/gtest.h>
 
-#include "migrate_test_util.hpp"
-#include "sshd.hpp"
+#include "migrate_ssh_rig.hpp"
 
 using namespace migrate_test;
-using blockmig::lab::SshServer;
 
 namespace {
 
-class MigrateSsh : public CopyRig {
+class MigrateSsh : public SshRig {
   protected:
-    void SetUp() override {
-        SSH_REQUIRE();
-        CopyRig::SetUp();
-        if (HasFatalFailure()) return;
-        sshd = std::make_unique<SshServer>(hosts->ns_b(), HostPair::k_addr_b, 2222);
-    }
-
-    // blockmig on host A, with the test's ssh identity and known_hosts.
-    SplitResult on_host_a(std::vector<std::string> args) {
-        std::vector<std::string> argv{
-            "ip",           "netns", "exec",
-            hosts->ns_a(),  "env",   "BLOCKMIG_SSH_CONFIG=" + sshd->client_config().string(),
-            BLOCKMIG_BINARY};
-        argv.insert(argv.end(), args.begin(), args.end());
-        return run_split(argv, dir.path());
-    }
-
     std::string dst_url() const { return sshd->url(dst->qmp_socket()); }
 
     bool ssh_left_behind() const {
@@ -40,8 +21,6 @@ class MigrateSsh : public CopyRig {
                            cmdline.find(dst->qmp_socket().string()) != std::string::npos;
                 }).empty();
     }
-
-    std::unique_ptr<SshServer> sshd;
 };
 
 TEST_F(MigrateSsh, QmpOnTheOtherHostAnswersThroughSsh) {

@@ -41,6 +41,11 @@ struct Error {
     Error with_context(std::string_view context) const;
 };
 
+// True when a failed call certainly had no effect: QEMU (or a pool) answered
+// with a refusal. A timeout, a lost connection or a garbled reply may hide a
+// command that took effect, so a journaled intent must stand for those.
+bool is_definite_refusal(const Error& error);
+
 template <typename T>
 using Result = std::expected<T, Error>;
 
