@@ -275,7 +275,10 @@ class MigrateAllKilledAtSwitchover : public MigrateAll {
     std::string kill_at_and_recover(const std::string& status) {
         QmpEvents events(watch);
         const auto started = Clock::now();
-        pid_t pid = spawn_blockmig(migrate_args({"--bandwidth", "8", "--no-guardian"}), true);
+        // No bandwidth cap: QEMU 7.2 under TCG loses guest writes made during a
+        // long RAM pass (docs/known-issues.md); at 8 MiB/s the destination's
+        // guest panicked in 3 of 3 runs under load, one pass of 16 s each.
+        pid_t pid = spawn_blockmig(migrate_args({"--no-guardian"}), true);
         auto at = events.wait_until(
             [&](const json& e) {
                 return e.value("event", "") == "MIGRATION" &&
