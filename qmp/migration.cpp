@@ -14,7 +14,14 @@ Result<void> migrate(Client& client, const std::string& uri, Timeout timeout) {
 }
 
 Result<void> migrate_incoming(Client& client, const std::string& uri, Timeout timeout) {
-    return run(client, "migrate-incoming", {{"uri", uri}}, timeout);
+    return migrate_incoming(client, uri, IncomingOptions{}, timeout);
+}
+
+Result<void> migrate_incoming(Client& client, const std::string& uri,
+                              const IncomingOptions& options, Timeout timeout) {
+    json args{{"uri", uri}};
+    if (options.exit_on_error) args["exit-on-error"] = *options.exit_on_error;
+    return run(client, "migrate-incoming", args, timeout);
 }
 
 Result<void> migrate_set_capabilities(Client& client,

@@ -325,6 +325,14 @@ Result<std::vector<std::string>> launch_command(const DestinationLaunch& launch,
     return argv;
 }
 
+std::optional<bool> incoming_exit_on_error(const qmp::Features& destination, bool launched) {
+    // Asked of the schema, never of the version: a vendor build may carry
+    // the argument (or lack it) whatever it calls itself.
+    if (!launched || !destination.command_has_argument("migrate-incoming", "exit-on-error"))
+        return std::nullopt;
+    return false;
+}
+
 Result<std::unique_ptr<qmp::Client>> launch_destination(jobs::Journal& journal,
                                                         const DestinationLaunch& launch,
                                                         const SideFacts& src,

@@ -40,6 +40,7 @@
 #include "jobs/journal.hpp"
 #include "preflight.hpp"
 #include "qmp/client.hpp"
+#include "qmp/features.hpp"
 
 namespace blockmig::migrate {
 
@@ -95,6 +96,15 @@ Result<std::vector<std::string>> launch_command(const DestinationLaunch& launch,
 // its QMP socket and connects. Errors name what failed (the pool, the
 // program, or CMD's exit with the end of its log); whatever was made is in
 // the journal for the undo.
+// Pure: migrate-incoming's exit-on-error for the destination. false for a
+// QEMU blockmig launched whose schema has the argument (QEMU >= 9.1): after
+// a failed incoming migration it stays up (its migration status failed,
+// still inmigrate) so the undo removes its TLS object and NBD server on a
+// live monitor, then stops it (stop_launched). nullopt otherwise: QEMU's
+// default, it exits by itself, which a QEMU the user started keeps (blockmig
+// never stops it, and such a QEMU takes no second migrate-incoming anyway).
+std::optional<bool> incoming_exit_on_error(const qmp::Features& destination, bool launched);
+
 Result<std::unique_ptr<qmp::Client>> launch_destination(jobs::Journal& journal,
                                                         const DestinationLaunch& launch,
                                                         const SideFacts& src,

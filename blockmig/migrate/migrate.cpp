@@ -316,6 +316,16 @@ class Run {
         return m_journal->update([&](jobs::Job& job) { job.migration->source_saved = saved; });
     }
 
+    // A destination blockmig launched stays up after a failed incoming
+    // migration when its QEMU can (migrate/launch.hpp). A schema that cannot
+    // be read leaves QEMU's default: it exits, which release.hpp proves.
+    qmp::IncomingOptions incoming_options() {
+        if (!m_launched) return {};
+        auto features = qmp::Features::detect(*m_dst, m_o.qmp_timeout);
+        if (!features) return {};
+        return {.exit_on_error = migrate::incoming_exit_on_error(*features, true)};
+    }
+
     // migrate-incoming on the destination; the URI the source must dial.
     Result<std::string> listen() {
         std::string host = m_o.dst_addr, port = "0";
@@ -324,8 +334,10 @@ class Run {
             host = host.substr(0, colon);
         }
         const std::string uri = fmt::format("tcp:{}:{}", host, port);
-        if (auto r = effect(EffectKind::incoming_started, uri,
-                            [&] { return qmp::migrate_incoming(*m_dst, uri, m_o.qmp_timeout); });
+        const qmp::IncomingOptions incoming = incoming_options();
+        if (auto r = effect(
+                EffectKind::incoming_started, uri,
+                [&] { return qmp::migrate_incoming(*m_dst, uri, incoming, m_o.qmp_timeout); });
             !r)
             return fail(r.error().with_context("migrate-incoming " + uri));
         if (port != "0") return uri;

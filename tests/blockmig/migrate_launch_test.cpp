@@ -198,3 +198,32 @@ TEST(LaunchTarget, OnlyTheRemoteWordsAreQuoted) {
 }
 
 }  // namespace
+
+namespace {
+
+// The schema of migrate-incoming, with or without QEMU 9.1's exit-on-error.
+qmp::Features incoming_schema(bool exit_on_error) {
+    nlohmann::json members = nlohmann::json::array({{{"name", "uri"}, {"type", "str"}}});
+    if (exit_on_error) members.push_back({{"name", "exit-on-error"}, {"type", "bool"}});
+    auto f = qmp::Features::from_schema(
+        {{{"name", "migrate-incoming"},
+          {"meta-type", "command"},
+          {"arg-type", "1"},
+          {"ret-type", "0"}},
+         {{"name", "1"}, {"meta-type", "object"}, {"members", members}}});
+    EXPECT_TRUE(f);
+    return f ? *f : qmp::Features{};
+}
+
+}  // namespace
+
+TEST(IncomingExitOnError, ALaunchedDestinationStaysUpWhenItsSchemaHasTheArgument) {
+    EXPECT_EQ(migrate::incoming_exit_on_error(incoming_schema(true), true), false);
+}
+
+TEST(IncomingExitOnError, QemusDefaultWithoutTheArgumentOrForAUsersQemu) {
+    // QEMU 7.2 refuses an argument its schema lacks.
+    EXPECT_EQ(migrate::incoming_exit_on_error(incoming_schema(false), true), std::nullopt);
+    // A QEMU the user started keeps exiting by itself: blockmig never stops it.
+    EXPECT_EQ(migrate::incoming_exit_on_error(incoming_schema(true), false), std::nullopt);
+}

@@ -173,6 +173,16 @@ TEST_F(QmpCommands, MigrateSetCapabilitiesBuildsList) {
     EXPECT_TRUE(migrate_set_capabilities(*client, {{"events", true}}));
 }
 
+// exit-on-error goes out only when asked for (QEMU < 9.1 refuses an unknown argument).
+TEST_F(QmpCommands, MigrateIncomingSendsExitOnErrorOnlyWhenAsked) {
+    script->expect("migrate-incoming", json{{"uri", "tcp:10.0.0.2:0"}}).reply(json::object());
+    script->expect("migrate-incoming", json{{"uri", "tcp:10.0.0.2:0"}, {"exit-on-error", false}})
+        .reply(json::object());
+    EXPECT_TRUE(migrate_incoming(*client, "tcp:10.0.0.2:0"));
+    EXPECT_TRUE(
+        migrate_incoming(*client, "tcp:10.0.0.2:0", IncomingOptions{.exit_on_error = false}));
+}
+
 TEST_F(QmpCommands, MissingRequiredReplyFieldIsProtocolError) {
     script->expect("query-status").reply(json::object());
     auto r = query_status(*client);

@@ -17,6 +17,14 @@ namespace blockmig::qmp {
 Result<void> migrate(Client& client, const std::string& uri, Timeout timeout = {});
 // Needs QEMU started with -incoming defer.
 Result<void> migrate_incoming(Client& client, const std::string& uri, Timeout timeout = {});
+struct IncomingOptions {
+    // exit-on-error (QEMU >= 9.1; check Features first): false keeps QEMU
+    // alive after a failed incoming migration (status failed). Absent:
+    // QEMU's default, it exits.
+    std::optional<bool> exit_on_error;
+};
+Result<void> migrate_incoming(Client& client, const std::string& uri,
+                              const IncomingOptions& options, Timeout timeout = {});
 // e.g. {{"events", true}, {"pause-before-switchover", true}}
 Result<void> migrate_set_capabilities(Client& client,
                                       const std::vector<std::pair<std::string, bool>>& capabilities,
