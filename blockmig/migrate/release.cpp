@@ -7,9 +7,11 @@
 #include <cstring>
 #include <functional>
 #include <memory>
+#include <optional>
 
 #include "jobs/undo.hpp"
 #include "launch.hpp"
+#include "qmp/clock.hpp"
 #include "qmp/migration.hpp"
 #include "tls.hpp"
 
@@ -53,44 +55,80 @@ Result<void> mark_gone(jobs::Journal& journal, const std::vector<jobs::UndoStep>
 // `before`: run on a reachable QEMU before its steps (may be empty).
 using BeforeUndo = std::function<void(qmp::Client&, const std::vector<jobs::UndoStep>&)>;
 
+// What a fresh connection to a side's monitor found; neither member set:
+// it did not answer in time.
+struct Reached {
+    std::unique_ptr<qmp::Client> client;  // it answered
+    std::optional<std::string> gone;      // proof that no QEMU serves it any more
+};
+
+// Asks until the monitor answers, a refused connection or a missing socket
+// proves its QEMU gone, or `timeout` ran out. A QEMU that is exiting (a
+// destination whose incoming migration failed does so by default) may still
+// accept a connection and close it, or never greet: that proves nothing
+// yet, and a moment later the kernel refuses the connection.
+Reached reach(const std::string& address, qmp::Milliseconds timeout) {
+    using namespace std::chrono_literals;
+    Clock& clock = system_clock();
+    // Bounded even when `timeout` is 0 (one try): a QEMU that neither
+    // answers nor refuses is what the caller reports as left behind.
+    const auto deadline = clock.now() + std::max<qmp::Milliseconds>(timeout, 0ms);
+    Reached out;
+    for (;;) {
+        qmp::ConnectOptions options;
+        options.enable_oob = true;  // the undo may need a yank (jobs/undo.cpp)
+        options.timeout = timeout;
+        options.default_timeout = timeout;
+        auto c = qmp::Client::connect(address, options);
+        if (c) {
+            out.client = std::move(*c);
+            return out;
+        }
+        if (proves_gone(c.error())) {
+            out.gone = c.error().message;
+            return out;
+        }
+        if (clock.now() + 100ms >= deadline) return out;
+        clock.sleep_for(100ms);
+    }
+}
+
+// Rounds of undo on one side: the caller's connection first; one lost on
+// the way is replaced through reach(), at most twice.
+constexpr int k_rounds = 3;
+
 Result<Released> release(jobs::Journal& journal, const std::vector<std::string>& disks,
                          qmp::Client* client, const std::string& address, std::string_view side,
                          qmp::Milliseconds timeout, const BeforeUndo& before = {}) {
     Released out;
-    // Two rounds: a connection lost on the way (that QEMU exiting, as a
-    // destination whose incoming migration failed does) is asked once more.
-    for (int round = 0; round < 2; ++round) {
+    std::unique_ptr<qmp::Client> fresh;
+    for (int round = 0; round < k_rounds; ++round) {
         auto plan = plan_of(journal.job(), disks);
         if (!plan) {
             out.left_behind.push_back(plan.error().message);
             return out;
         }
         if (plan->empty()) return out;
-        std::unique_ptr<qmp::Client> fresh;
         if (!client || client->state() != qmp::State::running) {
-            qmp::ConnectOptions options;
-            options.enable_oob = true;  // the undo may need a yank (jobs/undo.cpp)
-            options.timeout = timeout;
-            options.default_timeout = timeout;
-            auto c = qmp::Client::connect(address, options);
-            if (c) {
-                fresh = std::move(*c);
-                client = fresh.get();
-            } else if (proves_gone(c.error())) {
-                const auto why = fmt::format("the {} QEMU is gone ({})", side, c.error().message);
+            auto reached = reach(address, timeout);
+            if (reached.gone) {
+                const auto why = fmt::format("the {} QEMU is gone ({})", side, *reached.gone);
                 if (auto w = mark_gone(journal, *plan, why, out); !w) return fail(w.error());
                 return out;
-            } else {
-                client = nullptr;  // every QMP step is left behind, named
             }
+            fresh = std::move(reached.client);
+            client = fresh.get();  // nullptr: every QMP step is left behind, named
         }
         if (client && before) before(*client, *plan);
         jobs::UndoEnv env{.client = client, .step_timeout = timeout};
         auto report = jobs::run_undo(journal, *plan, env);
         if (!report) return fail(report.error());
         out.done.insert(out.done.end(), report->done.begin(), report->done.end());
+        // Lost on the way: that QEMU may be exiting (its objects go with
+        // it) or still there (asked again). A QEMU that answered with an
+        // error is still there: what it refused stays left behind.
         const bool lost = client && client->state() != qmp::State::running;
-        if (report->left_behind.empty() || !lost || round == 1) {
+        if (report->left_behind.empty() || !lost || round == k_rounds - 1) {
             out.left_behind = report->left_behind;
             return out;
         }

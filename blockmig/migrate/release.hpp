@@ -5,12 +5,16 @@
 // (settle.hpp): a failed live run, a completed one, and `blockmig recover`
 // after blockmig died, which knows nothing but the journal.
 //
-// A side whose QMP connection is gone is asked again on a fresh connection
-// to the address in the journal. A refused connection or a missing socket
-// proves no QEMU serves that monitor any more, and what that QEMU held
-// (jobs, nodes, exports, its NBD server) ended with it: recorded undone.
+// A side whose QMP connection is gone (before or during the undo) is asked
+// again on a fresh connection to the address in the journal, retried for up
+// to the QMP timeout: a QEMU that is exiting (a destination whose incoming
+// migration failed, QEMU's default) may still accept and drop a connection.
+// A refused connection or a missing socket proves no QEMU serves that
+// monitor any more, and what that QEMU held (jobs, nodes, exports, its NBD
+// server, its TLS credentials object) ended with it: recorded undone.
 // Anything else (a timeout, a host that does not answer) is left behind for
-// the next `blockmig recover`; nothing is guessed.
+// the next `blockmig recover`; nothing is guessed. A QEMU that answers and
+// refuses a step keeps it: left behind, named.
 #pragma once
 
 #include <string>

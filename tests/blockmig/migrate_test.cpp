@@ -5,12 +5,18 @@
 
 #include <fmt/format.h>
 #include <gtest/gtest.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
+#include <cstring>
 #include <fstream>
 #include <mutex>
 #include <set>
+#include <thread>
 
 #include "jobs/journal.hpp"
 #include "jobs_test_util.hpp"
@@ -72,6 +78,7 @@ struct FakeSide {
     int resume_failures = 0;
     bool dies_when_paused = false;  // destination: its QEMU exits once post-copy pauses
     bool dead = false;              // every command ends the connection
+    std::string dies_on;            // a command on which this QEMU exits (no reply)
     std::string listening;          // destination: migrate-recover's URI
     FakeSide* peer = nullptr;       // the destination, for the source
     blockmig::qmp::testing::Script* script = nullptr;
@@ -107,6 +114,7 @@ struct FakeSide {
         const std::string cmd = m.value("execute", m.value("exec-oob", ""));
         const json args = m.value("arguments", json::object());
         commands.push_back(cmd + " " + args.dump());
+        if (cmd == dies_on) dead = true;
         if (dead) return s.push_disconnect();
         auto reply = [&](json v) { s.push({{"return", v}, {"id", m["id"]}}); };
         if (cmd == "query-uuid") return reply({{"UUID", "00000000-0000-0000-0000-000000000000"}});
@@ -883,6 +891,92 @@ TEST_F(MigrateTlsTest, MissingFilesAndSchemaAreRefusedBeforeAnythingIsTouched) {
         EXPECT_FALSE(side->got("migrate-set-parameters"));
     }
     EXPECT_EQ(journals(), 0u);
+}
+
+// A user's destination keeps QEMU's default (it exits after a failed
+// incoming migration) even when its schema has exit-on-error.
+TEST_F(MigrateTlsTest, AUsersDestinationIsNotAskedToStayUp) {
+    dst.side->schema.push_back({{"name", "migrate-incoming"},
+                                {"meta-type", "command"},
+                                {"arg-type", "9"},
+                                {"ret-type", "0"}});
+    dst.side->schema.push_back(
+        {{"name", "9"},
+         {"meta-type", "object"},
+         {"members",
+          {{{"name", "uri"}, {"type", "str"}}, {{"name", "exit-on-error"}, {"type", "bool"}}}}});
+    auto r = migrate();
+    ASSERT_TRUE(r) << r.error().message;
+    EXPECT_TRUE(dst.side->got("migrate-incoming", "tcp:10.0.0.2:0"));
+    EXPECT_FALSE(dst.side->got("migrate-incoming", "exit-on-error"));
+}
+
+// The monitor of a QEMU that is exiting: it accepts `drops` connections and
+// closes each before any greeting, then stops listening (the socket file
+// stays, so a connection is refused, as once that QEMU died).
+class ExitingMonitor {
+  public:
+    ExitingMonitor(const fs::path& path, int drops) {
+        m_fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        sockaddr_un a{};
+        a.sun_family = AF_UNIX;
+        std::strncpy(a.sun_path, path.c_str(), sizeof a.sun_path - 1);
+        EXPECT_EQ(::bind(m_fd, reinterpret_cast<sockaddr*>(&a), sizeof a), 0) << path;
+        EXPECT_EQ(::listen(m_fd, 8), 0);
+        m_thread = std::thread([this, drops] {
+            for (int i = 0; i < drops; ++i) {
+                pollfd p{m_fd, POLLIN, 0};
+                if (::poll(&p, 1, 20'000) <= 0) break;
+                const int c = ::accept4(m_fd, nullptr, nullptr, SOCK_CLOEXEC);
+                if (c < 0) continue;
+                ::close(c);
+                ++accepted;
+            }
+            ::close(m_fd);
+        });
+    }
+    ~ExitingMonitor() { m_thread.join(); }
+    std::atomic<int> accepted{0};
+
+  private:
+    int m_fd = -1;
+    std::thread m_thread;
+};
+
+// The source's TLS handshake fails, and so does the destination's incoming
+// side: that QEMU exits (QEMU 7.2, or a user's QEMU) while blockmig's
+// object-del is in flight. Its monitor still takes two connections and drops
+// them, then refuses: the object died with it, nothing is left behind.
+TEST_F(MigrateTlsTest, ADestinationThatExitsDuringTheReleaseEndsClean) {
+    options.dst_qmp = (dir / "dst.qmp").string();
+    src.side->ram = FakeSide::Ram::fails;
+    dst.side->dies_on = "object-del";
+    ExitingMonitor exiting(options.dst_qmp, 2);
+    auto r = migrate();
+    ASSERT_FALSE(r);
+    EXPECT_NE(r.error().message.find("migration cancelled, the guest keeps running on the source"),
+              std::string::npos)
+        << r.error().message;
+    EXPECT_EQ(r.error().message.find("left behind"), std::string::npos) << r.error().message;
+    EXPECT_TRUE(dst.side->got("object-del"));
+    EXPECT_EQ(exiting.accepted, 2) << "asked again until the connection was refused";
+    EXPECT_TRUE(src.side->objects.empty());
+    EXPECT_EQ(journals(), 0u);
+}
+
+// A destination that is still there and refuses the object-del keeps it:
+// named in the line, the job kept for `blockmig recover`.
+TEST_F(MigrateTlsTest, ADestinationThatRefusesTheObjectDelLeavesItBehind) {
+    src.side->ram = FakeSide::Ram::fails;
+    dst.side->failing = "object-del";
+    auto r = migrate();
+    ASSERT_FALSE(r);
+    EXPECT_NE(r.error().message.find("left behind: object bm"), std::string::npos)
+        << r.error().message;
+    EXPECT_NE(r.error().message.find("injected failure"), std::string::npos);
+    EXPECT_NE(r.error().message.find("blockmig recover"), std::string::npos);
+    EXPECT_EQ(dst.side->objects.size(), 1u);
+    EXPECT_EQ(journals(), 1u);
 }
 
 TEST_F(MigrateTest, PreflightRefusalTouchesNothing) {
