@@ -20,7 +20,9 @@
 //   volume and starts B's QEMU; on success the guest runs there and every
 //   block the source acknowledged is on the new volume; when the launched
 //   QEMU is refused (another memory size) it is stopped and the volume
-//   deleted;
+//   deleted; when the RAM phase is cancelled (its incoming migration fails)
+//   it is stopped too and nothing is left behind (QEMU >= 9.1: told to
+//   stay up, exit-on-error false, until blockmig stops it);
 // - the same, blockmig SIGKILLed while the RAM moves and nobody runs
 //   `recover`: the guardian it started recovers the job by itself (the guest
 //   runs on A again, B's volume and QEMU are gone, every block verifies).
@@ -540,6 +542,53 @@ TEST_F(MigrateLaunch, KilledWhileTheRamMovesItsGuardianRecoversTheJob) {
                 }).empty())
         << "the QEMU blockmig started is stopped";
     expect_source_clean();
+    expect_guest_on_source();
+}
+
+// Whether a QEMU's migrate-incoming takes exit-on-error (QEMU >= 9.1).
+// blockmig asks the schema; the lab's QMP helper does not take the
+// schema's reply, and the lab's QEMUs are Debian's 7.2 and 10.0.
+bool incoming_takes_exit_on_error(Guest& guest) {
+    const json v = qmp_return(guest, R"({"execute":"query-version"})")["qemu"];
+    return v.value("major", 0) * 100 + v.value("minor", 0) >= 901;
+}
+
+TEST_F(MigrateLaunch, ACancelledRamPhaseStopsTheLaunchedDestinationAndLeavesNothing) {
+    // The launched QEMU is the lab's, as the source is.
+    const bool stays_up = incoming_takes_exit_on_error(*src);
+    // 2 MiB/s: the RAM moves for long; cancelled from the source's second
+    // monitor then, so the destination's incoming migration fails.
+    auto args = launch_args({});
+    args.insert(std::find(args.begin(), args.end(), "--"), {"--bandwidth", "2"});
+    BackgroundCli cli(args, src->qmp_socket().string());
+    ASSERT_TRUE(wait_for_phase("ram", 180s));
+    std::this_thread::sleep_for(1s);
+    qmp_at(watch, "migrate_cancel");
+    ASSERT_TRUE(cli.wait(180s)) << "blockmig ends";
+    const auto& r = cli.result();
+    EXPECT_EQ(r.status, 1) << r.out;
+    expect_one_error_line(r.out, {"phase ram", "keeps running on the source"});
+    EXPECT_EQ(r.out.find("left behind"), std::string::npos) << r.out;
+    EXPECT_TRUE(entries_of(pool).empty()) << "the volume blockmig made is deleted";
+    EXPECT_TRUE(processes_where([&](const std::string& cmdline) {
+                    return cmdline.find(state.string()) != std::string::npos &&
+                           cmdline.find("qemu-system") != std::string::npos;
+                }).empty())
+        << "the QEMU blockmig started is stopped";
+    EXPECT_EQ(jobs_listing()["jobs"].size(), 0u);
+    expect_source_clean();
+    if (stays_up) {
+        std::string job;
+        for (const auto& l : lines_of(r.out)) {
+            json j = json::parse(l, nullptr, false);
+            if (!j.is_discarded() && j.value("event", "") == "job") job = j.value("job", "");
+        }
+        std::ifstream in(state / (job + ".dst.log"));
+        const std::string log((std::istreambuf_iterator<char>(in)),
+                              std::istreambuf_iterator<char>());
+        EXPECT_NE(log.find("terminating on signal 15"), std::string::npos)
+            << "the destination stayed up until blockmig stopped it: " << log;
+    }
     expect_guest_on_source();
 }
 
