@@ -8,6 +8,7 @@
 #include <atomic>
 #include <cstdio>
 #include <filesystem>
+#include <set>
 
 #include "commands.hpp"
 #include "migrate/launch.hpp"
@@ -29,6 +30,7 @@ struct MigrateArgs {
     int dst_port = 0;
     std::string dst_pool;
     bool dst_launch = false;
+    std::vector<std::string> dst_vols;     // --dst-vol DEV=VOLUME
     std::vector<std::string> launch_argv;  // after --
     std::optional<std::string> pools_file;
     double bandwidth_mib = 0;
@@ -119,6 +121,10 @@ Result<void> run_migrate_command(const MigrateArgs& args, const GlobalOptions& g
                                      .config = std::move(*config),
                                      .argv = args.launch_argv,
                                      .qmp = args.dst_qmp};
+        for (const auto& text : args.dst_vols) {
+            auto v = migrate::parse_dst_vol(text);  // the CLI checked it
+            if (v) o.launch->volumes[v->first] = v->second;
+        }
     }
     o.bandwidth = static_cast<std::uint64_t>(args.bandwidth_mib * 1024 * 1024);
     o.max_downtime = std::chrono::milliseconds(args.max_downtime_ms);
@@ -209,6 +215,11 @@ void add_migrate_command(CLI::App& app, Dispatch& dispatch) {
         "exec B qemu-system-x86_64 ... -qmp unix:{qmp},server=on,wait=off -incoming defer; "
         "on another host give --dst-qmp ssh://HOST/PATH and -- ssh HOST qemu-system-x86_64 ... "
         "({qmp} = PATH there, each remote word quoted for its shell by blockmig)");
+    cmd->add_option("--dst-vol", args->dst_vols,
+                    "with --dst-launch: DEV=VOLUME, the volume disk DEV gets in --dst-pool "
+                    "(repeatable): the file created instead of <job>-<dev>.raw, or in an iSCSI "
+                    "pool the LUN (lunN or N; by default a free LUN of at least the disk's size)")
+        ->type_name("DEV=VOLUME");
     cmd->add_option("CMD", args->launch_argv, "with --dst-launch: the destination's command");
     add_pools_option(*cmd, args->pools_file);
     cmd->add_option("--dst-addr", args->dst_addr,
@@ -290,6 +301,15 @@ void add_migrate_command(CLI::App& app, Dispatch& dispatch) {
         if (args->offline && !args->tls_dir.empty())
             throw CLI::ValidationError("--tls-dir",
                                        "not with --offline (no stream crosses the network)");
+        if (!args->dst_vols.empty() && !args->dst_launch)
+            throw CLI::ValidationError("--dst-vol", "only with --dst-launch");
+        std::set<std::string> vol_disks;
+        for (const auto& text : args->dst_vols) {
+            auto v = migrate::parse_dst_vol(text);
+            if (!v) throw CLI::ValidationError(v.error().message);
+            if (!vol_disks.insert(v->first).second)
+                throw CLI::ValidationError("--dst-vol", "disk " + v->first + " given twice");
+        }
         if (args->offline) {
             dispatch.action = [args, &dispatch] {
                 return run_offline_command(

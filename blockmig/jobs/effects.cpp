@@ -122,7 +122,9 @@ Result<UndoReport> Effects::rollback(const std::string& disk) {
 Result<UndoReport> Effects::detach_keep_volume(const std::string& disk) {
     auto plan = undo_plan(m_journal.job(), disk);
     if (!plan) return fail(plan.error());
-    std::erase_if(*plan, [](const UndoStep& s) { return s.kind == UndoKind::remove_volume; });
+    std::erase_if(*plan, [](const UndoStep& s) {
+        return s.kind == UndoKind::remove_volume || s.kind == UndoKind::release_lun;
+    });
     auto report = run_undo(m_journal, *plan, m_env);
     if (!report) return report;
     if (report->left_behind.empty())

@@ -11,6 +11,7 @@
 #include <mutex>
 #include <thread>
 
+#include "luns.hpp"
 #include "qmp/address.hpp"
 #include "qmp/commands.hpp"
 
@@ -31,6 +32,7 @@ constexpr std::array k_kinds{
     std::pair{UndoKind::export_del, "export_del"},
     std::pair{UndoKind::nbd_server_stop, "nbd_server_stop"},
     std::pair{UndoKind::stop_launched, "stop_launched"},
+    std::pair{UndoKind::release_lun, "release_lun"},
 };
 
 std::string cmdline_of(int pid) {
@@ -315,6 +317,10 @@ StepOutcome remove_volume(const UndoStep& step, UndoEnv& env) {
         return left(step.name, fmt::format("the pool did not answer within {} s",
                                            env.step_timeout.count() / 1000.0));
     const auto& r = *shared->result;
+    // A LUN outlives every job: its "removal" zeroes what blockmig wrote
+    // (pools.hpp), so it reads unused again; the claim ends with the record.
+    if (r && is_iscsi_lun(step.name))
+        return {true, fmt::format("released LUN {} (zeroed: it reads unused again)", step.name)};
     if (r) return {true, fmt::format("deleted volume {}", step.name)};
     if (r.error().code == ErrorCode::not_found)
         return {true, fmt::format("volume {} is gone", step.name)};
@@ -361,7 +367,11 @@ std::optional<UndoStep> undo_of(const Record& r) {
     UndoStep s{.disk = r.disk, .name = r.name, .pid = r.pid, .socket = r.socket, .seq = r.seq};
     switch (r.effect) {
         case EffectKind::volume_created:
-            s.kind = UndoKind::remove_volume;
+            // A LUN's create only checks and claims it: with no answer
+            // (intent) nothing after it ran, so nothing of blockmig's is on it.
+            s.kind = r.state == RecordState::intent && is_iscsi_lun(r.name)
+                         ? UndoKind::release_lun
+                         : UndoKind::remove_volume;
             return s;
         case EffectKind::secret_added:
         case EffectKind::tls_creds_added:
@@ -462,6 +472,9 @@ StepOutcome run_undo_step(const UndoStep& step, UndoEnv& env) {
             return nbd_server_stop(step, env);
         case UndoKind::stop_launched:
             return stop_launched(step, env);
+        case UndoKind::release_lun:
+            return {true, fmt::format("released LUN {} (never written by blockmig: left as it is)",
+                                      step.name)};
     }
     return left(step.name, "unknown step");
 }

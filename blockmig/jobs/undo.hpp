@@ -29,6 +29,10 @@ enum class UndoKind {
     nbd_server_stop,  // name: the server's address (for messages)
     // `migrate --dst-launch` (disk "@launch"), never after the destination ran the guest:
     stop_launched,  // name: its QMP socket; pid: the process (trusted only if its argv names it)
+    // An iSCSI LUN whose claim's create never answered: blockmig never wrote
+    // it, so it is not zeroed (it may hold someone's data); only its
+    // record ends, which releases the claim.
+    release_lun,  // name: the LUN's URL
 };
 std::string_view to_string(UndoKind kind);
 

@@ -7,13 +7,18 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cctype>
 #include <cerrno>
 #include <cstring>
 #include <fstream>
+#include <nlohmann/json.hpp>
+#include <set>
 #include <thread>
 
 #include "jobs/effects.hpp"
+#include "jobs/luns.hpp"
 #include "jobs/names.hpp"
+#include "pools/pools.hpp"
 #include "qmp/address.hpp"
 
 namespace blockmig::migrate {
@@ -178,6 +183,89 @@ std::string pool_type(const std::string& spec, const pools::PoolsConfig& config)
     return path ? "dir" : "";
 }
 
+std::string mib(std::uint64_t bytes) {
+    return fmt::format("{} MiB", (bytes + (1 << 20) - 1) >> 20);
+}
+
+// The URL of the LUN a source disk is on ("" for a file): QEMU names a
+// LUN opened from a URL by that URL, one opened as json:{...} (a raw node
+// with a size over it) by the json, which holds the portal, target and LUN.
+std::string guest_location(const std::string& filename) {
+    if (!filename.starts_with("json:")) return filename;
+    auto j = nlohmann::json::parse(filename.substr(5), nullptr, false);
+    for (int depth = 0; depth < 4 && j.is_object(); ++depth) {
+        if (j.value("driver", "") == "iscsi" && j.contains("lun"))
+            return fmt::format("iscsi://{}/{}/{}", j.value("portal", ""), j.value("target", ""),
+                               j["lun"].is_number() ? j["lun"].dump() : j.value("lun", ""));
+        if (j.contains("filename") && j["filename"].is_string())
+            return j["filename"].get<std::string>();
+        if (!j.contains("file")) break;
+        j = j["file"];
+    }
+    return filename;
+}
+
+// A user-given LUN: "lun3" or "3".
+std::string lun_name(const std::string& volume) {
+    return !volume.empty() && std::all_of(volume.begin(), volume.end(), ::isdigit) ? "lun" + volume
+                                                                                   : volume;
+}
+
+// --dst-vol DEV=LUN in an iSCSI pool: refused here unless the LUN exists,
+// is large enough, is no disk of the source guest and no journal holds it
+// (whether it holds data the pool's create() checks, under the claim).
+Result<void> check_named_lun(pools::Pool& pool, const LaunchVolume& v,
+                             const std::vector<std::string>& guest,
+                             const std::set<std::string>& held) {
+    const std::string& name = v.names.front();
+    auto info = pool.stat(name);
+    if (!info)
+        return fail(info.error().with_context(fmt::format("--dst-vol {}={}", v.device, name)));
+    const std::string url = pool.url_of(name);
+    if (info->virtual_size < v.size)
+        return fail(ErrorCode::no_space,
+                    fmt::format("--dst-vol {}={}: LUN {} is too small: {} for a disk of {}",
+                                v.device, name, url, mib(info->virtual_size), mib(v.size)));
+    for (const auto& location : guest)
+        if (!location.empty() && jobs::lun_tail(location) == jobs::lun_tail(url))
+            return fail(ErrorCode::invalid_argument,
+                        fmt::format("--dst-vol {}={}: LUN {} is a disk of the source guest",
+                                    v.device, name, url));
+    if (held.contains(url))
+        return fail(ErrorCode::already_exists,
+                    fmt::format("--dst-vol {}={}: LUN {} is claimed by another job (see "
+                                "`blockmig jobs`)",
+                                v.device, name, url));
+    return {};
+}
+
+// Every disk without a --dst-vol gets its own free LUN: the smallest one
+// not already planned for another disk; the others stay candidates in case
+// a concurrent run claims it first.
+Result<void> choose_luns(LaunchPlan& plan, const std::vector<std::string>& guest,
+                         const std::set<std::string>& held) {
+    std::set<std::string> planned;
+    for (const auto& v : plan.volumes)
+        if (!v.names.empty()) planned.insert(v.names.front());
+    for (auto& v : plan.volumes) {
+        if (!v.names.empty()) continue;
+        auto candidates = jobs::lun_candidates(*plan.pool, guest, held, v.size);
+        if (!candidates) return fail(candidates.error().with_context("--dst-pool"));
+        std::vector<std::string> free;
+        for (const auto& c : *candidates)
+            if (!planned.contains(c)) free.push_back(c);
+        if (free.empty())
+            return fail(ErrorCode::no_space,
+                        fmt::format("--dst-pool {}: no free LUN of at least {} for disk {} (every "
+                                    "other LUN is smaller, the source guest's or another job's{})",
+                                    plan.pool->url(), mib(v.size), v.device,
+                                    planned.empty() ? "" : ", or planned for another disk"));
+        planned.insert(free.front());
+        v.names = std::move(free);
+    }
+    return {};
+}
+
 }  // namespace
 
 Result<void> check_launch(const std::vector<std::string>& argv,
@@ -333,29 +421,120 @@ std::optional<bool> incoming_exit_on_error(const qmp::Features& destination, boo
     return false;
 }
 
+Result<std::pair<std::string, std::string>> parse_dst_vol(std::string_view text) {
+    const auto eq = text.find('=');
+    if (eq == std::string_view::npos || eq == 0 || eq + 1 == text.size())
+        return fail(ErrorCode::invalid_argument,
+                    fmt::format("--dst-vol {}: expected DEV=VOLUME", text));
+    return std::pair{std::string(text.substr(0, eq)), std::string(text.substr(eq + 1))};
+}
+
+std::string volume_location(const pools::Pool& pool, const pools::VolumeInfo& volume,
+                            std::uint64_t disk_size) {
+    const std::string url = pool.url_of(volume.name);
+    if (pool.type() != "iscsi" || volume.virtual_size == disk_size) return url;
+    // QEMU's raw "size" shows the guest exactly its disk's size (what the
+    // migration's pre-flight and the mirror need), as move does on a LUN.
+    // The iscsi node is spelled out: QEMU reads a URL as a protocol only in
+    // a top-level filename, {"filename": URL} inside json: opens a file.
+    // iscsi://PORTAL/IQN/N (no credentials: plan_volumes refuses them).
+    const std::string rest = url.substr(url.find("://") + 3);
+    const auto slash = rest.find('/'), last = rest.rfind('/');
+    const nlohmann::json file{{"driver", "iscsi"},
+                              {"transport", "tcp"},
+                              {"portal", rest.substr(0, slash)},
+                              {"target", rest.substr(slash + 1, last - slash - 1)},
+                              {"lun", std::stoi(rest.substr(last + 1))}};
+    const nlohmann::json j{{"driver", "raw"}, {"size", disk_size}, {"file", file}};
+    std::string out = "json:";
+    for (char c : j.dump()) out += c == ',' ? std::string(",,") : std::string(1, c);
+    return out;
+}
+
+Result<LaunchPlan> plan_launch(const DestinationLaunch& launch, const SideFacts& src,
+                               const fs::path& jobs_dir) {
+    std::vector<std::string> devices;
+    for (const auto& d : src.disks) devices.push_back(d.device);
+    for (const auto& [dev, vol] : launch.volumes)
+        if (std::find(devices.begin(), devices.end(), dev) == devices.end())
+            return fail(ErrorCode::invalid_argument,
+                        fmt::format("--dst-vol {}={}: the source has no disk {} (it has: {})", dev,
+                                    vol, dev, fmt::join(devices, ", ")));
+    auto pool = pools::open_pool(launch.pool, launch.config);
+    if (!pool) return fail(pool.error().with_context("--dst-pool " + launch.pool));
+    auto held = jobs::claimed_by_journals(jobs_dir);
+    if (!held) return fail(held.error());
+    return plan_volumes(std::move(*pool), launch, src, *held);
+}
+
+Result<LaunchPlan> plan_volumes(std::unique_ptr<pools::Pool> pool, const DestinationLaunch& launch,
+                                const SideFacts& src, const std::set<std::string>& held) {
+    std::vector<std::string> guest;
+    for (const auto& d : src.disks) guest.push_back(guest_location(d.filename));
+    LaunchPlan plan;
+    plan.pool = std::move(pool);
+    plan.iscsi = plan.pool->type() == "iscsi";
+    // CHAP: QEMU would need the password in its argv (or a secret file
+    // blockmig has no way yet to hand a launched QEMU).
+    if (plan.iscsi && plan.pool->url().find('@') != std::string::npos)
+        return fail(ErrorCode::invalid_argument,
+                    fmt::format("--dst-pool {}: an iSCSI pool with CHAP credentials cannot be "
+                                "used with --dst-launch yet (the secret would be in the QEMU's "
+                                "command line)",
+                                plan.pool->url()));
+    std::set<std::string> named;
+    for (const auto& d : src.disks) {
+        LaunchVolume v{.device = d.device, .size = d.size};
+        if (auto it = launch.volumes.find(d.device); it != launch.volumes.end()) {
+            const std::string name = plan.iscsi ? lun_name(it->second) : it->second;
+            if (!named.insert(plan.pool->url_of(name)).second)
+                return fail(ErrorCode::invalid_argument,
+                            fmt::format("--dst-vol {}={}: two disks would land on {}", d.device,
+                                        it->second, plan.pool->url_of(name)));
+            v.names = {name};
+        }
+        plan.volumes.push_back(std::move(v));
+    }
+    for (const auto& v : plan.volumes) {
+        if (v.names.empty()) continue;
+        if (plan.iscsi) {
+            if (auto r = check_named_lun(*plan.pool, v, guest, held); !r) return fail(r.error());
+        } else if (plan.pool->stat(v.names.front())) {
+            return fail(ErrorCode::already_exists,
+                        fmt::format("--dst-vol {}={}: {} already exists", v.device, v.names.front(),
+                                    plan.pool->url_of(v.names.front())));
+        }
+    }
+    if (plan.iscsi)
+        if (auto r = choose_luns(plan, guest, held); !r) return fail(r.error());
+    return plan;
+}
+
 Result<std::unique_ptr<qmp::Client>> launch_destination(jobs::Journal& journal,
                                                         const DestinationLaunch& launch,
-                                                        const SideFacts& src,
-                                                        const fs::path& state_dir,
+                                                        LaunchPlan& plan, const fs::path& state_dir,
                                                         qmp::Milliseconds qmp_timeout) {
     const std::string job = journal.job().id;
     const LaunchQmp qmp = launch_qmp(launch, state_dir, job);
     if (auto ok = check_launch_target(launch); !ok) return fail(ok.error());
     if (qmp.remote)
         if (auto ok = check_remote_free(qmp, qmp_timeout); !ok) return fail(ok.error());
-    auto pool = pools::open_pool(launch.pool, launch.config);
-    if (!pool) return fail(pool.error().with_context("--dst-pool " + launch.pool));
     jobs::UndoEnv env{.step_timeout = qmp_timeout};
     jobs::Effects effects(journal, env);
+    auto& pool = *plan.pool;
     std::map<std::string, std::string> volumes;
-    for (const auto& d : src.disks) {
-        const std::string name = fmt::format("{}-{}.raw", job, jobs::device_tag(d.device));
-        auto made =
-            effects.create_volume(k_launched, **pool, name, d.size, pools::ImageFormat::raw);
+    for (const auto& v : plan.volumes) {
+        const auto names =
+            v.names.empty() ? std::vector{fmt::format("{}-{}.raw", job, jobs::device_tag(v.device))}
+                            : v.names;
+        auto made = jobs::claim_and_create(effects, k_launched, pool, names, state_dir, v.size,
+                                           pools::ImageFormat::raw, "disk " + v.device);
         if (!made)
-            return fail(made.error().with_context(
-                fmt::format("disk {}: create {} in {}", d.device, name, (*pool)->url())));
-        volumes[d.device] = (*pool)->url_of(made->name);
+            return fail(made.error().with_context(fmt::format(
+                "disk {}: {} {} in {}", v.device, plan.iscsi ? "claim" : "create",
+                names.size() == 1 ? names.front() : std::string("a free LUN"), pool.url())));
+        volumes[v.device] = volume_location(pool, made->info, v.size);
+        plan.claims.push_back(std::move(made->claim));
     }
     auto argv = launch_command(launch, qmp, volumes);
     if (!argv) return fail(argv.error());

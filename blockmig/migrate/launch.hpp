@@ -19,6 +19,18 @@
 // transport. CMD may end once its QEMU detached (-daemonize): ssh's exit
 // status 0 is not a failure then.
 //
+// Each disk's volume is decided before the journal exists (plan_launch):
+// `--dst-vol DEV=VOLUME` names it, else a dir or NFS pool gets a new
+// <job>-<dev>.raw and an iSCSI pool (whose LUNs exist and are never created
+// or deleted) its smallest free LUN of at least the disk's size (jobs/luns.hpp:
+// all zero, no disk of the source guest, held by no journal), claimed
+// (jobs/claims.hpp) while blockmig runs. `{vol:DEV}` of a LUN is its
+// iscsi:// URL, which QEMU's iscsi driver opens; a LUN larger than the disk
+// is handed over as json:{raw, size, file: its iscsi node} so the destination's
+// disk has exactly the source's size, its commas doubled for a -drive
+// file= value. A pool with CHAP credentials is refused: they would be in
+// the QEMU's argv.
+//
 // Volumes and the process are journaled under disk k_launched before they
 // exist. They are undone only when the migration is undone (settle.hpp:
 // the process stopped — its pid trusted only while its argv names the
@@ -32,12 +44,15 @@
 #include <map>
 #include <memory>
 #include <optional>
+#include <set>
 #include <string>
 #include <string_view>
 #include <vector>
 
 #include "blockmig/migrate.hpp"
+#include "jobs/claims.hpp"
 #include "jobs/journal.hpp"
+#include "pools/pool.hpp"
 #include "preflight.hpp"
 #include "qmp/client.hpp"
 #include "qmp/features.hpp"
@@ -92,6 +107,46 @@ Result<std::vector<std::string>> launch_command(const DestinationLaunch& launch,
                                                 const LaunchQmp& qmp,
                                                 const std::map<std::string, std::string>& volumes);
 
+// One disk's destination volume, decided before anything is made.
+struct LaunchVolume {
+    std::string device;
+    std::uint64_t size = 0;  // the source disk's
+    // The volume to create, or the LUN candidates in order of preference;
+    // empty: <job>-<dev>.raw (named once the job is).
+    std::vector<std::string> names;
+};
+
+struct LaunchPlan {
+    std::unique_ptr<pools::Pool> pool;
+    bool iscsi = false;
+    std::vector<LaunchVolume> volumes;
+    // The claims of the volumes made: held until the run ends.
+    std::vector<jobs::TargetClaim> claims;
+};
+
+// The pre-flight of the destination's volumes: the pool opened, every
+// --dst-vol checked, and in an iSCSI pool a LUN found for every disk (one
+// each), all before any side effect. invalid_argument for a --dst-vol of a
+// disk the source lacks, one volume named twice, a LUN of the source guest,
+// a pool with credentials; no_space for a LUN smaller than its disk or no
+// free LUN left; already_exists for a LUN an unfinished job holds or a
+// dir / NFS volume that exists. `jobs_dir`: where claims and journals are.
+Result<LaunchPlan> plan_launch(const DestinationLaunch& launch, const SideFacts& src,
+                               const std::filesystem::path& jobs_dir);
+// The same with the pool opened and `held` = jobs::claimed_by_journals()
+// (the seam unit tests use). --dst-vol's disks are checked by plan_launch.
+Result<LaunchPlan> plan_volumes(std::unique_ptr<pools::Pool> pool, const DestinationLaunch& launch,
+                                const SideFacts& src, const std::set<std::string>& held);
+
+// Pure: what `{vol:DEV}` becomes for a volume of `pool` holding `volume`
+// for a disk of `disk_size` bytes: its path or URL, or for a larger LUN
+// the json: form described above.
+std::string volume_location(const pools::Pool& pool, const pools::VolumeInfo& volume,
+                            std::uint64_t disk_size);
+
+// Parses --dst-vol DEV=VOLUME. invalid_argument when either side is empty.
+Result<std::pair<std::string, std::string>> parse_dst_vol(std::string_view text);
+
 // Creates the volumes, starts CMD, waits (at most launch.start_timeout) for
 // its QMP socket and connects. Errors name what failed (the pool, the
 // program, or CMD's exit with the end of its log); whatever was made is in
@@ -107,7 +162,7 @@ std::optional<bool> incoming_exit_on_error(const qmp::Features& destination, boo
 
 Result<std::unique_ptr<qmp::Client>> launch_destination(jobs::Journal& journal,
                                                         const DestinationLaunch& launch,
-                                                        const SideFacts& src,
+                                                        LaunchPlan& plan,
                                                         const std::filesystem::path& state_dir,
                                                         qmp::Milliseconds qmp_timeout);
 

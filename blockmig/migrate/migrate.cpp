@@ -103,6 +103,11 @@ class Run {
         std::vector<std::string> disks;
         for (const auto& d : src->disks) disks.push_back(d.device);
         if (auto r = migrate::check_launch(m_o.launch->argv, disks); !r) return fail(r.error());
+        // The volumes (an iSCSI pool's LUNs) are chosen before the job
+        // exists: a refusal leaves nothing behind, not even a journal.
+        auto plan = migrate::plan_launch(*m_o.launch, *src, jobs_dir());
+        if (!plan) return fail(plan.error());
+        m_launch_plan.emplace(std::move(*plan));
         migrate::SideFacts unknown;
         if (auto r = open_journal(*src, unknown); !r) return fail(r.error());
         announce_job();
@@ -114,8 +119,8 @@ class Run {
         m_progress.event("phase", {{"phase", "launch"}},
                          fmt::format("creating the destination's volumes in {} and starting it",
                                      m_o.launch->pool));
-        auto client =
-            migrate::launch_destination(*m_journal, *m_o.launch, *src, jobs_dir(), m_o.qmp_timeout);
+        auto client = migrate::launch_destination(*m_journal, *m_o.launch, *m_launch_plan,
+                                                  jobs_dir(), m_o.qmp_timeout);
         if (!client) return failed(Failure{"launch", client.error().message});
         m_launched = std::move(*client);
         m_dst = m_launched.get();
@@ -809,6 +814,7 @@ class Run {
     qmp::Client& m_src;
     qmp::Client* m_dst;
     std::unique_ptr<qmp::Client> m_launched;  // the destination's QMP, when blockmig started it
+    std::optional<migrate::LaunchPlan> m_launch_plan;  // its volumes and their claims
     const MigrateOptions& m_o;
     // Passes everything on to the caller's sink and keeps the time series.
     migrate::TimelineRecorder m_recorder;

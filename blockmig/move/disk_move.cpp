@@ -8,6 +8,7 @@
 #include <fstream>
 #include <thread>
 
+#include "jobs/luns.hpp"
 #include "jobs/recover.hpp"
 #include "pools/image_format.hpp"
 #include "pools/pools.hpp"
@@ -176,30 +177,13 @@ Result<void> DiskMove::create_target() {
 Result<void> DiskMove::create_volume() {
     std::vector<std::string> names =
         m_plan.volume.empty() ? m_plan.candidates : std::vector<std::string>{m_plan.volume};
-    Error last{ErrorCode::no_space,
-               fmt::format("{}: no unused volume of at least {} MiB in {}", m_source.id,
-                           m_source.virtual_size >> 20, m_plan.pool->url())};
-    for (const auto& name : names) {
-        auto claim = jobs::TargetClaim::take(m_jobs_dir, m_plan.pool->url_of(name));
-        if (!claim) {
-            last = claim.error();
-            if (claim.error().code == ErrorCode::already_exists) continue;
-            break;
-        }
-        auto created = m_effects->create_volume(m_source.id, *m_plan.pool, name,
-                                                m_source.virtual_size, m_plan.format);
-        if (created) {
-            m_plan.volume = created->name;
-            m_plan.volume_size = created->virtual_size;
-            m_claim = std::move(*claim);
-            return {};
-        }
-        last = created.error();
-        if (created.error().code != ErrorCode::already_exists &&
-            created.error().code != ErrorCode::no_space)
-            break;
-    }
-    return fail(last.with_context("create target volume"));
+    auto made = jobs::claim_and_create(*m_effects, m_source.id, *m_plan.pool, names, m_jobs_dir,
+                                       m_source.virtual_size, m_plan.format, m_source.id);
+    if (!made) return fail(made.error().with_context("create target volume"));
+    m_plan.volume = made->info.name;
+    m_plan.volume_size = made->info.virtual_size;
+    m_claim = std::move(made->claim);
+    return {};
 }
 
 Result<void> DiskMove::attach_target() {

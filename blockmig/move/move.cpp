@@ -14,6 +14,7 @@
 #include "jobs/claims.hpp"
 #include "jobs/guest.hpp"
 #include "jobs/journal.hpp"
+#include "jobs/luns.hpp"
 #include "jobs/recover.hpp"
 #include "mirror/group.hpp"
 #include "pools/pools.hpp"
@@ -31,14 +32,6 @@ bool has_image_extension(std::string_view spec) {
     for (std::string_view ext : {".qcow2", ".raw", ".img", ".vmdk"})
         if (spec.ends_with(ext)) return true;
     return false;
-}
-
-// iscsi://host[:port]/iqn/N names a LUN (a volume); iscsi://host[:port]/iqn a pool.
-bool is_iscsi_lun(std::string_view spec) {
-    if (!spec.starts_with("iscsi://")) return false;
-    auto last = spec.substr(spec.rfind('/') + 1);
-    auto slashes = std::count(spec.begin() + 8, spec.end(), '/');
-    return slashes >= 2 && !last.empty() && std::all_of(last.begin(), last.end(), ::isdigit);
 }
 
 // "pool:name" with a named pool (not a URL scheme, not a path).
@@ -65,7 +58,7 @@ Result<TargetPlan> plan_target(const SourceDisk& source, std::string_view spec,
     if (spec.empty())
         return fail(ErrorCode::invalid_argument,
                     fmt::format("{}: no --to target given", source.id));
-    if (is_named_volume(spec) || is_iscsi_lun(spec) || has_image_extension(spec)) {
+    if (is_named_volume(spec) || jobs::is_iscsi_lun(spec) || has_image_extension(spec)) {
         auto ref = options.pool_opener.resolve_volume(spec);
         if (!ref) return fail(ref.error());
         plan.pool = std::move(ref->pool);
@@ -232,37 +225,6 @@ Result<bool> images_equal(const std::string& a, std::string_view a_format, const
                 fmt::format("verify: qemu-img compare {} {} failed (exit {})", a, b, code));
 }
 
-// "iscsi://host:port/iqn/3" -> "iqn/3": the same LUN however the portal is written.
-std::string lun_tail(std::string_view url) {
-    auto scheme = url.find("://");
-    if (scheme == std::string_view::npos) return std::string(url);
-    auto slash = url.find('/', scheme + 3);
-    return slash == std::string_view::npos ? std::string(url) : std::string(url.substr(slash + 1));
-}
-
-// Unused-looking LUNs of an iSCSI pool for one disk, smallest first: never
-// one the guest itself uses, never one an unfinished journal holds. The
-// pool's create() checks "unused" and a claim keeps the disks of this run
-// (and other runs) apart.
-Result<std::vector<std::string>> lun_candidates(pools::Pool& pool,
-                                                const std::vector<SourceDisk>& guest_disks,
-                                                const std::set<std::string>& held) {
-    auto volumes = pool.list_volumes();
-    if (!volumes) return fail(volumes.error().with_context(fmt::format("list {}", pool.url())));
-    std::stable_sort(volumes->begin(), volumes->end(),
-                     [](auto& a, auto& b) { return a.virtual_size < b.virtual_size; });
-    std::vector<std::string> out;
-    for (const auto& v : *volumes) {
-        const std::string url = pool.url_of(v.name);
-        if (held.contains(url)) continue;
-        const bool guests = std::any_of(guest_disks.begin(), guest_disks.end(), [&](auto& d) {
-            return !d.location.empty() && lun_tail(d.location) == lun_tail(url);
-        });
-        if (!guests) out.push_back(v.name);
-    }
-    return out;
-}
-
 class MoveRun {
   public:
     MoveRun(qmp::Client& client, const MoveOptions& options, ProgressSink& progress,
@@ -414,7 +376,11 @@ class MoveRun {
             m_held = std::move(*held);
         }
         if (plan.pool->type() == "iscsi" && plan.volume.empty()) {
-            auto candidates = lun_candidates(*plan.pool, guest_disks, *m_held);
+            // The pool's create() checks "unused"; a claim keeps the disks of
+            // this run (and other runs) apart.
+            std::vector<std::string> locations;
+            for (const auto& d : guest_disks) locations.push_back(d.location);
+            auto candidates = jobs::lun_candidates(*plan.pool, locations, *m_held);
             if (!candidates) return fail(candidates.error().with_context(source.id));
             plan.candidates = std::move(*candidates);
             return {};

@@ -3,6 +3,7 @@
 
 #include <fstream>
 
+#include "jobs/claims.hpp"
 #include "jobs/guest.hpp"
 #include "jobs/journal.hpp"
 #include "jobs/names.hpp"
@@ -134,7 +135,7 @@ TEST_F(JournalTest, AGuestTheJobPausedNeedsRecoveryUntilResumed) {
 
 TEST_F(JournalTest, EveryUndoStepKindRoundTrips) {
     for (auto kind : {UndoKind::remove_volume, UndoKind::object_del, UndoKind::blockdev_del,
-                      UndoKind::stop_daemon, UndoKind::cancel_job}) {
+                      UndoKind::stop_daemon, UndoKind::cancel_job, UndoKind::release_lun}) {
         UndoStep s{.kind = kind, .disk = "d", .name = "n", .pid = 9, .socket = "/s", .seq = 4};
         auto back = undo_step_from_json(to_json(s));
         ASSERT_TRUE(back);
@@ -164,6 +165,44 @@ TEST_F(JournalTest, UndoPlanIsNewestFirstAndSkipsWhatWasUndone) {
     EXPECT_EQ((*plan)[1].kind, UndoKind::blockdev_del);
     EXPECT_EQ((*plan)[1].name, "p");
     EXPECT_EQ((*plan)[2].kind, UndoKind::remove_volume);
+}
+
+TEST_F(JournalTest, ALunWhoseCreateNeverAnsweredIsReleasedNotZeroed) {
+    auto j = Journal::create(dir, sample());
+    ASSERT_TRUE(j);
+    auto add = [&](std::string disk, std::string name, RecordState s) {
+        auto seq = j->intend({.disk = disk, .effect = EffectKind::volume_created, .name = name});
+        ASSERT_TRUE(seq);
+        if (s != RecordState::intent) {
+            ASSERT_TRUE(j->outcome(*seq, s));
+        }
+    };
+    add("a", "iscsi://10.0.0.9:3260/iqn.2024-01.test:t/1", RecordState::intent);
+    add("b", "iscsi://10.0.0.9:3260/iqn.2024-01.test:t/2", RecordState::done);
+    add("c", "/pool/v", RecordState::intent);
+    auto kind_of = [&](const std::string& disk) {
+        auto plan = undo_plan(j->job(), disk);
+        EXPECT_TRUE(plan);
+        EXPECT_EQ(plan ? plan->size() : 0u, 1u);
+        return plan && !plan->empty() ? plan->front().kind : UndoKind::blockdev_del;
+    };
+    // Nothing after an unanswered claim ran: nothing of blockmig's is on that LUN.
+    EXPECT_EQ(kind_of("a"), UndoKind::release_lun);
+    // A LUN blockmig took (all zero) and may have written is zeroed back to unused.
+    EXPECT_EQ(kind_of("b"), UndoKind::remove_volume);
+    // A file whose create never answered may exist: it is deleted.
+    EXPECT_EQ(kind_of("c"), UndoKind::remove_volume);
+    UndoEnv env;
+    auto plan = undo_plan(j->job(), "a");
+    ASSERT_TRUE(plan);
+    auto report = run_undo(*j, *plan, env);
+    ASSERT_TRUE(report);
+    EXPECT_TRUE(report->left_behind.empty());
+    auto held = claimed_by_journals(dir);
+    ASSERT_TRUE(held);
+    EXPECT_FALSE(held->contains("iscsi://10.0.0.9:3260/iqn.2024-01.test:t/1"))
+        << "its record ended: the claim is released";
+    EXPECT_TRUE(held->contains("iscsi://10.0.0.9:3260/iqn.2024-01.test:t/2"));
 }
 
 TEST_F(JournalTest, NoBlindUndoOnceCompleteWasSent) {

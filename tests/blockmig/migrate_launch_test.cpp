@@ -1,18 +1,23 @@
 // `migrate --dst-launch` on another host (migrate/launch.hpp): where the
 // remote command starts in an ssh argv, how its words are quoted for the
 // remote shell (checked against the real sh and bash), and which
-// combinations are refused before anything is made.
+// combinations are refused before anything is made; the destination's
+// volumes (--dst-vol, an iSCSI pool's LUNs) chosen before anything is made.
 #include <fcntl.h>
+#include <fmt/core.h>
 #include <gtest/gtest.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <map>
+#include <nlohmann/json.hpp>
 #include <optional>
 #include <string>
 #include <vector>
 
 #include "blockmig/migrate.hpp"
 #include "migrate/launch.hpp"
+#include "pools/pools.hpp"
 
 using namespace blockmig;
 
@@ -226,4 +231,226 @@ TEST(IncomingExitOnError, QemusDefaultWithoutTheArgumentOrForAUsersQemu) {
     EXPECT_EQ(migrate::incoming_exit_on_error(incoming_schema(false), true), std::nullopt);
     // A QEMU the user started keeps exiting by itself: blockmig never stops it.
     EXPECT_EQ(migrate::incoming_exit_on_error(incoming_schema(true), false), std::nullopt);
+}
+
+// ---- the destination's volumes: --dst-vol and an iSCSI pool's LUNs --------
+
+namespace {
+
+constexpr std::uint64_t k_mib = 1 << 20;
+constexpr const char* k_target = "iscsi://10.0.0.9:3260/iqn.2024-01.test:t";
+
+// An iSCSI pool as plan_volumes sees it: LUNs "lun<N>" (here in memory),
+// their URLs iscsi://PORTAL/IQN/N as IscsiPool forms them.
+class FakeIscsiPool : public pools::PoolWrapper {
+  public:
+    explicit FakeIscsiPool(std::string url = k_target)
+        : PoolWrapper(pools::make_mem_pool(1ull << 40)), m_url(std::move(url)) {}
+    std::string_view type() const override { return "iscsi"; }
+    std::string url() const override { return m_url; }
+    std::string url_of(std::string_view name) const override {
+        return fmt::format("{}/{}", m_url, name.substr(name.starts_with("lun") ? 3 : 0));
+    }
+
+  private:
+    std::string m_url;
+};
+
+std::unique_ptr<pools::Pool> luns(std::vector<std::uint64_t> mib_sizes,
+                                  std::string url = k_target) {
+    auto pool = std::make_unique<FakeIscsiPool>(std::move(url));
+    for (std::size_t i = 0; i < mib_sizes.size(); ++i)
+        EXPECT_TRUE(pool->create(fmt::format("lun{}", i + 1), mib_sizes[i] * k_mib,
+                                 pools::ImageFormat::raw));
+    return pool;
+}
+
+migrate::SideFacts guest(std::vector<std::pair<std::string, std::string>> disks,
+                         std::uint64_t mib = 64) {
+    migrate::SideFacts facts;
+    for (auto& [dev, filename] : disks)
+        facts.disks.push_back({.device = dev, .filename = filename, .size = mib * k_mib});
+    return facts;
+}
+
+DestinationLaunch launch_with(std::map<std::string, std::string> volumes = {}) {
+    return DestinationLaunch{.pool = k_target, .volumes = std::move(volumes)};
+}
+
+std::string first_choice(const migrate::LaunchPlan& plan, std::size_t disk) {
+    return plan.volumes.at(disk).names.empty() ? "" : plan.volumes.at(disk).names.front();
+}
+
+}  // namespace
+
+TEST(LaunchLuns, EachDiskGetsTheSmallestFreeLunOfAtLeastItsSize) {
+    auto plan = migrate::plan_volumes(luns({32, 128, 64}), launch_with(),
+                                      guest({{"vda", "/img/a.raw"}}), {});
+    ASSERT_TRUE(plan) << plan.error().message;
+    EXPECT_TRUE(plan->iscsi);
+    EXPECT_EQ(plan->volumes[0].names, (std::vector<std::string>{"lun3", "lun2"}))
+        << "lun1 (32 MiB) is too small; 64 MiB before 128 MiB";
+}
+
+TEST(LaunchLuns, TwoDisksGetTwoLuns) {
+    auto plan = migrate::plan_volumes(luns({64, 64}), launch_with(),
+                                      guest({{"vda", "/img/a.raw"}, {"vdb", "/img/b.raw"}}), {});
+    ASSERT_TRUE(plan) << plan.error().message;
+    EXPECT_EQ(first_choice(*plan, 0), "lun1");
+    EXPECT_EQ(first_choice(*plan, 1), "lun2");
+}
+
+TEST(LaunchLuns, TheSourceGuestsLunsAndHeldOnesAreNeverChosen) {
+    // The guest names lun1 by another spelling of the portal, and as json:.
+    const std::string json_lun2 =
+        R"(json:{"driver":"raw","size":1,"file":{"driver":"iscsi","portal":"10.0.0.9",)"
+        R"("target":"iqn.2024-01.test:t","lun":2}})";
+    auto plan = migrate::plan_volumes(
+        luns({64, 64, 64, 64, 64}), launch_with(),
+        guest({{"vda", "iscsi://san.example:3260/iqn.2024-01.test:t/1"}, {"vdb", json_lun2}}),
+        {std::string(k_target) + "/3"});
+    ASSERT_TRUE(plan) << plan.error().message;
+    EXPECT_EQ(plan->volumes[0].names, (std::vector<std::string>{"lun4", "lun5"}));
+    EXPECT_EQ(plan->volumes[1].names, std::vector<std::string>{"lun5"});
+    // Without lun4 and lun5 nothing is left.
+    auto none = migrate::plan_volumes(
+        luns({64, 64, 64}), launch_with(),
+        guest({{"vda", "iscsi://san.example:3260/iqn.2024-01.test:t/1"}, {"vdb", json_lun2}}),
+        {std::string(k_target) + "/3"});
+    ASSERT_FALSE(none);
+    EXPECT_EQ(none.error().code, ErrorCode::no_space);
+    EXPECT_NE(none.error().message.find("no free LUN of at least 64 MiB for disk vda"),
+              std::string::npos)
+        << none.error().message;
+}
+
+TEST(LaunchLuns, NoFreeLunIsRefused) {
+    auto plan = migrate::plan_volumes(luns({32}), launch_with(), guest({{"vda", "/a.raw"}}), {});
+    ASSERT_FALSE(plan);
+    EXPECT_EQ(plan.error().code, ErrorCode::no_space);
+    EXPECT_NE(plan.error().message.find("no free LUN"), std::string::npos) << plan.error().message;
+}
+
+TEST(LaunchLuns, ANamedLunIsTakenAsGivenWhenItFits) {
+    auto plan = migrate::plan_volumes(luns({64, 128}), launch_with({{"vda", "2"}}),
+                                      guest({{"vda", "/a.raw"}, {"vdb", "/b.raw"}}), {});
+    ASSERT_TRUE(plan) << plan.error().message;
+    EXPECT_EQ(plan->volumes[0].names, std::vector<std::string>{"lun2"});
+    EXPECT_EQ(plan->volumes[1].names, std::vector<std::string>{"lun1"})
+        << "the other disk gets the LUN vda did not name";
+}
+
+TEST(LaunchLuns, ANamedLunTooSmallIsRefused) {
+    auto plan = migrate::plan_volumes(luns({32, 64}), launch_with({{"vda", "lun1"}}),
+                                      guest({{"vda", "/a.raw"}}), {});
+    ASSERT_FALSE(plan);
+    EXPECT_EQ(plan.error().code, ErrorCode::no_space);
+    EXPECT_NE(plan.error().message.find("--dst-vol vda=lun1: LUN " + std::string(k_target) +
+                                        "/1 is too small: 32 MiB for a disk of 64 MiB"),
+              std::string::npos)
+        << plan.error().message;
+}
+
+TEST(LaunchLuns, ANamedLunOfTheSourceGuestIsRefused) {
+    auto plan =
+        migrate::plan_volumes(luns({64, 64}), launch_with({{"vdb", "lun1"}}),
+                              guest({{"vda", std::string(k_target) + "/1"}, {"vdb", "/b"}}), {});
+    ASSERT_FALSE(plan);
+    EXPECT_EQ(plan.error().code, ErrorCode::invalid_argument);
+    EXPECT_NE(plan.error().message.find("is a disk of the source guest"), std::string::npos)
+        << plan.error().message;
+}
+
+TEST(LaunchLuns, ANamedLunAnotherJobHoldsIsRefused) {
+    auto plan = migrate::plan_volumes(luns({64, 64}), launch_with({{"vda", "lun2"}}),
+                                      guest({{"vda", "/a.raw"}}), {std::string(k_target) + "/2"});
+    ASSERT_FALSE(plan);
+    EXPECT_EQ(plan.error().code, ErrorCode::already_exists);
+    EXPECT_NE(plan.error().message.find("claimed by another job"), std::string::npos)
+        << plan.error().message;
+}
+
+TEST(LaunchLuns, AMissingLunOrOneNamedTwiceIsRefused) {
+    auto missing = migrate::plan_volumes(luns({64}), launch_with({{"vda", "lun7"}}),
+                                         guest({{"vda", "/a.raw"}}), {});
+    ASSERT_FALSE(missing);
+    EXPECT_NE(missing.error().message.find("--dst-vol vda=lun7"), std::string::npos)
+        << missing.error().message;
+    auto twice = migrate::plan_volumes(luns({64}), launch_with({{"vda", "1"}, {"vdb", "lun1"}}),
+                                       guest({{"vda", "/a.raw"}, {"vdb", "/b.raw"}}), {});
+    ASSERT_FALSE(twice);
+    EXPECT_NE(twice.error().message.find("two disks would land on"), std::string::npos)
+        << twice.error().message;
+}
+
+TEST(LaunchLuns, APoolWithCredentialsIsRefused) {
+    auto plan = migrate::plan_volumes(luns({64}, "iscsi://admin@10.0.0.9:3260/iqn.2024-01.test:t"),
+                                      launch_with(), guest({{"vda", "/a.raw"}}), {});
+    ASSERT_FALSE(plan);
+    EXPECT_EQ(plan.error().code, ErrorCode::invalid_argument);
+    EXPECT_NE(plan.error().message.find("CHAP"), std::string::npos) << plan.error().message;
+}
+
+TEST(LaunchVolumes, AFilePoolTakesTheNamedVolumeOrLeavesTheDefault) {
+    auto pool = pools::make_mem_pool(1ull << 30);
+    ASSERT_TRUE(pool->create("taken.raw", k_mib, pools::ImageFormat::raw));
+    auto plan = migrate::plan_volumes(std::move(pool), launch_with({{"vda", "mine.raw"}}),
+                                      guest({{"vda", "/a.raw"}, {"vdb", "/b.raw"}}), {});
+    ASSERT_TRUE(plan) << plan.error().message;
+    EXPECT_FALSE(plan->iscsi);
+    EXPECT_EQ(plan->volumes[0].names, std::vector<std::string>{"mine.raw"});
+    EXPECT_TRUE(plan->volumes[1].names.empty()) << "<job>-<dev>.raw, named once the job is";
+
+    auto again = pools::make_mem_pool(1ull << 30);
+    ASSERT_TRUE(again->create("taken.raw", k_mib, pools::ImageFormat::raw));
+    auto exists = migrate::plan_volumes(std::move(again), launch_with({{"vda", "taken.raw"}}),
+                                        guest({{"vda", "/a.raw"}}), {});
+    ASSERT_FALSE(exists);
+    EXPECT_EQ(exists.error().code, ErrorCode::already_exists);
+}
+
+TEST(LaunchVolumes, ADstVolOfADiskTheSourceLacksIsRefusedBeforeThePoolOpens) {
+    auto plan = migrate::plan_launch(
+        DestinationLaunch{.pool = "nfs://192.0.2.1/nowhere", .volumes = {{"vdz", "x.raw"}}},
+        guest({{"vda", "/a.raw"}}), "/nonexistent");
+    ASSERT_FALSE(plan);
+    EXPECT_EQ(plan.error().message,
+              "--dst-vol vdz=x.raw: the source has no disk vdz (it has: vda)");
+}
+
+TEST(LaunchVolumes, ALunOfTheDisksSizeIsItsUrlALargerOneShowsExactlyTheDisk) {
+    FakeIscsiPool pool;
+    const std::string url = std::string(k_target) + "/2";
+    EXPECT_EQ(
+        migrate::volume_location(pool, {.name = "lun2", .virtual_size = 64 * k_mib}, 64 * k_mib),
+        url);
+    const auto larger =
+        migrate::volume_location(pool, {.name = "lun2", .virtual_size = 128 * k_mib}, 64 * k_mib);
+    ASSERT_TRUE(larger.starts_with("json:")) << larger;
+    // A -drive file= value: QEMU's option parser turns ",," back into ",".
+    std::string text = larger.substr(5);
+    for (auto at = text.find(",,"); at != std::string::npos; at = text.find(",,", at + 1))
+        text.erase(at, 1);
+    auto j = nlohmann::json::parse(text, nullptr, false);
+    ASSERT_FALSE(j.is_discarded()) << larger;
+    // The iscsi node spelled out: inside json: QEMU takes a bare URL for a file name.
+    const nlohmann::json lun{{"driver", "iscsi"},
+                             {"transport", "tcp"},
+                             {"portal", "10.0.0.9:3260"},
+                             {"target", "iqn.2024-01.test:t"},
+                             {"lun", 2}};
+    EXPECT_EQ(j, (nlohmann::json{{"driver", "raw"}, {"size", 64 * k_mib}, {"file", lun}}));
+    auto files = pools::make_mem_pool(1ull << 30);
+    EXPECT_EQ(migrate::volume_location(*files, {.name = "a.raw", .virtual_size = 1}, 64 * k_mib),
+              "mem:a.raw")
+        << "a file's size is the disk's: always its path or URL";
+}
+
+TEST(LaunchVolumes, DstVolIsDevEqualsVolume) {
+    auto v = migrate::parse_dst_vol("vda=lun3");
+    ASSERT_TRUE(v);
+    EXPECT_EQ(v->first, "vda");
+    EXPECT_EQ(v->second, "lun3");
+    for (const char* bad : {"vda", "=lun3", "vda=", ""})
+        EXPECT_FALSE(migrate::parse_dst_vol(bad)) << bad;
 }

@@ -217,14 +217,21 @@ NfsServer::~NfsServer() {
 // ---- iSCSI -----------------------------------------------------------------
 
 IscsiTarget::IscsiTarget(std::uint64_t size, int luns, const std::string& chap_user,
-                         const std::string& chap_password) {
+                         const std::string& chap_password, const std::string& netns,
+                         const std::string& addr)
+    : m_netns(netns), m_addr(addr) {
     m_port = free_tcp_port();
-    std::vector<std::string> argv{script("iscsi.sh"),       "start",
-                                  (m_dir / "tgt").string(), std::to_string(m_port),
-                                  std::to_string(size),     std::to_string(luns)};
+    std::vector<std::string> argv{script("iscsi.sh"),
+                                  "start",
+                                  (m_dir / "tgt").string(),
+                                  std::to_string(m_port),
+                                  std::to_string(size),
+                                  std::to_string(luns),
+                                  m_addr};
     if (!chap_user.empty())
         argv.insert(argv.begin(),
                     {"env", "BLOCKMIG_ISCSI_CHAP=" + chap_user + ":" + chap_password});
+    if (!m_netns.empty()) argv.insert(argv.begin(), {"env", "BLOCKMIG_NETNS=" + m_netns});
     CommandResult r = run(argv);
     if (r.status != 0) die("iSCSI target did not start: " + r.out);
     std::istringstream in(r.out);
@@ -234,13 +241,17 @@ IscsiTarget::IscsiTarget(std::uint64_t size, int luns, const std::string& chap_u
 
 void IscsiTarget::stop() {
     if (!m_running) return;
-    run({script("iscsi.sh"), "stop", (m_dir / "tgt").string()});
+    if (m_netns.empty())
+        run({script("iscsi.sh"), "stop", (m_dir / "tgt").string()});
+    else
+        run({"env", "BLOCKMIG_NETNS=" + m_netns, script("iscsi.sh"), "stop",
+             (m_dir / "tgt").string()});
     m_running = false;
 }
 
 IscsiTarget::~IscsiTarget() { stop(); }
 
-std::string IscsiTarget::portal() const { return "127.0.0.1:" + std::to_string(m_port); }
+std::string IscsiTarget::portal() const { return m_addr + ":" + std::to_string(m_port); }
 std::string IscsiTarget::base_url() const { return "iscsi://" + portal() + "/" + m_iqn; }
 std::string IscsiTarget::lun_url(int lun) const { return base_url() + "/" + std::to_string(lun); }
 fs::path IscsiTarget::backing_file(int lun) const {

@@ -111,13 +111,16 @@ class NfsServer {
 // logging in with that CHAP account and password are admitted.
 class IscsiTarget {
   public:
+    // `netns` + `addr`: the target runs in that network namespace (a lab
+    // host's) and listens on `addr` there (default: 127.0.0.1 of this one).
     IscsiTarget(std::uint64_t size, int luns = 1, const std::string& chap_user = "",
-                const std::string& chap_password = "");
+                const std::string& chap_password = "", const std::string& netns = "",
+                const std::string& addr = "127.0.0.1");
     ~IscsiTarget();
     IscsiTarget(const IscsiTarget&) = delete;
     IscsiTarget& operator=(const IscsiTarget&) = delete;
 
-    std::string portal() const;            // "127.0.0.1:PORT"
+    std::string portal() const;            // "ADDR:PORT"
     std::string base_url() const;          // iscsi://127.0.0.1:PORT/IQN
     std::string lun_url(int lun) const;    // base_url()/lun
     fs::path backing_file(int lun) const;  // the sparse file behind a LUN
@@ -131,6 +134,7 @@ class IscsiTarget {
     int m_port = 0;
     int m_pid = -1;
     std::string m_iqn;
+    std::string m_netns, m_addr;
     bool m_running = false;
 };
 

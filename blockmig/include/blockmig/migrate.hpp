@@ -27,6 +27,7 @@
 #include <chrono>
 #include <cstdint>
 #include <filesystem>
+#include <map>
 #include <optional>
 #include <string>
 #include <vector>
@@ -71,6 +72,9 @@ struct DestinationLaunch {
     // the QEMU runs on HOST (argv is `ssh ... HOST CMD...`), {qmp} = PATH there.
     std::string qmp;
     std::chrono::milliseconds start_timeout{60'000};  // until its QMP answers
+    // --dst-vol DEV=VOLUME: the volume disk DEV gets (dir / NFS: the file
+    // created instead of <job>-<dev>.raw; iSCSI: the LUN, "lun<N>" or N).
+    std::map<std::string, std::string> volumes;
 };
 
 struct MigrateOptions {
