@@ -124,6 +124,13 @@ class Run {
         if (!client) return failed(Failure{"launch", client.error().message});
         m_launched = std::move(*client);
         m_dst = m_launched.get();
+        // Which volume (which LUN) each disk got: claims are in disk order.
+        for (std::size_t i = 0; i < m_launch_plan->claims.size(); ++i) {
+            const auto& disk = m_launch_plan->volumes.at(i).device;
+            const auto& volume = m_launch_plan->claims[i].url();
+            m_progress.event("volume", {{"disk", disk}, {"volume", volume}},
+                             fmt::format("{}: destination volume {}", disk, volume));
+        }
         auto dst = migrate::gather(*m_dst, socket, "destination", m_o.qmp_timeout);
         if (!dst) return failed(Failure{"launch", dst.error().message});
         if (auto r = migrate::check(*src, *dst, m_o.copy_storage, m_o.unsafe); !r)

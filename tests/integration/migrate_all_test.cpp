@@ -20,9 +20,10 @@
 //   volume and starts B's QEMU; on success the guest runs there and every
 //   block the source acknowledged is on the new volume; when the launched
 //   QEMU is refused (another memory size) it is stopped and the volume
-//   deleted; when the RAM phase is cancelled (its incoming migration fails)
-//   it is stopped too and nothing is left behind (QEMU >= 9.1: told to
-//   stay up, exit-on-error false, until blockmig stops it);
+//   deleted; --dst-vol names the volume instead of <job>-<dev>.raw; when
+//   the RAM phase is cancelled (its incoming migration fails) it is stopped
+//   too and nothing is left behind (QEMU >= 9.1: told to stay up,
+//   exit-on-error false, until blockmig stops it);
 // - the same, blockmig SIGKILLed while the RAM moves and nobody runs
 //   `recover`: the guardian it started recovers the job by itself (the guest
 //   runs on A again, B's volume and QEMU are gone, every block verifies).
@@ -472,6 +473,26 @@ TEST_F(MigrateLaunch, BlockmigMakesTheDestinationAndTheGuestRunsThere) {
     // Every block the source acknowledged is on the new volume.
     qmp_at(socket, "stop");
     auto v = blockmig::lab::verify_raw(volume, k_blocks, ack);
+    EXPECT_TRUE(v.intact()) << v.output;
+    blockmig_cli({"qmp", socket.string(), "quit"});
+}
+
+TEST_F(MigrateLaunch, DstVolNamesTheVolumeBlockmigMakes) {
+    auto args = launch_args({});
+    args.insert(std::find(args.begin(), args.end(), "--dst-launch"),
+                {"--dst-vol", "disk0=vm1-disk0.raw"});
+    auto r = blockmig_cli_split(args, dir.path());
+    ASSERT_EQ(r.status, 0) << r.out << r.err;
+    json done = json::parse(lines_of(r.out).back(), nullptr, false);
+    ASSERT_EQ(done.value("event", ""), "done") << r.out;
+    EXPECT_TRUE(src->wait_exit(15s)) << "the source QEMU quits";
+    const auto ack = src->last_ack("vda");
+    ASSERT_TRUE(ack) << "the source guest acknowledged writes";
+    // The file --dst-vol names, not <job>-<dev>.raw, holds the guest now.
+    EXPECT_EQ(entries_of(pool), std::set<std::string>{"vm1-disk0.raw"});
+    const fs::path socket = state / (done["job"].get<std::string>() + ".dst.qmp");
+    qmp_at(socket, "stop");
+    auto v = blockmig::lab::verify_raw(pool / "vm1-disk0.raw", k_blocks, ack);
     EXPECT_TRUE(v.intact()) << v.output;
     blockmig_cli({"qmp", socket.string(), "quit"});
 }

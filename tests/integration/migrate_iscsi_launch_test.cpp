@@ -121,6 +121,7 @@ TEST_F(MigrateIscsiLaunch, TheGuestLandsOnAFreeLunAndVerifiesThere) {
     EXPECT_TRUE(src->wait_exit(15s)) << "the source QEMU quits";
     const auto ack = src->last_ack("vda");
     ASSERT_TRUE(ack) << "the source guest acknowledged writes";
+    EXPECT_NE(r.out.find(iscsi->lun_url(2)), std::string::npos) << "LUN 2 is named: " << r.out;
 
     const fs::path socket = state / (done["job"].get<std::string>() + ".dst.qmp");
     EXPECT_EQ(qmp_at(socket, "query-status").value("status", ""), "running") << socket;
