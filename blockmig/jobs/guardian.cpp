@@ -1,6 +1,7 @@
 #include "guardian.hpp"
 
 #include <fcntl.h>
+#include <poll.h>
 #include <fmt/core.h>
 #include <signal.h>
 #include <sys/file.h>
@@ -148,6 +149,9 @@ void Guardian::close() {
     m_fd = -1;
 }
 
+// How long owner_finished() waits for the guardian to exit.
+constexpr int k_guardian_exit_wait_ms = 2000;
+
 void Guardian::owner_finished() {
     if (m_fd < 0) return;
     const char byte = k_owner_finished;
@@ -156,6 +160,14 @@ void Guardian::owner_finished() {
     ssize_t n;
     do n = ::send(m_fd, &byte, 1, MSG_NOSIGNAL);
     while (n < 0 && errno == EINTR);
+    // Wait a moment for the guardian to exit (its end closes when it does):
+    // blockmig then ends with no process of its job left, which scripts that
+    // look for the job's processes (and the tests) rely on.
+    if (n == 1) {
+        pollfd gone{.fd = m_fd, .events = POLLIN, .revents = 0};
+        char ignored;
+        if (::poll(&gone, 1, k_guardian_exit_wait_ms) > 0) (void)!::read(m_fd, &ignored, 1);
+    }
     close();
 }
 
