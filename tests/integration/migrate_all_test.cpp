@@ -444,12 +444,6 @@ class MigrateLaunch : public MigrateAll {
         return a;
     }
 
-    json qmp_at(const fs::path& socket, const std::string& command) {
-        auto r = blockmig_cli({"qmp", socket.string(), command});
-        json j = json::parse(r.out.substr(std::min(r.out.find('{'), r.out.size())), nullptr, false);
-        return j.is_discarded() ? json::object() : j;
-    }
-
     fs::path pool = dir / "pool-b";
 };
 

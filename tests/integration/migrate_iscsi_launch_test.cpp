@@ -82,12 +82,6 @@ class MigrateIscsiLaunch : public CopyRig {
         return a;
     }
 
-    json qmp_at(const fs::path& socket, const std::string& command) {
-        auto r = blockmig_cli({"qmp", socket.string(), command});
-        json j = json::parse(r.out.substr(std::min(r.out.find('{'), r.out.size())), nullptr, false);
-        return j.is_discarded() ? json::object() : j;
-    }
-
     // The first MiB of LUN `lun` (its backing file on this host).
     std::string lun_head(int lun) {
         std::ifstream in(iscsi->backing_file(lun), std::ios::binary);

@@ -177,6 +177,14 @@ inline std::set<std::string> entries_of(const fs::path& dir) {
     return out;
 }
 
+// The reply of a QEMU the test has no Guest for (one blockmig started), through
+// `blockmig qmp SOCKET COMMAND`; an empty object if none came.
+inline json qmp_at(const fs::path& socket, const std::string& command) {
+    auto r = blockmig_cli({"qmp", socket.string(), command});
+    json j = json::parse(r.out.substr(std::min(r.out.find('{'), r.out.size())), nullptr, false);
+    return j.is_discarded() ? json::object() : j;
+}
+
 // ---- QMP observations (through the lab's client, not the product's) --------
 
 inline json qmp_return(Guest& guest, const std::string& command) {
