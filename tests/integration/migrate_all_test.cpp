@@ -449,12 +449,9 @@ class MigrateLaunch : public MigrateAll {
 
 TEST_F(MigrateLaunch, BlockmigMakesTheDestinationAndTheGuestRunsThere) {
     auto r = blockmig_cli_split(launch_args({}), dir.path());
-    ASSERT_EQ(r.status, 0) << r.out << r.err;
-    json done = json::parse(lines_of(r.out).back(), nullptr, false);
-    ASSERT_EQ(done.value("event", ""), "done") << r.out;
-    EXPECT_TRUE(src->wait_exit(15s)) << "the source QEMU quits";
-    const auto ack = src->last_ack("vda");
-    ASSERT_TRUE(ack) << "the source guest acknowledged writes";
+    json done;
+    std::optional<blockmig::lab::Ack> ack;
+    ASSERT_NO_FATAL_FAILURE(expect_ran_to_done(r, done, ack));
 
     // The volume blockmig made, the only one in the pool, holds the guest now.
     const auto volumes = entries_of(pool);
@@ -476,12 +473,9 @@ TEST_F(MigrateLaunch, DstVolNamesTheVolumeBlockmigMakes) {
     args.insert(std::find(args.begin(), args.end(), "--dst-launch"),
                 {"--dst-vol", "disk0=vm1-disk0.raw"});
     auto r = blockmig_cli_split(args, dir.path());
-    ASSERT_EQ(r.status, 0) << r.out << r.err;
-    json done = json::parse(lines_of(r.out).back(), nullptr, false);
-    ASSERT_EQ(done.value("event", ""), "done") << r.out;
-    EXPECT_TRUE(src->wait_exit(15s)) << "the source QEMU quits";
-    const auto ack = src->last_ack("vda");
-    ASSERT_TRUE(ack) << "the source guest acknowledged writes";
+    json done;
+    std::optional<blockmig::lab::Ack> ack;
+    ASSERT_NO_FATAL_FAILURE(expect_ran_to_done(r, done, ack));
     // The file --dst-vol names, not <job>-<dev>.raw, holds the guest now.
     EXPECT_EQ(entries_of(pool), std::set<std::string>{"vm1-disk0.raw"});
     const fs::path socket = state / (done["job"].get<std::string>() + ".dst.qmp");

@@ -109,12 +109,9 @@ class MigrateIscsiLaunch : public CopyRig {
 
 TEST_F(MigrateIscsiLaunch, TheGuestLandsOnAFreeLunAndVerifiesThere) {
     auto r = on_host_a(launch_args({}));
-    ASSERT_EQ(r.status, 0) << r.out << r.err;
-    json done = json::parse(lines_of(r.out).back(), nullptr, false);
-    ASSERT_EQ(done.value("event", ""), "done") << r.out;
-    EXPECT_TRUE(src->wait_exit(15s)) << "the source QEMU quits";
-    const auto ack = src->last_ack("vda");
-    ASSERT_TRUE(ack) << "the source guest acknowledged writes";
+    json done;
+    std::optional<blockmig::lab::Ack> ack;
+    ASSERT_NO_FATAL_FAILURE(expect_ran_to_done(r, done, ack));
     EXPECT_NE(r.out.find(iscsi->lun_url(2)), std::string::npos) << "LUN 2 is named: " << r.out;
 
     const fs::path socket = state / (done["job"].get<std::string>() + ".dst.qmp");
@@ -164,12 +161,9 @@ TEST_F(MigrateIscsiLaunchLarger, ARefusedDestinationIsStoppedAndItsLunReleased) 
 
     // So the next run can take it (LUN 1 holds data: LUN 2 is the only free one).
     auto again = on_host_a(launch_args({}, {"--dst-vol", "disk0=2"}));
-    ASSERT_EQ(again.status, 0) << again.out << again.err;
-    json done = json::parse(lines_of(again.out).back(), nullptr, false);
-    ASSERT_EQ(done.value("event", ""), "done") << again.out;
-    EXPECT_TRUE(src->wait_exit(15s)) << "the source QEMU quits";
-    const auto ack = src->last_ack("vda");
-    ASSERT_TRUE(ack) << "the source guest acknowledged writes";
+    json done;
+    std::optional<blockmig::lab::Ack> ack;
+    ASSERT_NO_FATAL_FAILURE(expect_ran_to_done(again, done, ack));
     const fs::path socket = state / (done["job"].get<std::string>() + ".dst.qmp");
     EXPECT_EQ(qmp_at(socket, "query-status").value("status", ""), "running") << socket;
     qmp_at(socket, "stop");

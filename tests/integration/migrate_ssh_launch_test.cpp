@@ -110,12 +110,9 @@ class MigrateSshLaunch : public SshRig {
 
 TEST_F(MigrateSshLaunch, TheGuestRunsOnTheHostSshStartedItOn) {
     auto r = on_host_a(launch_args({}));
-    ASSERT_EQ(r.status, 0) << r.out << r.err;
-    json done = json::parse(lines_of(r.out).back(), nullptr, false);
-    ASSERT_EQ(done.value("event", ""), "done") << r.out;
-    EXPECT_TRUE(src->wait_exit(15s)) << "the source QEMU quits";
-    const auto ack = src->last_ack("vda");
-    ASSERT_TRUE(ack) << "the source guest acknowledged writes";
+    json done;
+    std::optional<blockmig::lab::Ack> ack;
+    ASSERT_NO_FATAL_FAILURE(expect_ran_to_done(r, done, ack));
 
     // The QEMU on B answers at the ssh:// address and runs the guest.
     EXPECT_EQ(qmp_on_b("query-status").value("status", ""), "running");

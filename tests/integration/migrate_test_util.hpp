@@ -102,6 +102,19 @@ class Rig : public ::testing::Test {
         return events;
     }
 
+    // A migration that ran to its end: exit 0, the last line the "done" event,
+    // the source QEMU quit; `done` and the last write the source acknowledged
+    // are filled in. Call it through ASSERT_NO_FATAL_FAILURE.
+    void expect_ran_to_done(const SplitResult& r, json& done,
+                            std::optional<blockmig::lab::Ack>& ack) {
+        ASSERT_EQ(r.status, 0) << r.out << r.err;
+        done = json::parse(lines_of(r.out).back(), nullptr, false);
+        ASSERT_EQ(done.value("event", ""), "done") << r.out;
+        EXPECT_TRUE(src->wait_exit(15s)) << "the source QEMU quits";
+        ack = src->last_ack("vda");
+        ASSERT_TRUE(ack) << "the source guest acknowledged writes";
+    }
+
     // The guest runs and writes on the destination, every stamped block
     // verifies on the destination's disk file.
     void expect_guest_on_destination() {
