@@ -397,11 +397,7 @@ class MigrateLaunch : public MigrateAll {
     }
     void TearDown() override {
         // A launched QEMU a failed test left: found by its per-job socket path.
-        for (int pid : processes_where([&](const std::string& cmdline) {
-                 return cmdline.find(state.string()) != std::string::npos &&
-                        cmdline.find("qemu-system") != std::string::npos;
-             }))
-            kill(pid, SIGKILL);
+        for (int pid : launched_qemus()) kill(pid, SIGKILL);
     }
 
     std::vector<std::string> launch_args(std::vector<std::string> env) {
@@ -428,18 +424,10 @@ class MigrateLaunch : public MigrateAll {
         env.push_back("BLOCKMIG_GUEST_APPEND=stamp.hb=100 stamp.blocks=" +
                       std::to_string(k_blocks));
         a.insert(a.end(), env.begin(), env.end());
-        const std::vector<std::string> qemu{
-            (blockmig::lab::script_dir() / "guest.sh").string(),
-            "run",
-            "{qmp}",
-            "-blockdev",
-            "driver=file,node-name=disk0-file,filename={vol:disk0},cache.direct=on,aio=native",
-            "-blockdev",
-            "driver=raw,node-name=disk0-fmt,file=disk0-file,cache.direct=on",
-            "-device",
-            "virtio-blk-pci,drive=disk0-fmt,id=disk0",
-            "-incoming",
-            "defer"};
+        const auto qemu = incoming_guest_words(
+            {"-blockdev",
+             "driver=file,node-name=disk0-file,filename={vol:disk0},cache.direct=on,aio=native",
+             "-blockdev", "driver=raw,node-name=disk0-fmt,file=disk0-file,cache.direct=on"});
         a.insert(a.end(), qemu.begin(), qemu.end());
         return a;
     }
@@ -545,11 +533,7 @@ TEST_F(MigrateLaunch, KilledWhileTheRamMovesItsGuardianRecoversTheJob) {
     ASSERT_EQ(left, 0) << "the job is still there: " << jobs_listing().dump();
     EXPECT_NE(log.find("undo"), std::string::npos) << log;
     EXPECT_TRUE(entries_of(pool).empty()) << "the volume blockmig made is deleted";
-    EXPECT_TRUE(processes_where([&](const std::string& cmdline) {
-                    return cmdline.find(state.string()) != std::string::npos &&
-                           cmdline.find("qemu-system") != std::string::npos;
-                }).empty())
-        << "the QEMU blockmig started is stopped";
+    EXPECT_TRUE(launched_qemus().empty()) << "the QEMU blockmig started is stopped";
     expect_source_clean();
     expect_guest_on_source();
 }
@@ -579,11 +563,7 @@ TEST_F(MigrateLaunch, ACancelledRamPhaseStopsTheLaunchedDestinationAndLeavesNoth
     expect_one_error_line(r.out, {"phase ram", "keeps running on the source"});
     EXPECT_EQ(r.out.find("left behind"), std::string::npos) << r.out;
     EXPECT_TRUE(entries_of(pool).empty()) << "the volume blockmig made is deleted";
-    EXPECT_TRUE(processes_where([&](const std::string& cmdline) {
-                    return cmdline.find(state.string()) != std::string::npos &&
-                           cmdline.find("qemu-system") != std::string::npos;
-                }).empty())
-        << "the QEMU blockmig started is stopped";
+    EXPECT_TRUE(launched_qemus().empty()) << "the QEMU blockmig started is stopped";
     EXPECT_EQ(jobs_listing()["jobs"].size(), 0u);
     expect_source_clean();
     if (stays_up) {

@@ -39,11 +39,7 @@ class MigrateIscsiLaunch : public CopyRig {
 
     void TearDown() override {
         // A launched QEMU a failed test left: found by the job's socket path.
-        for (int pid : processes_where([&](const std::string& cmdline) {
-                 return cmdline.find(state.string()) != std::string::npos &&
-                        cmdline.find("qemu-system") != std::string::npos;
-             }))
-            kill(pid, SIGKILL);
+        for (int pid : launched_qemus()) kill(pid, SIGKILL);
         iscsi.reset();
     }
 
@@ -68,16 +64,8 @@ class MigrateIscsiLaunch : public CopyRig {
                       std::to_string(k_blocks));
         a.insert(a.end(), env.begin(), env.end());
         // {vol:disk0} is the LUN's iscsi:// URL, which QEMU's iscsi driver opens.
-        const std::vector<std::string> qemu{
-            (blockmig::lab::script_dir() / "guest.sh").string(),
-            "run",
-            "{qmp}",
-            "-drive",
-            "file={vol:disk0},format=raw,if=none,id=disk0-fmt,cache=none",
-            "-device",
-            "virtio-blk-pci,drive=disk0-fmt,id=disk0",
-            "-incoming",
-            "defer"};
+        const auto qemu = incoming_guest_words(
+            {"-drive", "file={vol:disk0},format=raw,if=none,id=disk0-fmt,cache=none"});
         a.insert(a.end(), qemu.begin(), qemu.end());
         return a;
     }
@@ -146,11 +134,7 @@ TEST_F(MigrateIscsiLaunchLarger, ARefusedDestinationIsStoppedAndItsLunReleased) 
                           {"phase launch", "memory sizes differ", "keeps running on the source"});
     // Only the QEMU: the job's guardian (`blockmig _guard`, its argv names
     // the state dir too) may still be on its way out.
-    EXPECT_TRUE(processes_where([&](const std::string& cmdline) {
-                    return cmdline.find(state.string()) != std::string::npos &&
-                           cmdline.find("qemu-system") != std::string::npos;
-                }).empty())
-        << "the QEMU blockmig started is stopped";
+    EXPECT_TRUE(launched_qemus().empty()) << "the QEMU blockmig started is stopped";
     // Released: no job holds LUN 2 and it reads unused again (what the
     // pool's free-LUN check looks at); LUN 1 was never touched.
     EXPECT_EQ(jobs_listing()["jobs"].size(), 0u);

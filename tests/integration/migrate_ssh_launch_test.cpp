@@ -76,16 +76,8 @@ class MigrateSshLaunch : public SshRig {
         remote_env.push_back("BLOCKMIG_GUEST_APPEND=stamp.hb=100 stamp.blocks=" +
                              std::to_string(k_blocks));
         a.insert(a.end(), remote_env.begin(), remote_env.end());
-        const std::vector<std::string> qemu{
-            program.empty() ? (blockmig::lab::script_dir() / "guest.sh").string() : program,
-            "run",
-            "{qmp}",
-            "-drive",
-            "file={vol:disk0},format=raw,if=none,id=disk0-fmt,cache=none",
-            "-device",
-            "virtio-blk-pci,drive=disk0-fmt,id=disk0",
-            "-incoming",
-            "defer"};
+        const auto qemu = incoming_guest_words(
+            {"-drive", "file={vol:disk0},format=raw,if=none,id=disk0-fmt,cache=none"}, program);
         a.insert(a.end(), qemu.begin(), qemu.end());
         return a;
     }

@@ -102,6 +102,29 @@ class Rig : public ::testing::Test {
         return events;
     }
 
+    // The QEMUs blockmig launched for this test (found by their per-job socket
+    // paths under its state dir; the job's guardian names that dir too).
+    std::vector<int> launched_qemus() const {
+        return processes_where([&](const std::string& cmdline) {
+            return cmdline.find(state.string()) != std::string::npos &&
+                   cmdline.find("qemu-system") != std::string::npos;
+        });
+    }
+
+    // `guest.sh run {qmp} DRIVE... -device virtio-blk-pci,... -incoming defer`:
+    // the lab guest's QEMU as --dst-launch starts it, disk0 opened by `drive`
+    // (its format node named disk0-fmt); `program` replaces guest.sh's path.
+    static std::vector<std::string> incoming_guest_words(std::vector<std::string> drive,
+                                                         std::string program = "") {
+        std::vector<std::string> w{
+            program.empty() ? (blockmig::lab::script_dir() / "guest.sh").string() : program,
+            "run", "{qmp}"};
+        w.insert(w.end(), drive.begin(), drive.end());
+        w.insert(w.end(),
+                 {"-device", "virtio-blk-pci,drive=disk0-fmt,id=disk0", "-incoming", "defer"});
+        return w;
+    }
+
     // A migration that ran to its end: exit 0, the last line the "done" event,
     // the source QEMU quit; `done` and the last write the source acknowledged
     // are filled in. Call it through ASSERT_NO_FATAL_FAILURE.
