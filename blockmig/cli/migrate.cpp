@@ -213,6 +213,9 @@ void add_migrate_command(CLI::App& app, Dispatch& dispatch) {
         "blockmig starts the destination QEMU: the command after -- (run as argv, no shell; "
         "{qmp} = its QMP socket, {vol:DEV} = the volume made for disk DEV), e.g. -- ip netns "
         "exec B qemu-system-x86_64 ... -qmp unix:{qmp},server=on,wait=off -incoming defer; "
+        "an iSCSI pool with CHAP credentials needs -object {secret-object} (= secret,id="
+        "blockmig-chap,file=/dev/stdin,format=raw: blockmig writes the password to the "
+        "command's stdin, {vol:DEV} names the secret) and its stdin left to QEMU; "
         "on another host give --dst-qmp ssh://HOST/PATH and -- ssh HOST qemu-system-x86_64 ... "
         "({qmp} = PATH there, each remote word quoted for its shell by blockmig)");
     cmd->add_option("--dst-vol", args->dst_vols,

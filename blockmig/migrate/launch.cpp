@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <cctype>
 #include <cerrno>
+#include <climits>
 #include <cstring>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -29,6 +30,56 @@ namespace fs = std::filesystem;
 using namespace std::chrono_literals;
 
 constexpr std::string_view k_vol = "{vol:";
+constexpr std::string_view k_secret_object = "{secret-object}";
+
+std::size_t secret_objects(const std::vector<std::string>& argv) {
+    std::size_t n = 0;
+    for (const auto& arg : argv)
+        for (auto at = arg.find(k_secret_object); at != std::string::npos;
+             at = arg.find(k_secret_object, at + 1))
+            ++n;
+    return n;
+}
+
+// A -drive file= value: QEMU's option parser reads ",," as one ",".
+std::string drive_json(const nlohmann::json& j) {
+    std::string out = "json:";
+    for (char c : j.dump()) out += c == ',' ? std::string(",,") : std::string(1, c);
+    return out;
+}
+
+// CHAP: QEMU gets the password only through the secret `{secret-object}`
+// makes (read from its stdin), so the command must have it exactly once;
+// without CHAP there is no secret to give.
+Result<void> check_secret_object(const LaunchPlan& plan, const std::vector<std::string>& argv) {
+    const auto n = secret_objects(argv);
+    if (plan.chap && n == 0)
+        return fail(ErrorCode::invalid_argument,
+                    fmt::format("--dst-pool {} has CHAP credentials: give the destination QEMU "
+                                "-object {} (the secret it reads the password from, on its "
+                                "stdin)",
+                                plan.pool->url(), k_secret_object));
+    if (!plan.chap && n > 0)
+        return fail(ErrorCode::invalid_argument,
+                    fmt::format("--dst-launch: {}: --dst-pool {} has no CHAP credentials, so "
+                                "there is no secret to give",
+                                k_secret_object, plan.pool->url()));
+    return {};
+}
+
+// The LUN's iscsi node as the pool describes it for QEMU, and the password
+// its secret holds (the same for every LUN of the pool).
+Result<std::string> chap_location(pools::Pool& pool, const pools::VolumeInfo& volume,
+                                  std::uint64_t disk_size, std::string& password) {
+    auto chain = pool.describe_for_qemu(volume.name, {});
+    if (!chain) return fail(chain.error());
+    if (chain->secrets.size() != 1 || !chain->secrets[0].contains("data") ||
+        !chain->secrets[0]["data"].is_string())
+        return fail(ErrorCode::invalid_argument,
+                    fmt::format("{}: the pool gave no CHAP secret", pool.url_of(volume.name)));
+    password = chain->secrets[0]["data"].get<std::string>();
+    return chap_volume_location(chain->protocol, disk_size);
+}
 
 // Calls `each(placeholder)` for every "{...}" in `arg`.
 template <typename F>
@@ -48,16 +99,47 @@ std::string log_tail(const fs::path& log) {
     return text;
 }
 
+// The read end of a pipe that already holds `data` and its end of file:
+// written before the fork, so the write can neither block (at most
+// PIPE_BUF bytes, checked) nor raise SIGPIPE (no reader gone yet), and the
+// child reads it all whenever it starts (QEMU: at its -object secret).
+Result<int> stdin_holding(const std::string& data) {
+    if (data.size() > PIPE_BUF)
+        return fail(ErrorCode::invalid_argument,
+                    fmt::format("the CHAP password is longer than {} bytes", PIPE_BUF));
+    int p[2];
+    if (pipe2(p, O_CLOEXEC) != 0)
+        return fail(ErrorCode::io_error, fmt::format("pipe: {}", std::strerror(errno)));
+    const bool written = ::write(p[1], data.data(), data.size()) == ssize_t(data.size());
+    ::close(p[1]);
+    if (!written) {
+        ::close(p[0]);
+        return fail(ErrorCode::io_error, "cannot write the secret into the command's stdin");
+    }
+    return p[0];
+}
+
 // fork + exec without a shell, in its own session, every fd but stdio
-// closed. The child reports a failed exec through a close-on-exec pipe.
-Result<int> spawn(const std::vector<std::string>& argv, const fs::path& log) {
+// closed; stdin /dev/null, or `input` (the secret) then end of file. The
+// child reports a failed exec through a close-on-exec pipe.
+Result<int> spawn(const std::vector<std::string>& argv, const fs::path& log,
+                  const std::optional<std::string>& input) {
+    int infd = -1;
+    if (input) {
+        auto in = stdin_holding(*input);
+        if (!in) return fail(in.error());
+        infd = *in;
+    }
     int logfd = ::open(log.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
-    if (logfd < 0)
+    if (logfd < 0) {
+        if (infd >= 0) ::close(infd);
         return fail(ErrorCode::io_error,
                     fmt::format("open {}: {}", log.string(), std::strerror(errno)));
+    }
     int report[2];
     if (pipe2(report, O_CLOEXEC) != 0) {
         ::close(logfd);
+        if (infd >= 0) ::close(infd);
         return fail(ErrorCode::io_error, fmt::format("pipe: {}", std::strerror(errno)));
     }
     std::vector<char*> cargv;
@@ -71,8 +153,7 @@ Result<int> spawn(const std::vector<std::string>& argv, const fs::path& log) {
         sigprocmask(SIG_SETMASK, &none, nullptr);
         signal(SIGINT, SIG_DFL);
         signal(SIGTERM, SIG_DFL);
-        int null = ::open("/dev/null", O_RDONLY);
-        dup2(null, 0);
+        dup2(infd >= 0 ? infd : ::open("/dev/null", O_RDONLY), 0);
         dup2(logfd, 1);
         dup2(logfd, 2);
         // Nothing of blockmig's (QMP sockets, the journal's lock) leaks into
@@ -86,6 +167,7 @@ Result<int> spawn(const std::vector<std::string>& argv, const fs::path& log) {
     }
     ::close(report[1]);
     ::close(logfd);
+    if (infd >= 0) ::close(infd);
     if (pid < 0) {
         ::close(report[0]);
         return fail(ErrorCode::io_error, fmt::format("fork: {}", std::strerror(errno)));
@@ -278,6 +360,8 @@ Result<void> check_launch(const std::vector<std::string>& argv,
         placeholders(arg, [&](std::string_view p) {
             if (p == "{qmp}") {
                 qmp = true;
+            } else if (p == k_secret_object) {
+                // Checked against the pool by plan_volumes.
             } else if (p.starts_with(k_vol)) {
                 const auto dev = p.substr(k_vol.size(), p.size() - k_vol.size() - 1);
                 if (bad.empty() && std::find(disks.begin(), disks.end(), dev) == disks.end())
@@ -286,10 +370,13 @@ Result<void> check_launch(const std::vector<std::string>& argv,
             } else if (bad.empty()) {
                 bad = fmt::format(
                     "--dst-launch: unknown placeholder {} (known: {{qmp}}, "
-                    "{{vol:DEV}})",
+                    "{{vol:DEV}}, {{secret-object}})",
                     p);
             }
         });
+    if (bad.empty() && secret_objects(argv) > 1)
+        bad = fmt::format("--dst-launch: {} more than once (QEMU reads its stdin once)",
+                          k_secret_object);
     if (!bad.empty()) return fail(ErrorCode::invalid_argument, bad);
     if (!qmp)
         return fail(ErrorCode::invalid_argument,
@@ -308,10 +395,20 @@ std::vector<std::string> expand_launch(const std::vector<std::string>& argv, con
                 a.replace(at, from.size(), to);
         };
         replace("{qmp}", qmp);
+        replace(std::string(k_secret_object), launch_secret_object());
         for (const auto& [dev, vol] : volumes) replace(fmt::format("{{vol:{}}}", dev), vol);
         out.push_back(std::move(a));
     }
     return out;
+}
+
+std::string launch_secret_object() {
+    // format=raw: the bytes as they are (no base64); /dev/stdin: the one
+    // channel that reaches QEMU alike on this host, through ip netns exec
+    // and through ssh, and shows in no argv or environment. QEMU 7.2 and
+    // 10.0 read it to its end when the object is made, which is before any
+    // -drive opens whatever the order of the options.
+    return fmt::format("secret,id={},file=/dev/stdin,format=raw", k_launch_secret_id);
 }
 
 fs::path launch_socket(const fs::path& state_dir, const std::string& job) {
@@ -437,7 +534,7 @@ std::string volume_location(const pools::Pool& pool, const pools::VolumeInfo& vo
     // migration's pre-flight and the mirror need), as move does on a LUN.
     // The iscsi node is spelled out: QEMU reads a URL as a protocol only in
     // a top-level filename, {"filename": URL} inside json: opens a file.
-    // iscsi://PORTAL/IQN/N (no credentials: plan_volumes refuses them).
+    // iscsi://PORTAL/IQN/N (a pool with credentials: chap_volume_location).
     const std::string rest = url.substr(url.find("://") + 3);
     const auto slash = rest.find('/'), last = rest.rfind('/');
     const nlohmann::json file{{"driver", "iscsi"},
@@ -445,10 +542,17 @@ std::string volume_location(const pools::Pool& pool, const pools::VolumeInfo& vo
                               {"portal", rest.substr(0, slash)},
                               {"target", rest.substr(slash + 1, last - slash - 1)},
                               {"lun", std::stoi(rest.substr(last + 1))}};
-    const nlohmann::json j{{"driver", "raw"}, {"size", disk_size}, {"file", file}};
-    std::string out = "json:";
-    for (char c : j.dump()) out += c == ',' ? std::string(",,") : std::string(1, c);
-    return out;
+    return drive_json({{"driver", "raw"}, {"size", disk_size}, {"file", file}});
+}
+
+std::string chap_volume_location(nlohmann::json iscsi_node, std::uint64_t disk_size) {
+    // Always json:, even for a LUN of the disk's size: no URL carries a
+    // password-secret, and QEMU takes a bare iscsi node under -drive's
+    // format=raw for a raw node's missing "file", so the raw node is spelled
+    // out too.
+    iscsi_node.erase("initiator-name");
+    iscsi_node["password-secret"] = k_launch_secret_id;
+    return drive_json({{"driver", "raw"}, {"size", disk_size}, {"file", std::move(iscsi_node)}});
 }
 
 Result<LaunchPlan> plan_launch(const DestinationLaunch& launch, const SideFacts& src,
@@ -474,14 +578,9 @@ Result<LaunchPlan> plan_volumes(std::unique_ptr<pools::Pool> pool, const Destina
     LaunchPlan plan;
     plan.pool = std::move(pool);
     plan.iscsi = plan.pool->type() == "iscsi";
-    // CHAP: QEMU would need the password in its argv (or a secret file
-    // blockmig has no way yet to hand a launched QEMU).
-    if (plan.iscsi && plan.pool->url().find('@') != std::string::npos)
-        return fail(ErrorCode::invalid_argument,
-                    fmt::format("--dst-pool {}: an iSCSI pool with CHAP credentials cannot be "
-                                "used with --dst-launch yet (the secret would be in the QEMU's "
-                                "command line)",
-                                plan.pool->url()));
+    // The pool's URL shows its CHAP user (never the password).
+    plan.chap = plan.iscsi && plan.pool->url().find('@') != std::string::npos;
+    if (auto ok = check_secret_object(plan, launch.argv); !ok) return fail(ok.error());
     std::set<std::string> named;
     for (const auto& d : src.disks) {
         LaunchVolume v{.device = d.device, .size = d.size};
@@ -523,6 +622,7 @@ Result<std::unique_ptr<qmp::Client>> launch_destination(jobs::Journal& journal,
     jobs::Effects effects(journal, env);
     auto& pool = *plan.pool;
     std::map<std::string, std::string> volumes;
+    std::optional<std::string> password;  // CHAP: the launched QEMU's stdin
     for (const auto& v : plan.volumes) {
         const auto names =
             v.names.empty() ? std::vector{fmt::format("{}-{}.raw", job, jobs::device_tag(v.device))}
@@ -533,8 +633,14 @@ Result<std::unique_ptr<qmp::Client>> launch_destination(jobs::Journal& journal,
             return fail(made.error().with_context(fmt::format(
                 "disk {}: {} {} in {}", v.device, plan.iscsi ? "claim" : "create",
                 names.size() == 1 ? names.front() : std::string("a free LUN"), pool.url())));
-        volumes[v.device] = volume_location(pool, made->info, v.size);
         plan.claims.push_back(std::move(made->claim));
+        if (!plan.chap) {
+            volumes[v.device] = volume_location(pool, made->info, v.size);
+            continue;
+        }
+        auto location = chap_location(pool, made->info, v.size, password.emplace());
+        if (!location) return fail(location.error().with_context("disk " + v.device));
+        volumes[v.device] = std::move(*location);
     }
     auto argv = launch_command(launch, qmp, volumes);
     if (!argv) return fail(argv.error());
@@ -545,7 +651,7 @@ Result<std::unique_ptr<qmp::Client>> launch_destination(jobs::Journal& journal,
                                .effect = jobs::EffectKind::destination_launched,
                                .name = qmp.address});
     if (!seq) return fail(seq.error());
-    auto pid = spawn(*argv, log);
+    auto pid = spawn(*argv, log, password);
     if (auto w = journal.outcome(*seq, pid ? jobs::RecordState::done : jobs::RecordState::failed,
                                  pid ? "" : pid.error().message, pid ? *pid : -1);
         !w)

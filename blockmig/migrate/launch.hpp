@@ -7,7 +7,8 @@
 // the path or URL of the volume made for the source's disk DEV. CMD may be
 // local, `ip netns exec NS ...` or anything that ends in that QEMU; it runs
 // in its own session (it becomes the guest's QEMU and outlives blockmig),
-// stdin /dev/null, stdout and stderr appended to <state-dir>/<job>.dst.log.
+// stdin /dev/null (a CHAP pool: see below), stdout and stderr appended to
+// <state-dir>/<job>.dst.log.
 //
 // On another host (`--dst-qmp ssh://[USER@]HOST[:PORT]/PATH`): CMD is
 // `ssh [OPTIONS] HOST CMD...`, `{qmp}` is PATH (on HOST) and `{vol:DEV}`
@@ -28,8 +29,17 @@
 // iscsi:// URL, which QEMU's iscsi driver opens; a LUN larger than the disk
 // is handed over as json:{raw, size, file: its iscsi node} so the destination's
 // disk has exactly the source's size, its commas doubled for a -drive
-// file= value. A pool with CHAP credentials is refused: they would be in
-// the QEMU's argv.
+// file= value.
+//
+// A pool with CHAP credentials (iscsi://USER%PASSWORD@..., best in
+// pools.toml: blockmig's own argv shows it otherwise) needs `-object
+// {secret-object}` in CMD, exactly once: it becomes `secret,id=blockmig-chap,
+// file=/dev/stdin,format=raw`, `{vol:DEV}` is then always the json: form with
+// "user" and "password-secret": "blockmig-chap" in its iscsi node, and CMD's
+// stdin is a pipe that holds the password and then ends (written before the
+// fork). ssh hands its stdin to the remote command, so the one design works
+// for all three ways of launching; the password is in no argv, environment,
+// journal or log. `{secret-object}` with a pool without CHAP is refused.
 //
 // Volumes and the process are journaled under disk k_launched before they
 // exist. They are undone only when the migration is undone (settle.hpp:
@@ -43,6 +53,7 @@
 #include <filesystem>
 #include <map>
 #include <memory>
+#include <nlohmann/json.hpp>
 #include <optional>
 #include <set>
 #include <string>
@@ -60,12 +71,20 @@
 namespace blockmig::migrate {
 
 inline constexpr const char* k_launched = "@launch";
+// The id of the secret object `{secret-object}` makes (CHAP pools).
+inline constexpr const char* k_launch_secret_id = "blockmig-chap";
 
 // Pure: CMD's placeholders checked against the source's disks before any
 // side effect. invalid_argument: no `{qmp}` (blockmig could not reach the
-// QEMU), `{vol:DEV}` of a disk the source does not have, any other `{...}`.
+// QEMU), `{vol:DEV}` of a disk the source does not have, `{secret-object}`
+// more than once, any other `{...}`. (Whether the pool needs
+// `{secret-object}` is plan_volumes' check.)
 Result<void> check_launch(const std::vector<std::string>& argv,
                           const std::vector<std::string>& disks);
+
+// What `{secret-object}` becomes: the -object value of a secret QEMU reads
+// from its stdin, id k_launch_secret_id.
+std::string launch_secret_object();
 
 // Pure: argv with every placeholder replaced.
 std::vector<std::string> expand_launch(const std::vector<std::string>& argv, const std::string& qmp,
@@ -119,6 +138,7 @@ struct LaunchVolume {
 struct LaunchPlan {
     std::unique_ptr<pools::Pool> pool;
     bool iscsi = false;
+    bool chap = false;  // iSCSI with CHAP credentials
     std::vector<LaunchVolume> volumes;
     // The claims of the volumes made: held until the run ends.
     std::vector<jobs::TargetClaim> claims;
@@ -128,7 +148,8 @@ struct LaunchPlan {
 // --dst-vol checked, and in an iSCSI pool a LUN found for every disk (one
 // each), all before any side effect. invalid_argument for a --dst-vol of a
 // disk the source lacks, one volume named twice, a LUN of the source guest,
-// a pool with credentials; no_space for a LUN smaller than its disk or no
+// a pool with CHAP credentials without `{secret-object}` in the command (or
+// the placeholder without them); no_space for a LUN smaller than its disk or no
 // free LUN left; already_exists for a LUN an unfinished job holds or a
 // dir / NFS volume that exists. `jobs_dir`: where claims and journals are.
 Result<LaunchPlan> plan_launch(const DestinationLaunch& launch, const SideFacts& src,
@@ -143,6 +164,13 @@ Result<LaunchPlan> plan_volumes(std::unique_ptr<pools::Pool> pool, const Destina
 // the json: form described above.
 std::string volume_location(const pools::Pool& pool, const pools::VolumeInfo& volume,
                             std::uint64_t disk_size);
+
+// Pure: what `{vol:DEV}` becomes for a LUN of a pool with CHAP credentials:
+// json:{raw, size = disk_size, file: `iscsi_node`} (commas doubled), the node
+// as the pool describes it for QEMU (pools::BlockdevChain::protocol) with its
+// password-secret the id `{secret-object}` makes and no initiator-name (the
+// launched QEMU logs in under its own name, as it does from a URL).
+std::string chap_volume_location(nlohmann::json iscsi_node, std::uint64_t disk_size);
 
 // Parses --dst-vol DEV=VOLUME. invalid_argument when either side is empty.
 Result<std::pair<std::string, std::string>> parse_dst_vol(std::string_view text);

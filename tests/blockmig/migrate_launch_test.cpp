@@ -383,12 +383,41 @@ TEST(LaunchLuns, AMissingLunOrOneNamedTwiceIsRefused) {
         << twice.error().message;
 }
 
-TEST(LaunchLuns, APoolWithCredentialsIsRefused) {
-    auto plan = migrate::plan_volumes(luns({64}, "iscsi://admin@10.0.0.9:3260/iqn.2024-01.test:t"),
-                                      launch_with(), guest({{"vda", "/a.raw"}}), {});
-    ASSERT_FALSE(plan);
-    EXPECT_EQ(plan.error().code, ErrorCode::invalid_argument);
-    EXPECT_NE(plan.error().message.find("CHAP"), std::string::npos) << plan.error().message;
+TEST(LaunchLuns, APoolWithCredentialsNeedsTheSecretObjectInTheCommand) {
+    const std::string chap = "iscsi://admin@10.0.0.9:3260/iqn.2024-01.test:t";
+    auto without =
+        migrate::plan_volumes(luns({64}, chap), launch_with(), guest({{"vda", "/a.raw"}}), {});
+    ASSERT_FALSE(without);
+    EXPECT_EQ(without.error().code, ErrorCode::invalid_argument);
+    EXPECT_EQ(without.error().message,
+              "--dst-pool " + chap +
+                  " has CHAP credentials: give the destination QEMU -object {secret-object} (the "
+                  "secret it reads the password from, on its stdin)");
+    auto launch = launch_with();
+    launch.argv = {"qemu", "-qmp", "unix:{qmp}", "-object", "{secret-object}", "file={vol:vda}"};
+    auto with = migrate::plan_volumes(luns({64}, chap), launch, guest({{"vda", "/a.raw"}}), {});
+    ASSERT_TRUE(with) << with.error().message;
+    EXPECT_TRUE(with->chap);
+    EXPECT_EQ(first_choice(*with, 0), "lun1");
+}
+
+TEST(LaunchLuns, TheSecretObjectWithoutCredentialsIsRefused) {
+    auto launch = launch_with();
+    launch.argv = {"qemu", "-qmp", "unix:{qmp}", "-object", "{secret-object}"};
+    for (bool iscsi : {true, false}) {
+        auto plan = migrate::plan_volumes(iscsi ? luns({64}) : pools::make_mem_pool(1ull << 30),
+                                          launch, guest({{"vda", "/a.raw"}}), {});
+        ASSERT_FALSE(plan) << iscsi;
+        EXPECT_EQ(plan.error().code, ErrorCode::invalid_argument);
+        EXPECT_NE(plan.error().message.find("{secret-object}: --dst-pool"), std::string::npos)
+            << plan.error().message;
+        EXPECT_NE(plan.error().message.find("has no CHAP credentials"), std::string::npos)
+            << plan.error().message;
+    }
+    launch.argv.pop_back();
+    auto plain = migrate::plan_volumes(luns({64}), launch, guest({{"vda", "/a.raw"}}), {});
+    ASSERT_TRUE(plain) << plain.error().message;
+    EXPECT_FALSE(plain->chap);
 }
 
 TEST(LaunchVolumes, AFilePoolTakesTheNamedVolumeOrLeavesTheDefault) {
@@ -444,6 +473,48 @@ TEST(LaunchVolumes, ALunOfTheDisksSizeIsItsUrlALargerOneShowsExactlyTheDisk) {
     EXPECT_EQ(migrate::volume_location(*files, {.name = "a.raw", .virtual_size = 1}, 64 * k_mib),
               "mem:a.raw")
         << "a file's size is the disk's: always its path or URL";
+}
+
+namespace {
+
+// The JSON of a json: -drive file= value (",," back to ",").
+nlohmann::json drive_json(const std::string& value) {
+    EXPECT_TRUE(value.starts_with("json:")) << value;
+    std::string text = value.substr(5);
+    for (auto at = text.find(",,"); at != std::string::npos; at = text.find(",,", at + 1))
+        text.erase(at, 1);
+    return nlohmann::json::parse(text, nullptr, false);
+}
+
+}  // namespace
+
+TEST(LaunchVolumes, AChapLunIsJsonNamingTheSecretObjectNeverThePassword) {
+    // As IscsiPool::describe_for_qemu gives it (its own secret id and initiator name).
+    const nlohmann::json node{{"driver", "iscsi"},
+                              {"transport", "tcp"},
+                              {"portal", "10.0.0.9:3260"},
+                              {"target", "iqn.2024-01.test:t"},
+                              {"lun", 2},
+                              {"initiator-name", "iqn.2024-01.org.blockmig:qemu"},
+                              {"user", "admin"},
+                              {"password-secret", "bm0-chap"}};
+    nlohmann::json lun = node;
+    lun.erase("initiator-name");
+    lun["password-secret"] = "blockmig-chap";
+    // Of the disk's size too: no URL carries a password-secret.
+    for (std::uint64_t size : {64 * k_mib, 128 * k_mib}) {
+        const auto location = migrate::chap_volume_location(node, size);
+        EXPECT_EQ(drive_json(location),
+                  (nlohmann::json{{"driver", "raw"}, {"size", size}, {"file", lun}}))
+            << location;
+        // Every comma doubled: a single one would end -drive's file= value.
+        std::string rest = location;
+        for (auto at = rest.find(",,"); at != std::string::npos; at = rest.find(",,", at))
+            rest.erase(at, 2);
+        EXPECT_EQ(rest.find(','), std::string::npos) << location;
+    }
+    EXPECT_EQ(migrate::launch_secret_object(),
+              "secret,id=blockmig-chap,file=/dev/stdin,format=raw");
 }
 
 TEST(LaunchVolumes, DstVolIsDevEqualsVolume) {

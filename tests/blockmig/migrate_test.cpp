@@ -1216,6 +1216,15 @@ TEST(MigrateLaunchCommand, PlaceholdersAreCheckedAgainstTheSourceDisks) {
     EXPECT_NE(refusal({"qemu", "{qmp}", "{volume:disk0}"}).find("unknown placeholder {volume:"),
               std::string::npos);
     EXPECT_NE(refusal({}).find("no command"), std::string::npos);
+    // A CHAP pool's secret: once (whether the pool needs it is plan_volumes').
+    EXPECT_EQ(refusal({"qemu", "{qmp}", "-object", "{secret-object}"}), "");
+    EXPECT_EQ(
+        refusal({"qemu", "{qmp}", "-object", "{secret-object}", "-object", "{secret-object}"}),
+        "--dst-launch: {secret-object} more than once (QEMU reads its stdin once)");
+    EXPECT_NE(refusal({"qemu", "{qmp}", "{secret}"})
+                  .find("(known: {qmp}, {vol:DEV}, "
+                        "{secret-object})"),
+              std::string::npos);
 }
 
 TEST(MigrateLaunchCommand, ExpandsEveryPlaceholderInEveryArgument) {
@@ -1228,6 +1237,8 @@ TEST(MigrateLaunchCommand, ExpandsEveryPlaceholderInEveryArgument) {
     EXPECT_EQ(out[6], "unix:/s/j.dst.qmp,server=on");
     EXPECT_EQ(out[7], "file=/pool/a.raw,x=nfs://h/e/b.raw");
     EXPECT_EQ(out[8], "/pool/a.raw/pool/a.raw");
+    EXPECT_EQ(migrate::expand_launch({"-object", "{secret-object}"}, "/q", {})[1],
+              "secret,id=blockmig-chap,file=/dev/stdin,format=raw");
 }
 
 // ---- the settle decision (pure) ---------------------------------------------------

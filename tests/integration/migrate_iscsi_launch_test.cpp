@@ -11,11 +11,21 @@
 //   pre-flight refuses (another memory size) is stopped and the LUN it got
 //   is released, zeroed back to unused (no job holds it), the guest keeps
 //   running on A, and the next run takes that LUN (80 MiB LUNs for a 64 MiB
-//   disk: the QEMU gets a raw node of exactly the disk's size over it).
+//   disk: the QEMU gets a raw node of exactly the disk's size over it);
+// - CHAP: the target admits only its CHAP account, the pool (with the
+//   password) is named in a pools file, the launched QEMU gets `-object
+//   {secret-object}` and reads the password from its stdin: the guest lands
+//   on LUN 2 and verifies there, and the password is in no process's argv or
+//   environment (but tgtd's, which the lab gives it) while blockmig runs, in
+//   no file of the state dir and in nothing blockmig prints.
 #include <gtest/gtest.h>
 #include <signal.h>
 
+#include <atomic>
+#include <filesystem>
 #include <fstream>
+#include <set>
+#include <thread>
 
 #include "migrate_test_util.hpp"
 
@@ -30,8 +40,8 @@ class MigrateIscsiLaunch : public CopyRig {
         CopyRig::SetUp();
         if (HasFatalFailure() || IsSkipped()) return;
         dst.reset();  // blockmig starts its own on B
-        iscsi =
-            std::make_unique<IscsiTarget>(lun_size, 2, "", "", hosts->ns_a(), HostPair::k_addr_a);
+        iscsi = std::make_unique<IscsiTarget>(lun_size, 2, chap_user, chap_password, hosts->ns_a(),
+                                              HostPair::k_addr_a);
         // LUN 1 holds data: not free, never chosen, never written.
         std::ofstream(iscsi->backing_file(1), std::ios::in | std::ios::out | std::ios::binary)
             .write(k_foreign.data(), static_cast<std::streamsize>(k_foreign.size()));
@@ -55,7 +65,8 @@ class MigrateIscsiLaunch : public CopyRig {
         std::vector<std::string> a{"migrate",    "--src-qmp",        src->qmp_socket().string(),
                                    "--dst-addr", HostPair::k_addr_b, "--copy-storage",
                                    "all",        "--state-dir",      state.string(),
-                                   "--dst-pool", iscsi->base_url()};
+                                   "--dst-pool", dst_pool()};
+        if (!chap_user.empty()) a.insert(a.end(), {"--pools", pools_file().string()});
         a.insert(a.end(), extra.begin(), extra.end());
         const std::vector<std::string> launch{"--dst-launch", "--output", "json",        "--", "ip",
                                               "netns",        "exec",     hosts->ns_b(), "env"};
@@ -63,9 +74,12 @@ class MigrateIscsiLaunch : public CopyRig {
         env.push_back("BLOCKMIG_GUEST_APPEND=stamp.hb=100 stamp.blocks=" +
                       std::to_string(k_blocks));
         a.insert(a.end(), env.begin(), env.end());
-        // {vol:disk0} is the LUN's iscsi:// URL, which QEMU's iscsi driver opens.
-        const auto qemu = incoming_guest_words(
-            {"-drive", "file={vol:disk0},format=raw,if=none,id=disk0-fmt,cache=none"});
+        // {vol:disk0} is the LUN's iscsi:// URL, which QEMU's iscsi driver
+        // opens (with CHAP: json:{..., "password-secret": "blockmig-chap"}).
+        std::vector<std::string> drive{
+            "-drive", "file={vol:disk0},format=raw,if=none,id=disk0-fmt,cache=none"};
+        if (!chap_user.empty()) drive.insert(drive.begin(), {"-object", "{secret-object}"});
+        const auto qemu = incoming_guest_words(drive);
         a.insert(a.end(), qemu.begin(), qemu.end());
         return a;
     }
@@ -90,7 +104,24 @@ class MigrateIscsiLaunch : public CopyRig {
             EXPECT_NE(n.value("drv", ""), "nbd") << "an NBD client node is left: " << n.dump();
     }
 
-    std::uint64_t lun_size = 64 * k_mib;  // the guest's disk's (set before SetUp)
+    // The target's pool: its URL, or with CHAP "lab" of pools_file().
+    std::string dst_pool() { return chap_user.empty() ? iscsi->base_url() : "lab"; }
+
+    // With CHAP: [pool.lab] with the credentials in its URL (0600, outside
+    // the state dir): how a password reaches blockmig without its argv.
+    fs::path pools_file() {
+        const fs::path file = dir / "pools.toml";
+        if (!fs::exists(file)) {
+            std::ofstream(file) << "[pool.lab]\ntype = \"iscsi\"\nurl = \"iscsi://" << chap_user
+                                << "%" << chap_password << "@" << iscsi->portal() << "/"
+                                << iscsi->iqn() << "\"\n";
+            fs::permissions(file, fs::perms::owner_read | fs::perms::owner_write);
+        }
+        return file;
+    }
+
+    std::uint64_t lun_size = 64 * k_mib;   // the guest's disk's (set before SetUp)
+    std::string chap_user, chap_password;  // the target's CHAP account (set before SetUp)
     const std::string k_foreign = std::string(4096, 'F');
     std::unique_ptr<IscsiTarget> iscsi;
 };
@@ -153,6 +184,127 @@ TEST_F(MigrateIscsiLaunchLarger, ARefusedDestinationIsStoppedAndItsLunReleased) 
     qmp_at(socket, "stop");
     auto v = blockmig::lab::verify_raw(iscsi->backing_file(2), k_blocks, ack);
     EXPECT_TRUE(v.intact()) << v.output;
+    blockmig_cli({"qmp", socket.string(), "quit"});
+}
+
+// The CHAP target, and a watch that looks for its password everywhere.
+class MigrateIscsiLaunchChap : public MigrateIscsiLaunch {
+  protected:
+    MigrateIscsiLaunchChap() {
+        chap_user = "bmlaunch";
+        chap_password = "launch-chap-pw-4d7e19b3";
+    }
+};
+
+// Until stopped, every 50 ms: every process's /proc/PID/cmdline and environ
+// and every file under `dir`, searched for `secret`. `except` (tgtd, given
+// the password by the lab) is not searched.
+class SecretWatch {
+  public:
+    SecretWatch(std::string secret, int except, fs::path dir, std::string qemu_marker)
+        : m_secret(std::move(secret)),
+          m_except(except),
+          m_dir(std::move(dir)),
+          m_marker(std::move(qemu_marker)),
+          m_thread([this] {
+              while (!m_stop) {
+                  sample();
+                  std::this_thread::sleep_for(std::chrono::milliseconds(50));
+              }
+          }) {}
+    ~SecretWatch() { stop(); }
+    void stop() {
+        m_stop = true;
+        if (m_thread.joinable()) m_thread.join();
+    }
+
+    std::set<std::string> leaks;  // "PID (comm) cmdline", "FILE"
+    bool saw_qemu = false;        // a sample held the launched QEMU (argv has the marker)
+    std::set<std::string> files;  // the state dir's files searched
+
+  private:
+    static std::string read_all(const fs::path& path) {
+        std::ifstream in(path, std::ios::binary);
+        return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
+    }
+
+    void sample() {
+        std::error_code ec;
+        for (const auto& e : fs::directory_iterator("/proc", ec)) {
+            const std::string pid = e.path().filename().string();
+            if (pid.find_first_not_of("0123456789") != std::string::npos ||
+                std::stoi(pid) == m_except)
+                continue;
+            const std::string cmdline = read_all(e.path() / "cmdline");
+            saw_qemu = saw_qemu || (cmdline.find(m_marker) != std::string::npos &&
+                                    cmdline.find("qemu-system") != std::string::npos);
+            for (const char* what : {"cmdline", "environ"})
+                if ((what[0] == 'c' ? cmdline : read_all(e.path() / what)).find(m_secret) !=
+                    std::string::npos)
+                    leaks.insert(pid + " (" + read_all(e.path() / "comm") + ") " + what);
+        }
+        for (const auto& e : fs::recursive_directory_iterator(m_dir, ec)) {
+            if (!e.is_regular_file(ec)) continue;
+            files.insert(e.path().filename().string());
+            if (read_all(e.path()).find(m_secret) != std::string::npos)
+                leaks.insert(e.path().string());
+        }
+    }
+
+    std::string m_secret;
+    int m_except;
+    fs::path m_dir;
+    std::string m_marker;
+    std::atomic<bool> m_stop{false};
+    std::thread m_thread;
+};
+
+std::string joined(const std::set<std::string>& words) {
+    std::string out;
+    for (const auto& w : words) out += (out.empty() ? "" : "; ") + w;
+    return out;
+}
+
+TEST_F(MigrateIscsiLaunchChap, TheGuestLandsOnALunBehindChapAndThePasswordIsNowhere) {
+    // The target admits no login without the account (what makes CHAP matter).
+    auto anonymous = on_host_a({"pool", "info", iscsi->base_url()});
+    EXPECT_NE(anonymous.status, 0) << anonymous.out << anonymous.err;
+    auto account = on_host_a({"--pools", pools_file().string(), "pool", "info", "lab"});
+    EXPECT_EQ(account.status, 0) << account.out << account.err;
+
+    SecretWatch watch(chap_password, iscsi->pid(), state, "blockmig-chap");
+    auto r = on_host_a(launch_args({}));
+    watch.stop();
+    json done;
+    std::optional<blockmig::lab::Ack> ack;
+    ASSERT_NO_FATAL_FAILURE(expect_ran_to_done(r, done, ack));
+    EXPECT_NE(r.out.find(chap_user + "@" + iscsi->portal() + "/" + iscsi->iqn() + "/2"),
+              std::string::npos)
+        << "LUN 2 is named: " << r.out;
+
+    const fs::path socket = state / (done["job"].get<std::string>() + ".dst.qmp");
+    EXPECT_EQ(qmp_at(socket, "query-status").value("status", ""), "running") << socket;
+    EXPECT_EQ(jobs_listing()["jobs"].size(), 0u);
+    // The password reached QEMU as the secret: the LUN is open through it.
+    const auto blocks = blockmig_cli({"qmp", socket.string(), "query-block"}).out;
+    for (const char* word : {"password-secret", "blockmig-chap", "bmlaunch"})
+        EXPECT_NE(blocks.find(word), std::string::npos) << word << " in " << blocks;
+
+    // Nowhere: the watch saw the launched QEMU (so it looked while it ran)
+    // and the state dir's journal and the QEMU's log.
+    EXPECT_TRUE(watch.saw_qemu) << "the watch never sampled the launched QEMU";
+    EXPECT_TRUE(watch.files.contains(done["job"].get<std::string>() + ".dst.log"))
+        << joined(watch.files);
+    EXPECT_GE(watch.files.size(), 2u) << "the job's journal too";
+    EXPECT_TRUE(watch.leaks.empty()) << "the password is in: " << joined(watch.leaks);
+    EXPECT_EQ(r.out.find(chap_password), std::string::npos);
+    EXPECT_EQ(r.err.find(chap_password), std::string::npos);
+
+    // Every block the source acknowledged is on LUN 2; LUN 1 is as it was.
+    qmp_at(socket, "stop");
+    auto v = blockmig::lab::verify_raw(iscsi->backing_file(2), k_blocks, ack);
+    EXPECT_TRUE(v.intact()) << v.output;
+    EXPECT_EQ(lun_head(1).substr(0, k_foreign.size()), k_foreign);
     blockmig_cli({"qmp", socket.string(), "quit"});
 }
 
