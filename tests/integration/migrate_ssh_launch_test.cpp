@@ -6,14 +6,20 @@
 // 10.77.0.1, reached by B over the link). The failure paths: a QEMU on B
 // the pre-flight refuses is quit through its monitor over ssh and its volume
 // deleted; a remote command that cannot run leaves nothing in the pool.
+// CHAP: the volume is a LUN of a CHAP target in A's namespace, the password
+// travels in ssh's stdin to B's QEMU (-object {secret-object}) and shows in
+// no process's argv or environment and no file of the state dir.
 #include <gtest/gtest.h>
 #include <signal.h>
 
 #include <cstdlib>
+#include <fstream>
 
 #include "migrate_ssh_rig.hpp"
+#include "secret_watch.hpp"
 
 using namespace migrate_test;
+using blockmig::lab::IscsiTarget;
 using blockmig::lab::NfsServer;
 
 namespace {
@@ -56,7 +62,7 @@ class MigrateSshLaunch : public SshRig {
                                    "--state-dir",
                                    state.string(),
                                    "--dst-pool",
-                                   nas->url(),
+                                   pool.empty() ? nas->url() : pool,
                                    "--dst-launch",
                                    "--output",
                                    "json",
@@ -76,9 +82,12 @@ class MigrateSshLaunch : public SshRig {
         remote_env.push_back("BLOCKMIG_GUEST_APPEND=stamp.hb=100 stamp.blocks=" +
                              std::to_string(k_blocks));
         a.insert(a.end(), remote_env.begin(), remote_env.end());
-        const auto qemu = incoming_guest_words(
-            {"-drive", "file={vol:disk0},format=raw,if=none,id=disk0-fmt,cache=none"}, program);
+        std::vector<std::string> drive{
+            "-drive", "file={vol:disk0},format=raw,if=none,id=disk0-fmt,cache=none"};
+        if (!pools_file.empty()) drive.insert(drive.begin(), {"-object", "{secret-object}"});
+        const auto qemu = incoming_guest_words(drive, program);
         a.insert(a.end(), qemu.begin(), qemu.end());
+        if (!pools_file.empty()) a.insert(a.begin() + 1, {"--pools", pools_file.string()});
         return a;
     }
 
@@ -96,6 +105,8 @@ class MigrateSshLaunch : public SshRig {
     }
 
     std::unique_ptr<NfsServer> nas;
+    std::string pool;                // --dst-pool; empty: the NAS
+    fs::path pools_file;             // --pools (a CHAP pool's: then -object {secret-object} too)
     fs::path on_b = dir / "host-b";  // the destination QEMU's files "on B"
     fs::path socket_on_b = on_b / "qmp.sock";
 };
@@ -159,6 +170,37 @@ TEST_F(MigrateSshLaunch, SomethingAlreadyAnsweringThereIsRefusedBeforeAnythingIs
     EXPECT_EQ(qmp_return(*dst, R"({"execute":"query-status"})")["status"], "inmigrate")
         << "the other QEMU is untouched";
     expect_guest_on_source();
+}
+
+TEST_F(MigrateSshLaunch, ThePasswordOfAChapPoolReachesBInSshsStdinOnly) {
+    const std::string user = "bmssh", password = "ssh-chap-pw-a61c07e5";
+    IscsiTarget iscsi(64 * k_mib, 1, user, password, hosts->ns_a(), HostPair::k_addr_a);
+    pools_file = dir / "pools.toml";
+    std::ofstream(pools_file) << "[pool.san]\ntype = \"iscsi\"\nurl = \"iscsi://" << user << "%"
+                              << password << "@" << iscsi.portal() << "/" << iscsi.iqn() << "\"\n";
+    fs::permissions(pools_file, fs::perms::owner_read | fs::perms::owner_write);
+    pool = "san";
+
+    SecretWatch watch(password, iscsi.pid(), state, "blockmig-chap");
+    auto r = on_host_a(launch_args({}));
+    watch.stop();
+    json done;
+    std::optional<blockmig::lab::Ack> ack;
+    ASSERT_NO_FATAL_FAILURE(expect_ran_to_done(r, done, ack));
+    EXPECT_EQ(qmp_on_b("query-status").value("status", ""), "running");
+    EXPECT_EQ(qemus_on_b().size(), 1u) << "one QEMU, started through ssh";
+    EXPECT_TRUE(watch.saw_qemu) << "the watch never sampled the QEMU on B";
+    EXPECT_TRUE(watch.leaks.empty()) << "the password is in: " << joined(watch.leaks);
+    EXPECT_GE(watch.files.size(), 2u) << joined(watch.files);
+    EXPECT_EQ(r.out.find(password), std::string::npos);
+    EXPECT_EQ(r.err.find(password), std::string::npos);
+    EXPECT_TRUE(entries_of(nas->export_dir()).empty()) << "nothing on the NAS";
+    // Every block the source acknowledged is on the LUN B logged in to.
+    qmp_on_b("stop");
+    auto v = blockmig::lab::verify_raw(iscsi.backing_file(1), k_blocks, ack);
+    EXPECT_TRUE(v.intact()) << v.output;
+    qmp_on_b("quit");
+    EXPECT_TRUE(qemu_on_b_gone(15s));
 }
 
 // No lab needed: refused by the command line, before any connection.
