@@ -36,7 +36,8 @@ nlohmann::json describe(const jobs::JobListing& l, const std::filesystem::path& 
                       {{"qmp", l.job.guest.qmp},
                        {"pid", l.job.guest.pid},
                        {"uuid", l.job.guest.uuid},
-                       {"name", l.job.guest.name}}},
+                       {"name", l.job.guest.name},
+                       {"files", l.job.guest.files}}},
                      {"disks", disks},
                      {"journal", l.path.string()}};
     if (const auto& m = l.job.migration)
@@ -67,7 +68,7 @@ Result<void> run_jobs(const JobsArgs& args, const GlobalOptions& globals) {
     for (const auto& l : *listed) {
         nlohmann::json j = describe(l, dir);
         fmt::print("job {} ({}, {}) guest {}\n", l.job.id, l.job.kind,
-                   j["state"].get<std::string>(), l.job.guest.qmp);
+                   j["state"].get<std::string>(), l.job.guest.label());
         for (const auto& d : j["disks"]) {
             fmt::print("  {}: {} {} -> {}\n", d["disk"].get<std::string>(),
                        d["phase"].get<std::string>(), d["source"].get<std::string>(),

@@ -48,6 +48,8 @@ struct MigrateArgs {
     bool offline = false;  // --offline (cli/migrate_offline.cpp)
     bool no_guardian = false;
     std::vector<std::string> disks;
+    std::vector<std::string> src_disks;    // --src-disk DEV=PATH (--offline, no QEMU)
+    std::vector<std::string> src_formats;  // --src-format [DEV=]FORMAT
     int shutdown_timeout_s = 60;
 };
 
@@ -199,8 +201,8 @@ void add_migrate_command(CLI::App& app, Dispatch& dispatch) {
     auto* cmd = app.add_subcommand(
         "migrate", "live-migrate a running guest into a destination QEMU (-incoming defer)");
     cmd->add_option("--src-qmp", args->src_qmp,
-                    "the guest's QMP (path, tcp:HOST:PORT or ssh://[USER@]HOST[:PORT]/PATH)")
-        ->required();
+                    "the guest's QMP (path, tcp:HOST:PORT or ssh://[USER@]HOST[:PORT]/PATH); "
+                    "required unless --offline --src-disk");
     cmd->add_option(
         "--dst-qmp", args->dst_qmp,
         "the destination QEMU's QMP (path, tcp:HOST:PORT or ssh://[USER@]HOST[:PORT]/PATH); "
@@ -292,8 +294,19 @@ void add_migrate_command(CLI::App& app, Dispatch& dispatch) {
                     "(not after a pre-flight refusal, which touches nothing)")
         ->type_name("FILE");
     cmd->add_flag("--offline", args->offline,
-                  "cold migration: power the guest down, copy its disks into --dst-pool (each "
-                  "in its format, in parallel, sparse), compare SHA-256 of source and copy");
+                  "cold migration: power the guest down (--src-qmp; or --src-disk: a guest that "
+                  "is not running), copy its disks into --dst-pool (each in its format, in "
+                  "parallel, sparse), compare SHA-256 of source and copy");
+    cmd->add_option("--src-disk", args->src_disks,
+                    "with --offline, instead of --src-qmp: the disk DEV of a guest that is not "
+                    "running is the local file PATH (repeatable; DEV names the disk in reports, "
+                    "the copy keeps PATH's file name); refused while a process (its QEMU) has "
+                    "PATH open for writing, which is locked against QEMU until the copy ends")
+        ->type_name("DEV=PATH");
+    cmd->add_option("--src-format", args->src_formats,
+                    "with --src-disk: raw or qcow2 for every disk, or DEV=FORMAT for one "
+                    "(default: probed like qemu-img: the qcow2 magic, else raw)")
+        ->type_name("[DEV=]FORMAT");
     cmd->add_option("--disk", args->disks, "with --offline: only this disk (repeatable)");
     cmd->add_option("--shutdown-timeout", args->shutdown_timeout_s,
                     "with --offline: seconds the guest has to power down before quit (60)")
@@ -301,6 +314,8 @@ void add_migrate_command(CLI::App& app, Dispatch& dispatch) {
     cmd->callback([args, &dispatch] {
         check_offline_usage(args->offline, args->dst_qmp, args->dst_launch, args->dst_pool,
                             args->copy_storage, args->disks);
+        auto src_files =
+            check_source_usage(args->offline, args->src_qmp, args->src_disks, args->src_formats);
         if (args->offline && !args->tls_dir.empty())
             throw CLI::ValidationError("--tls-dir",
                                        "not with --offline (no stream crosses the network)");
@@ -314,10 +329,10 @@ void add_migrate_command(CLI::App& app, Dispatch& dispatch) {
                 throw CLI::ValidationError("--dst-vol", "disk " + v->first + " given twice");
         }
         if (args->offline) {
-            dispatch.action = [args, &dispatch] {
+            dispatch.action = [args, src_files, &dispatch] {
                 return run_offline_command(
-                    {args->src_qmp, args->dst_pool, args->disks, args->shutdown_timeout_s,
-                     args->pools_file, args->state_dir},
+                    {args->src_qmp, src_files, args->dst_pool, args->disks,
+                     args->shutdown_timeout_s, args->pools_file, args->state_dir},
                     dispatch.globals);
             };
             return;

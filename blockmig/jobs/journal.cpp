@@ -1,7 +1,7 @@
 #include "journal.hpp"
 
 #include <fcntl.h>
-#include <fmt/core.h>
+#include <fmt/format.h>
 #include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -212,7 +212,14 @@ bool GuestIdentity::same_guest(const GuestIdentity& other) const {
     // Journals from before `started` match by pid alone.
     const bool same_start = started == 0 || other.started == 0 || started == other.started;
     if (pid > 0 && pid == other.pid && same_start) return true;
+    for (const auto& f : files)
+        if (std::find(other.files.begin(), other.files.end(), f) != other.files.end()) return true;
     return !qmp.empty() && qmp == other.qmp;
+}
+
+std::string GuestIdentity::label() const {
+    if (!qmp.empty() || files.empty()) return qmp;
+    return fmt::format("not running, files {}", fmt::join(files, ", "));
 }
 
 JobDisk* Job::disk(std::string_view id) {
@@ -285,6 +292,7 @@ json to_json(const Job& job) {
                 {"disks", disks},
                 {"records", records}};
     if (job.guest_paused) out["guest_paused"] = true;
+    if (!job.guest.files.empty()) out["guest"]["files"] = job.guest.files;
     if (const auto& m = job.migration)
         out["migration"] = {{"destination",
                              {{"qmp", m->destination.qmp},
@@ -314,6 +322,7 @@ Result<Job> job_from_json(const json& j) {
     job.guest = {guest.value("qmp", ""), guest.value("pid", -1), guest.value("uuid", ""),
                  guest.value("name", "")};
     job.guest.started = guest.value("started", std::uint64_t{0});
+    job.guest.files = guest.value("files", std::vector<std::string>{});
     const std::string finish = j.value("finish", "pivot");
     job.finish = finish == "no_pivot"    ? Finish::no_pivot
                  : finish == "copy_only" ? Finish::copy_only
@@ -608,7 +617,7 @@ Result<void> refuse_if_unrecovered(const fs::path& state_dir, const GuestIdentit
         return fail(ErrorCode::invalid_state,
                     fmt::format("guest {} has an unfinished job {} (blockmig was stopped in the "
                                 "middle of it); run `{}` first",
-                                guest.qmp, l.job.id, recover_command(state_dir, l.job.id)));
+                                guest.label(), l.job.id, recover_command(state_dir, l.job.id)));
     }
     return {};
 }

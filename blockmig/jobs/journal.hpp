@@ -94,7 +94,12 @@ struct GuestIdentity {
     // when pid is known, 0 otherwise: pids are reused (pid_max may be 32768),
     // so a pid names a QEMU only together with its start time.
     std::uint64_t started = 0;
+    // A guest with no QEMU (migrate --offline --src-disk): its disks' files,
+    // absolute paths; the same guest as any identity sharing one of them.
+    std::vector<std::string> files;
     bool same_guest(const GuestIdentity& other) const;
+    // For people: the QMP address, or "not running, files A, B".
+    std::string label() const;
 };
 
 // How the job means to end once every mirror is READY.

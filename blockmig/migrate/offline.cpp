@@ -1,6 +1,7 @@
-// run_offline_migrate: plan, journal, create the copies' volumes while the
-// guest runs, shut it down, copy + verify every disk in parallel; undo the
-// volumes on any failure (blockmig/offline.hpp, docs/state-machines.md).
+// run_offline_migrate(_stopped): plan, journal, create the copies' volumes
+// while the guest runs (if it does), stop it (offline_guest.hpp), copy +
+// verify every disk in parallel; undo the volumes on any failure (blockmig/offline.hpp,
+// docs/state-machines.md).
 #include "blockmig/offline.hpp"
 
 #include <fmt/format.h>
@@ -10,10 +11,8 @@
 
 #include "jobs/effects.hpp"
 #include "jobs/journal.hpp"
-#include "move/source_path.hpp"
 #include "offline_copy.hpp"
-#include "offline_plan.hpp"
-#include "shutdown.hpp"
+#include "offline_guest.hpp"
 
 namespace blockmig {
 
@@ -66,9 +65,9 @@ class DiskReporter {
 
 class OfflineRun {
   public:
-    OfflineRun(qmp::Client& src, const OfflineOptions& o, ProgressSink& progress,
+    OfflineRun(OfflineGuest& guest, const OfflineOptions& o, ProgressSink& progress,
                const std::atomic<bool>& cancel)
-        : m_src(src), m_o(o), m_progress(progress), m_cancel(cancel) {}
+        : m_guest(guest), m_o(o), m_progress(progress), m_cancel(cancel) {}
 
     Result<OfflineReport> run();
 
@@ -80,39 +79,31 @@ class OfflineRun {
     Result<void> copy_all();
     std::unexpected<Error> failed(std::string_view phase, const Error& cause);
 
-    qmp::Client& m_src;
+    OfflineGuest& m_guest;
     const OfflineOptions& m_o;
     LockedSink m_progress;
     const std::atomic<bool>& m_cancel;
-    SideFacts m_facts;
     std::vector<OfflineDisk> m_plan;
     std::unique_ptr<pools::Pool> m_pool;
     std::optional<jobs::Journal> m_journal;
     jobs::UndoEnv m_env;
-    bool m_shut_down = false;  // system_powerdown or quit was sent
+    bool m_shut_down = false;  // the guest's stop() was entered
     OfflineReport m_report;
 };
 
 Result<void> OfflineRun::prepare() {
-    auto facts = gather(m_src, m_o.src_qmp, "source", m_o.qmp_timeout);
-    if (!facts) return fail(facts.error());
-    m_facts = std::move(*facts);
-    const auto pid = m_src.peer_pid();
-    auto plan = plan_offline(m_facts, m_o.disks, [pid](const std::string& filename) {
-        // Without QEMU's pid (tcp:, ssh://) a local name may be another
-        // host's file, or another file of the same name here: never copy it.
-        if (!pid)
-            return Result<std::string>(fail(
-                ErrorCode::unsupported,
-                fmt::format("{}: the guest's QMP is not a local Unix socket, so blockmig cannot "
-                            "prove it reads QEMU's file (run it on the guest's host with the "
-                            "socket path)",
-                            filename)));
-        return resolve_source_path(filename, pid);
-    });
+    auto plan = m_guest.plan(m_o.disks);
     if (!plan) return fail(plan.error());
     m_plan = std::move(*plan);
-    if (auto r = jobs::refuse_if_unrecovered(m_o.jobs_dir, m_facts.identity); !r) return r;
+    for (const auto& d : m_plan)
+        m_progress.event("source",
+                         {{"disk", d.device},
+                          {"source", d.source},
+                          {"format", pools::to_string(d.format)},
+                          {"format_from", d.format_from}},
+                         fmt::format("{}: {} is {} ({})", d.device, d.source,
+                                     pools::to_string(d.format), d.format_from));
+    if (auto r = jobs::refuse_if_unrecovered(m_o.jobs_dir, m_guest.identity()); !r) return r;
     auto pool = m_o.pool_opener.open_pool(m_o.dst_pool);
     if (!pool) return fail(pool.error().with_context("--dst-pool " + m_o.dst_pool));
     m_pool = std::move(*pool);
@@ -149,7 +140,7 @@ Result<void> OfflineRun::check_pool() {
 Result<void> OfflineRun::create_volumes() {
     jobs::Job job;
     job.kind = "offline";
-    job.guest = m_facts.identity;
+    job.guest = m_guest.identity();
     for (const auto& d : m_plan)
         job.disks.push_back({.disk = d.device,
                              .source = d.source,
@@ -179,23 +170,10 @@ Result<void> OfflineRun::create_volumes() {
 
 Result<void> OfflineRun::shut_down() {
     if (m_cancel.load()) return fail(ErrorCode::cancelled, "interrupted");
-    m_progress.event(
-        "shutdown", {{"state", m_facts.run_state}},
-        m_facts.run_state == "running"
-            ? fmt::format("powering the guest down (system_powerdown; quit after {} s)",
-                          m_o.shutdown_timeout.count() / 1000)
-            : "the guest is shut down: quitting its QEMU");
     m_shut_down = true;
-    const auto started = m_o.clock->now();
-    auto how = shut_down_guest(
-        m_src, m_facts.run_state,
-        {.powerdown_timeout = m_o.shutdown_timeout, .exit_timeout = m_o.qmp_timeout}, m_cancel);
+    auto how = m_guest.stop(m_progress, m_plan.size(), m_cancel);
     if (!how) return fail(how.error());
     m_report.shutdown = *how;
-    m_progress.event("shut_down", {{"how", *how}},
-                     fmt::format("the guest {} ({:.1f} s); copying {} disk{}", *how,
-                                 std::chrono::duration<double>(m_o.clock->now() - started).count(),
-                                 m_plan.size(), m_plan.size() == 1 ? "" : "s"));
     return {};
 }
 
@@ -231,7 +209,7 @@ Result<void> OfflineRun::copy_all() {
         if (!results[i]) return fail(results[i].error());
         const auto& d = m_plan[i];
         m_report.disks.push_back({d.device, d.source, m_pool->url_of(d.volume),
-                                  std::string(pools::to_string(d.format)), d.size,
+                                  std::string(pools::to_string(d.format)), d.format_from, d.size,
                                   results[i]->data_bytes, results[i]->digest});
     }
     return {};
@@ -258,10 +236,7 @@ std::unexpected<Error> OfflineRun::failed(std::string_view phase, const Error& c
                                  jobs::recover_command(m_o.jobs_dir, m_journal->job().id));
         }
     }
-    const char* guest = !m_shut_down ? "the guest keeps running on the source"
-                        : m_report.shutdown.empty()
-                            ? "the guest was asked to power down and may be off"
-                            : "the guest stays shut off (start it again on the source)";
+    const std::string guest = m_guest.after_failure(m_shut_down, !m_report.shutdown.empty());
     Error e = cause;
     e.message = fmt::format(
         "migrate --offline failed in phase {}: {}; {}, the source files are "
@@ -284,10 +259,8 @@ Result<OfflineReport> OfflineRun::run() {
     return m_report;
 }
 
-}  // namespace
-
-Result<OfflineReport> run_offline_migrate(qmp::Client& src, const OfflineOptions& options,
-                                          ProgressSink& progress, const std::atomic<bool>& cancel) {
+// The real pools unless the caller injected its own.
+OfflineOptions with_defaults(const OfflineOptions& options) {
     OfflineOptions o = options;
     if (o.jobs_dir.empty()) o.jobs_dir = jobs::default_state_dir();
     if (!o.clock) o.clock = &system_clock();
@@ -299,8 +272,24 @@ Result<OfflineReport> run_offline_migrate(qmp::Client& src, const OfflineOptions
         o.pool_opener.resolve_volume = [config = o.pools](std::string_view spec) {
             return pools::resolve_volume(spec, config);
         };
-    OfflineRun run(src, o, progress, cancel);
-    return run.run();
+    return o;
+}
+
+}  // namespace
+
+Result<OfflineReport> run_offline_migrate(qmp::Client& src, const OfflineOptions& options,
+                                          ProgressSink& progress, const std::atomic<bool>& cancel) {
+    const OfflineOptions o = with_defaults(options);
+    auto guest = make_qemu_guest(src, o);
+    return OfflineRun(*guest, o, progress, cancel).run();
+}
+
+Result<OfflineReport> run_offline_migrate_stopped(const OfflineOptions& options,
+                                                  ProgressSink& progress,
+                                                  const std::atomic<bool>& cancel) {
+    const OfflineOptions o = with_defaults(options);
+    auto guest = make_stopped_guest(o);
+    return OfflineRun(*guest, o, progress, cancel).run();
 }
 
 }  // namespace blockmig

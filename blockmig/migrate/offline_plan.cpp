@@ -74,7 +74,7 @@ Result<OfflineDisk> plan_disk(const DiskFacts& d, const PathResolver& resolve_pa
         if (!path) return refuse(fmt::format("disk {}: {}", d.device, path.error().message));
         source = *path;
     }
-    return OfflineDisk{d.device, source, *format, d.size, base_name(source)};
+    return OfflineDisk{d.device, source, *format, d.size, base_name(source), "QEMU"};
 }
 
 }  // namespace

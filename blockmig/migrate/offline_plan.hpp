@@ -20,6 +20,7 @@ struct OfflineDisk {
                                 // whose guest wrote a qcow2 header stays raw)
     std::uint64_t size = 0;     // virtual size
     std::string volume;         // name of the copy in the destination pool
+    std::string format_from;    // who said the format: "QEMU", "probed", "--src-format"
 };
 
 // A local filename as QEMU reports it -> the same file for blockmig

@@ -28,18 +28,22 @@ Result<jobs::RecoveryReport> recover_offline(jobs::Journal& journal, jobs::UndoE
     report.job = journal.job().id;
     const bool forward = all_done(journal.job());
     const bool off = guest_shut_down(journal.job());
+    // --src-disk: no QEMU was ever involved.
+    const bool no_qemu = !journal.job().guest.files.empty();
     jobs::Effects effects(journal, env);
     for (const auto disks = journal.job().disks; const auto& d : disks) {
         jobs::DiskRecovery r;
         r.disk = d.disk;
         r.phase = d.phase;
         r.direction = forward ? jobs::Direction::forward : jobs::Direction::undo;
-        r.reason = forward ? "every copy was verified: the copies stay"
-                   : off   ? "the offline copy did not finish: the copy is deleted, the source "
-                             "files are untouched; the guest was shut down (start it again on "
-                             "the source)"
-                           : "the offline copy never started: the copy is deleted, the guest "
-                             "was not shut down by blockmig";
+        r.reason = forward   ? "every copy was verified: the copies stay"
+                   : no_qemu ? "the offline copy did not finish: the copy is deleted, the source "
+                               "files are untouched; the guest was not running"
+                   : off     ? "the offline copy did not finish: the copy is deleted, the source "
+                               "files are untouched; the guest was shut down (start it again on "
+                               "the source)"
+                             : "the offline copy never started: the copy is deleted, the guest "
+                               "was not shut down by blockmig";
         if (!forward) {
             auto undo = effects.rollback(d.disk);
             if (!undo) return fail(undo.error());

@@ -1,6 +1,7 @@
 // `blockmig recover` for an `offline` journal (migrate --offline whose
 // process died). No QEMU is asked: the guest's was shut down or still runs
-// on its own files, which the job never writes. Every disk "done" (all
+// on its own files, which the job never writes (or, --src-disk, there was
+// none). Every disk "done" (all
 // copies verified): forward, the copies stay. Otherwise undo: every volume
 // the job created is deleted (a half-written or unverified copy is never
 // left looking like a good one).

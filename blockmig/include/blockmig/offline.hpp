@@ -14,6 +14,12 @@
 // standalone image), then the SHA-256 of the guest-visible contents of
 // source and copy are compared; success only when every pair is equal.
 //
+// A guest that is not running (no QEMU: `--src-disk DEV=PATH`) is described
+// by its files instead: each format probed like qemu-img (the qcow2 magic,
+// else raw) unless forced, each file refused while a process holds QEMU's
+// write lock on it and locked against a QEMU starting until the job ends;
+// no shutdown, the same copy, verify and undo.
+//
 // Failure (copy error, full pool, digest mismatch, Ctrl-C, blockmig killed
 // -> `blockmig recover`): every destination volume blockmig created is
 // deleted; the source files are never written, moved or deleted. A guest
@@ -25,6 +31,7 @@
 #include <chrono>
 #include <cstdint>
 #include <filesystem>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -35,8 +42,17 @@
 
 namespace blockmig {
 
+// `--src-disk DEV=PATH[,format]` of a guest that is not running.
+struct OfflineSourceFile {
+    std::string device;                        // the disk's name: reports, --disk
+    std::string path;                          // a local file
+    std::optional<pools::ImageFormat> format;  // --src-format; nullopt = probe
+};
+
 struct OfflineOptions {
-    std::string src_qmp;             // the guest's QMP address (its identity in the journal)
+    std::string src_qmp;  // the guest's QMP address (its identity in the journal)
+    // Or, for run_offline_migrate_stopped: the guest's files (its identity).
+    std::vector<OfflineSourceFile> src_files;
     std::vector<std::string> disks;  // --disk: only these (any QEMU name); empty = every disk
     std::string dst_pool;            // POOL spec: a directory or an NFS export
     pools::PoolsConfig pools;
@@ -54,9 +70,10 @@ struct OfflineOptions {
 
 struct OfflineDiskReport {
     std::string device;
-    std::string source;  // path or URL, never touched
-    std::string target;  // the new volume's URL
-    std::string format;  // "raw" / "qcow2"
+    std::string source;       // path or URL, never touched
+    std::string target;       // the new volume's URL
+    std::string format;       // "raw" / "qcow2"
+    std::string format_from;  // "QEMU" (its driver), "probed", "--src-format"
     std::uint64_t size = 0;
     std::uint64_t data_bytes = 0;  // allocated bytes copied (holes are not)
     std::string digest;            // SHA-256 of the guest-visible contents (source == copy)
@@ -64,7 +81,9 @@ struct OfflineDiskReport {
 
 struct OfflineReport {
     std::string job;
-    std::string shutdown;  // "powered down" / "quit after N s without SHUTDOWN" / "was shut down"
+    // "powered down" / "quit after N s without SHUTDOWN" / "was shut down" /
+    // "was not running"
+    std::string shutdown;
     std::vector<OfflineDiskReport> disks;
     double seconds = 0;  // shutdown to verified
 };
@@ -75,5 +94,13 @@ struct OfflineReport {
 // state of the guest.
 Result<OfflineReport> run_offline_migrate(qmp::Client& src, const OfflineOptions& options,
                                           ProgressSink& progress, const std::atomic<bool>& cancel);
+
+// Cold-migrates the guest whose disks are options.src_files, with no QEMU
+// running it. Refusals as above, and: a file that does not exist, is not
+// raw / qcow2, shares its disk name or file name with another, or is open
+// for writing by another process (a running QEMU's lock).
+Result<OfflineReport> run_offline_migrate_stopped(const OfflineOptions& options,
+                                                  ProgressSink& progress,
+                                                  const std::atomic<bool>& cancel);
 
 }  // namespace blockmig

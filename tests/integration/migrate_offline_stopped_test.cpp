@@ -1,0 +1,190 @@
+// blockmig migrate --offline --src-disk DEV=PATH: a guest that is not
+// running (no QEMU) moved by its files. A real lab guest stamps its disks,
+// its QEMU is quit (it flushes and closes the images), then:
+// - a raw and a qcow2-over-raw disk into a dir pool: formats probed, every
+//   stamped block verifies on each copy, the digests equal sha256sum, the
+//   qcow2 flattened, the sources kept;
+// - into an NFS pool (nfs-ganesha): the copy verifies;
+// - an image a running QEMU has open is refused in one line (QEMU's OFD
+//   write lock), nothing created, the guest keeps writing;
+// - a pool that fills up during the copy (a 4 MiB tmpfs; the qcow2's base
+//   holds 16 MiB of data the capacity check does not see): the created
+//   volume is deleted, no journal, the source verifies.
+#include <sys/mount.h>
+
+#include "move_test_util.hpp"
+
+namespace {
+
+using namespace move_test;
+using blockmig::lab::NfsServer;
+
+constexpr std::uint64_t k_blocks = 4096;  // 16 MiB stamped per disk
+
+class MigrateOfflineStopped : public ::testing::Test {
+  protected:
+    void SetUp() override { LAB_REQUIRE(); }
+    void TearDown() override {
+        if (mounted) ::umount2(pool.c_str(), MNT_DETACH);
+    }
+
+    void boot(std::vector<blockmig::lab::GuestDisk> disks) {
+        guest = std::make_unique<Guest>(GuestConfig{.disks = disks, .stamp_blocks = k_blocks});
+        ASSERT_TRUE(guest->wait_for_line("GUEST-UP", 120s)) << guest->console();
+        for (std::size_t i = 0; i < disks.size(); ++i)
+            ASSERT_TRUE(guest->wait_for_ack(std::string("vd") + char('a' + i), 1, 120s))
+                << guest->console();
+    }
+    // The guest is shut off: QEMU quits, closing (flushing) its images.
+    void quit_guest() {
+        guest->qmp(R"({"execute":"quit"})");
+        ASSERT_TRUE(guest->wait_exit(10s)) << "the lab QEMU quit";
+    }
+
+    std::vector<std::string> args(const std::string& dst, std::vector<std::string> src) {
+        std::vector<std::string> a{"--output",   "json", "migrate",     "--offline",
+                                   "--dst-pool", dst,    "--state-dir", state.string()};
+        for (const auto& s : src) {
+            a.push_back("--src-disk");
+            a.push_back(s);
+        }
+        return a;
+    }
+
+    json done_line(const std::string& out) {
+        for (const auto& l : lines_of(out)) {
+            json j = json::parse(l, nullptr, false);
+            if (!j.is_discarded() && j.value("event", "") == "done") return j;
+        }
+        return json::object();
+    }
+
+    static std::string sha256_of(const fs::path& file) {
+        return blockmig::lab::run_ok({"sha256sum", file.string()}).substr(0, 64);
+    }
+
+    void expect_intact(const fs::path& file, const char* format, const char* dev) {
+        auto v = blockmig::lab::verify_image(file.string(), format, k_blocks, guest->last_ack(dev));
+        EXPECT_TRUE(v.intact()) << file << ": " << v.output;
+    }
+
+    blockmig::lab::TempDir dir{"offline-stopped"};
+    fs::path state = dir / "jobs";
+    fs::path pool = dir / "pool";
+    bool mounted = false;
+    std::unique_ptr<Guest> guest;
+};
+
+TEST_F(MigrateOfflineStopped, RawAndQcow2FilesAreProbedCopiedVerifiedAndKept) {
+    const fs::path raw = dir / "vm-a.raw", qcow2 = dir / "vm-b.qcow2", base = dir / "base.raw";
+    blockmig::lab::run_ok({"truncate", "-s", "64M", raw.string()});
+    blockmig::lab::run_ok({"truncate", "-s", "48M", base.string()});
+    blockmig::lab::run_ok({"dd", "if=/dev/urandom", "of=" + base.string(), "bs=1M", "seek=32",
+                           "count=8", "conv=notrunc", "status=none"});
+    blockmig::lab::run_ok({"qemu-img", "create", "-q", "-f", "qcow2", "-b", base.string(), "-F",
+                           "raw", qcow2.string()});
+    fs::create_directories(pool);
+    boot({{"disk0", raw, "raw"}, {"disk1", qcow2, "qcow2"}});
+    quit_guest();
+
+    auto r =
+        blockmig_cli(args(pool.string(), {"disk0=" + raw.string(), "disk1=" + qcow2.string()}));
+    ASSERT_EQ(r.status, 0) << r.out;
+    json done = done_line(r.out);
+    ASSERT_EQ(done["disks"].size(), 2u) << r.out;
+    EXPECT_EQ(done.value("shutdown", ""), "was not running") << r.out;
+    EXPECT_EQ(jobs_listing(state)["jobs"].size(), 0u) << "no journal left";
+    const fs::path raw_copy = pool / "vm-a.raw", qcow2_copy = pool / "vm-b.qcow2";
+    expect_intact(raw_copy, "raw", "vda");
+    expect_intact(qcow2_copy, "qcow2", "vdb");
+    EXPECT_EQ(blockmig::lab::run({"qemu-img", "check", "-q", qcow2_copy.string()}).status, 0);
+    auto info = json::parse(
+        blockmig::lab::run_ok({"qemu-img", "info", "--output", "json", qcow2_copy.string()}));
+    EXPECT_FALSE(info.contains("backing-filename")) << "flattened: " << info.dump();
+    auto same = blockmig::lab::run({"qemu-img", "compare", qcow2.string(), qcow2_copy.string()});
+    EXPECT_EQ(same.status, 0) << same.out;
+    for (const auto& d : done["disks"]) {
+        EXPECT_EQ(d["format_from"], "probed") << d.dump();
+        if (d["disk"] == "disk0") {
+            EXPECT_EQ(d["format"], "raw");
+            EXPECT_EQ(d["sha256"], sha256_of(raw)) << d.dump();
+            EXPECT_EQ(d["sha256"], sha256_of(raw_copy)) << d.dump();
+        } else {
+            EXPECT_EQ(d["format"], "qcow2") << "the qcow2 magic";
+            const fs::path flat = dir / "flat.raw";
+            blockmig::lab::run_ok(
+                {"qemu-img", "convert", "-O", "raw", qcow2_copy.string(), flat.string()});
+            EXPECT_EQ(d["sha256"], sha256_of(flat)) << d.dump();
+        }
+    }
+    expect_intact(raw, "raw", "vda");
+    expect_intact(qcow2, "qcow2", "vdb");
+    // QEMU can open the sources again: blockmig's locks ended with it.
+    EXPECT_EQ(blockmig::lab::run({"qemu-img", "info", raw.string()}).status, 0);
+}
+
+TEST_F(MigrateOfflineStopped, IntoAnNfsPool) {
+    NfsServer nfs;
+    const fs::path raw = dir / "vm-n.raw";
+    blockmig::lab::run_ok({"truncate", "-s", "32M", raw.string()});
+    boot({{"disk0", raw, "raw"}});
+    quit_guest();
+    auto a = args(nfs.url(), {"disk0=" + raw.string()});
+    a.erase(a.begin(), a.begin() + 2);  // text output, for people
+    auto r = blockmig_cli(a);
+    ASSERT_EQ(r.status, 0) << r.out;
+    EXPECT_NE(r.out.find("disk0: " + raw.string() + " -> " + nfs.url() + "/vm-n.raw (raw, probed"),
+              std::string::npos)
+        << r.out;
+    EXPECT_NE(r.out.find("sha256 " + sha256_of(raw) + " on both"), std::string::npos) << r.out;
+    EXPECT_NE(r.out.find("the guest was not running"), std::string::npos) << r.out;
+    expect_intact(nfs.export_dir() / "vm-n.raw", "raw", "vda");
+}
+
+TEST_F(MigrateOfflineStopped, AnImageARunningQemuHasOpenIsRefused) {
+    const fs::path raw = dir / "vm-r.raw";
+    blockmig::lab::run_ok({"truncate", "-s", "32M", raw.string()});
+    fs::create_directories(pool);
+    boot({{"disk0", raw, "raw"}});
+    auto r = blockmig_cli(args(pool.string(), {"disk0=" + raw.string()}));
+    EXPECT_EQ(r.status, 1) << r.out;
+    EXPECT_NE(r.out.find("blockmig: error: migrate --offline: disk disk0: " + raw.string() +
+                         " is in use: another process has it open for writing"),
+              std::string::npos)
+        << r.out;
+    EXPECT_EQ(lines_of(r.out).size(), 1u) << "one line: " << r.out;
+    EXPECT_TRUE(fs::is_empty(pool)) << "nothing created";
+    EXPECT_EQ(jobs_listing(state)["jobs"].size(), 0u);
+    EXPECT_TRUE(guest_keeps_writing(*guest)) << "the guest was not touched";
+}
+
+TEST_F(MigrateOfflineStopped, APoolFillingUpDuringTheCopyKeepsNothing) {
+    const fs::path qcow2 = dir / "vm-f.qcow2", base = dir / "base-f.raw";
+    blockmig::lab::run_ok({"truncate", "-s", "64M", base.string()});
+    blockmig::lab::run_ok({"dd", "if=/dev/urandom", "of=" + base.string(), "bs=1M", "seek=32",
+                           "count=16", "conv=notrunc", "status=none"});
+    blockmig::lab::run_ok({"qemu-img", "create", "-q", "-f", "qcow2", "-b", base.string(), "-F",
+                           "raw", qcow2.string()});
+    fs::create_directories(pool);
+    ASSERT_EQ(::mount("tmpfs", pool.c_str(), "tmpfs", 0, "size=4m"), 0) << std::strerror(errno);
+    mounted = true;
+    boot({{"disk0", qcow2, "qcow2"}});
+    quit_guest();
+    const std::string before = sha256_of(qcow2);
+    auto r = blockmig_cli(args(pool.string(), {"disk0=" + qcow2.string()}));
+    EXPECT_EQ(r.status, 1) << r.out;
+    const auto lines = lines_of(r.out);
+    ASSERT_FALSE(lines.empty());
+    const std::string& error = lines.back();
+    EXPECT_NE(error.find("failed in phase copy"), std::string::npos) << r.out;
+    EXPECT_NE(error.find("the destination volumes blockmig created were deleted"),
+              std::string::npos)
+        << r.out;
+    EXPECT_NE(error.find("the guest was not running"), std::string::npos) << r.out;
+    EXPECT_TRUE(fs::is_empty(pool)) << "the partial copy is gone";
+    EXPECT_EQ(jobs_listing(state)["jobs"].size(), 0u);
+    EXPECT_EQ(sha256_of(qcow2), before) << "the source is never written";
+    expect_intact(qcow2, "qcow2", "vda");
+}
+
+}  // namespace
