@@ -7,10 +7,15 @@
 // - into an NFS pool (nfs-ganesha): the copy verifies;
 // - an image a running QEMU has open is refused in one line (QEMU's OFD
 //   write lock), nothing created, the guest keeps writing;
+// - while it copies, a QEMU opening a source writable (qemu-io, QEMU's own
+//   block layer) fails to get its write lock; blockmig SIGKILLed then:
+//   `blockmig jobs` names the files, `blockmig recover` deletes the copy,
+//   the source verifies and opens writable again;
 // - a pool that fills up during the copy (a 4 MiB tmpfs; the qcow2's base
 //   holds 16 MiB of data the capacity check does not see): the created
 //   volume is deleted, no journal, the source verifies.
 #include <sys/mount.h>
+#include <sys/wait.h>
 
 #include "move_test_util.hpp"
 
@@ -156,6 +161,53 @@ TEST_F(MigrateOfflineStopped, AnImageARunningQemuHasOpenIsRefused) {
     EXPECT_TRUE(fs::is_empty(pool)) << "nothing created";
     EXPECT_EQ(jobs_listing(state)["jobs"].size(), 0u);
     EXPECT_TRUE(guest_keeps_writing(*guest)) << "the guest was not touched";
+}
+
+TEST_F(MigrateOfflineStopped, TheFilesAreLockedWhileCopyingAndAKilledJobIsRecovered) {
+    // 448 MiB of data behind the stamped part: the copy and its digests take seconds.
+    const fs::path raw = dir / "vm-k.raw";
+    blockmig::lab::run_ok({"truncate", "-s", "512M", raw.string()});
+    blockmig::lab::run_ok({"dd", "if=/dev/urandom", "of=" + raw.string(), "bs=1M", "seek=64",
+                           "count=448", "conv=notrunc", "status=none"});
+    fs::create_directories(pool);
+    boot({{"disk0", raw, "raw"}});
+    quit_guest();
+    // Opening read-write runs QEMU's lock check; `flush` writes nothing.
+    const std::vector<std::string> open_writable{"qemu-io", "-f",    "raw",
+                                                 "-c",      "flush", raw.string()};
+    pid_t pid = spawn_blockmig(args(pool.string(), {"disk0=" + raw.string()}), true);
+    bool copying = false;
+    for (auto deadline = Clock::now() + 60s; !copying && Clock::now() < deadline;) {
+        json l = jobs_listing(state);
+        if (!l["jobs"].empty())
+            for (const auto& d : l["jobs"][0]["disks"])
+                if (d.value("phase", "") == "copying") copying = true;
+        if (!copying) std::this_thread::sleep_for(50ms);
+    }
+    auto writer = blockmig::lab::run(open_writable);
+    kill(pid, SIGKILL);
+    waitpid(pid, nullptr, 0);
+    ASSERT_TRUE(copying) << jobs_listing(state).dump();
+    EXPECT_NE(writer.status, 0) << writer.out;
+    EXPECT_NE(writer.out.find("Failed to get \"write\" lock"), std::string::npos) << writer.out;
+
+    json listing = jobs_listing(state);
+    ASSERT_EQ(listing["jobs"].size(), 1u);
+    EXPECT_EQ(listing["jobs"][0]["kind"], "offline");
+    EXPECT_EQ(listing["jobs"][0]["state"], "needs-recovery") << listing.dump();
+    EXPECT_EQ(listing["jobs"][0]["guest"]["files"], json::array({raw.string()})) << listing.dump();
+    auto text = blockmig_cli({"jobs", "--state-dir", state.string()});
+    EXPECT_NE(text.out.find("guest not running, files " + raw.string()), std::string::npos)
+        << text.out;
+    auto r = blockmig_cli({"recover", "--state-dir", state.string(), "--all"});
+    ASSERT_EQ(r.status, 0) << r.out;
+    EXPECT_NE(r.out.find("the copy is deleted"), std::string::npos) << r.out;
+    EXPECT_NE(r.out.find("the guest was not running"), std::string::npos) << r.out;
+    EXPECT_TRUE(fs::is_empty(pool)) << "recover deleted the partial copy";
+    EXPECT_EQ(jobs_listing(state)["jobs"].size(), 0u);
+    expect_intact(raw, "raw", "vda");
+    auto after = blockmig::lab::run(open_writable);
+    EXPECT_EQ(after.status, 0) << "the locks died with blockmig: " << after.out;
 }
 
 TEST_F(MigrateOfflineStopped, APoolFillingUpDuringTheCopyKeepsNothing) {
