@@ -131,6 +131,16 @@ disk_args() {  # IMAGE
        "-device virtio-blk-pci,drive=disk0-fmt,id=disk0"
 }
 
+# The lab guest of a blockmig round in DIR (its disk DIR/disk.raw) on host
+# NETNS; any further arguments go to QEMU (the destination's -incoming defer).
+start_guest() {  # DIR NETNS [QEMU ARGUMENTS...]
+  local dir=$1 netns=$2
+  shift 2
+  # shellcheck disable=SC2046
+  BLOCKMIG_NETNS=$netns BLOCKMIG_GUEST_MEM=$ram_mib BLOCKMIG_GUEST_APPEND=$append \
+    "$lab/guest.sh" start "$dir" $(disk_args "$dir/disk.raw") "$@" >/dev/null
+}
+
 # One round of blockmig; prints "total wall hb_gap downtime_ms ram_bytes
 # moved_bytes" (moved: every stream, the disk's carrying what the guest wrote
 # while it was copied too).
@@ -139,12 +149,8 @@ blockmig_round() {
   mkdir -p "$s" "$d"
   cp "$work/base.raw" "$s/disk.raw"
   truncate -s "${disk_mib}M" "$d/disk.raw"
-  # shellcheck disable=SC2046
-  BLOCKMIG_NETNS=$ns_a BLOCKMIG_GUEST_MEM=$ram_mib BLOCKMIG_GUEST_APPEND=$append \
-    "$lab/guest.sh" start "$s" $(disk_args "$s/disk.raw") >/dev/null
-  # shellcheck disable=SC2046
-  BLOCKMIG_NETNS=$ns_b BLOCKMIG_GUEST_MEM=$ram_mib BLOCKMIG_GUEST_APPEND=$append \
-    "$lab/guest.sh" start "$d" $(disk_args "$d/disk.raw") -incoming defer >/dev/null
+  start_guest "$s" "$ns_a"
+  start_guest "$d" "$ns_b" -incoming defer
   wait_for "$s/console.log" "ACK dev=vda" 180 || { echo "migrate_bench: blockmig guest did not start" >&2; exit 1; }
   watch_console "$s/console.log" "$s/hb"
   watch_console "$d/console.log" "$d/hb"
