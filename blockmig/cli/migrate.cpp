@@ -14,6 +14,7 @@
 #include "migrate/launch.hpp"
 #include "migrate_offline.hpp"
 #include "pool_shared.hpp"
+#include "progress/human_size.hpp"
 #include "qmp/client.hpp"
 
 namespace blockmig::cli {
@@ -72,10 +73,6 @@ Result<std::unique_ptr<qmp::Client>> connect(const std::string& address, const c
     return client;
 }
 
-std::string mib(std::uint64_t bytes) {
-    return fmt::format("{:.1f} MiB", static_cast<double>(bytes) / (1 << 20));
-}
-
 // The final report for people: total time, QEMU's downtime, bytes per
 // stream, RAM passes, each policy action.
 void print_migrate_summary(const MigrateReport& r, const std::string& destination) {
@@ -87,7 +84,8 @@ void print_migrate_summary(const MigrateReport& r, const std::string& destinatio
         r.source_quit ? "the source QEMU quit" : "the source QEMU is left paused");
     std::string streams;
     for (const auto& s : r.streams)
-        streams += fmt::format("{}{} {}", streams.empty() ? "" : ", ", s.stream, mib(s.bytes));
+        streams +=
+            fmt::format("{}{} {}", streams.empty() ? "" : ", ", s.stream, human_mib(s.bytes));
     if (!streams.empty()) fmt::print("bytes moved: {}\n", streams);
     for (const auto& a : r.actions) fmt::print("policy: {}\n", a);
 }

@@ -20,6 +20,7 @@
 #include "jobs/luns.hpp"
 #include "jobs/names.hpp"
 #include "pools/pools.hpp"
+#include "progress/human_size.hpp"
 #include "qmp/address.hpp"
 
 namespace blockmig::migrate {
@@ -265,10 +266,6 @@ std::string pool_type(const std::string& spec, const pools::PoolsConfig& config)
     return path ? "dir" : "";
 }
 
-std::string mib(std::uint64_t bytes) {
-    return fmt::format("{} MiB", (bytes + (1 << 20) - 1) >> 20);
-}
-
 // The URL of the LUN a source disk is on ("" for a file): QEMU names a
 // LUN opened from a URL by that URL, one opened as json:{...} (a raw node
 // with a size over it) by the json, which holds the portal, target and LUN.
@@ -307,7 +304,8 @@ Result<void> check_named_lun(pools::Pool& pool, const LaunchVolume& v,
     if (info->virtual_size < v.size)
         return fail(ErrorCode::no_space,
                     fmt::format("--dst-vol {}={}: LUN {} is too small: {} for a disk of {}",
-                                v.device, name, url, mib(info->virtual_size), mib(v.size)));
+                                v.device, name, url, whole_mib_rounded_up(info->virtual_size),
+                                whole_mib_rounded_up(v.size)));
     for (const auto& location : guest)
         if (!location.empty() && jobs::lun_tail(location) == jobs::lun_tail(url))
             return fail(ErrorCode::invalid_argument,
@@ -340,7 +338,7 @@ Result<void> choose_luns(LaunchPlan& plan, const std::vector<std::string>& guest
             return fail(ErrorCode::no_space,
                         fmt::format("--dst-pool {}: no free LUN of at least {} for disk {} (every "
                                     "other LUN is smaller, the source guest's or another job's{})",
-                                    plan.pool->url(), mib(v.size), v.device,
+                                    plan.pool->url(), whole_mib_rounded_up(v.size), v.device,
                                     planned.empty() ? "" : ", or planned for another disk"));
         planned.insert(free.front());
         v.names = std::move(free);

@@ -14,6 +14,7 @@
 #include "policy.hpp"
 #include "postcopy_recovery.hpp"
 #include "preflight.hpp"
+#include "progress/human_size.hpp"
 #include "qmp/commands.hpp"
 #include "qmp/migration.hpp"
 #include "settle.hpp"
@@ -37,10 +38,6 @@ constexpr std::uint64_t k_unlimited = std::uint64_t{1} << 40;
 // A post-copy recovery gets at least this long, even past --timeout: the
 // guest cannot be given back to the source, so giving up early saves nothing.
 constexpr std::chrono::seconds k_recover_floor{30};
-
-std::string human_mib(std::uint64_t bytes) {
-    return fmt::format("{:.1f} MiB", static_cast<double>(bytes) / (1 << 20));
-}
 
 struct Failure {
     std::string phase;

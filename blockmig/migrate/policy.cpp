@@ -4,15 +4,9 @@
 
 #include <algorithm>
 
+#include "progress/human_size.hpp"
+
 namespace blockmig::migrate {
-
-namespace {
-
-std::string mib(std::uint64_t bytes) {
-    return fmt::format("{:.1f} MiB", static_cast<double>(bytes) / (1 << 20));
-}
-
-}  // namespace
 
 std::chrono::milliseconds initial_downtime(MigratePolicy policy,
                                            std::chrono::milliseconds max_downtime) {
@@ -30,7 +24,7 @@ std::optional<PolicyAction> PolicyController::decide(Clock::time_point now,
     if (now >= m_config.deadline) {
         m_aborted = true;
         std::string where = sample ? fmt::format("{} of RAM still to send after {} passes",
-                                                 mib(sample->remaining), sample->passes)
+                                                 human_mib(sample->remaining), sample->passes)
                                    : std::string("RAM still to send");
         return PolicyAction{
             .step = PolicyStep::abort,
@@ -61,7 +55,7 @@ void PolicyController::observe(const RamSample& s) {
 
 std::optional<PolicyAction> PolicyController::escalate(const RamSample& s, bool disks_in_sync) {
     const std::string why = fmt::format("pre-copy stalled ({} left after each of {} passes)",
-                                        mib(*m_floor), m_config.stall_passes);
+                                        human_mib(*m_floor), m_config.stall_passes);
     switch (m_config.policy) {
         case MigratePolicy::minimal_downtime: {
             if (m_downtime >= m_config.max_downtime) return std::nullopt;  // the deadline decides

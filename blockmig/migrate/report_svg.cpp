@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "blockmig/migrate.hpp"
+#include "progress/human_size.hpp"
 
 namespace blockmig {
 
@@ -157,7 +158,7 @@ class Drawing {
         std::string s =
             fmt::format("{} RAM pass{}", m_r.iterations, m_r.iterations == 1 ? "" : "es");
         for (const auto& st : m_r.streams)
-            s += fmt::format("; {} {:.1f} MiB", st.stream, st.bytes / k_mib);
+            s += fmt::format("; {} {}", st.stream, human_mib(st.bytes));
         return s;
     }
 

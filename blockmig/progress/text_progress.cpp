@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "blockmig/progress.hpp"
+#include "human_size.hpp"
 
 namespace blockmig {
 
@@ -22,14 +23,6 @@ using namespace std::chrono_literals;
 constexpr auto k_line_interval = 2s;       // off a terminal: one line per item this often
 constexpr auto k_redraw_interval = 100ms;  // on a terminal: the bar at most this often
 constexpr int k_bar_width = 20;
-
-std::string human_bytes(double bytes) {
-    const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
-    int unit = 0;
-    while (bytes >= 1024 && unit < 4) bytes /= 1024, ++unit;
-    return unit == 0 ? fmt::format("{:.0f} B", bytes)
-                     : fmt::format("{:.1f} {}", bytes, units[unit]);
-}
 
 std::string human_eta(double seconds) {
     if (seconds < 0 || !std::isfinite(seconds)) return "--:--";
