@@ -14,6 +14,13 @@ bool is_iscsi_lun(std::string_view spec) {
     return slashes >= 2 && !last.empty() && std::all_of(last.begin(), last.end(), ::isdigit);
 }
 
+std::string lun_url_of_node(const nlohmann::json& iscsi_node) {
+    const nlohmann::json lun = iscsi_node.value("lun", nlohmann::json());
+    return fmt::format("iscsi://{}/{}/{}", iscsi_node.value("portal", ""),
+                       iscsi_node.value("target", ""),
+                       lun.is_string() ? lun.get<std::string>() : lun.dump());
+}
+
 std::string lun_tail(std::string_view url) {
     auto scheme = url.find("://");
     if (scheme == std::string_view::npos) return std::string(url);

@@ -5,6 +5,7 @@
 #pragma once
 
 #include <filesystem>
+#include <nlohmann/json.hpp>
 #include <set>
 #include <string>
 #include <string_view>
@@ -18,6 +19,11 @@ namespace blockmig::jobs {
 
 // iscsi://host[:port]/iqn/N names a LUN (a volume); iscsi://host[:port]/iqn a pool.
 bool is_iscsi_lun(std::string_view spec);
+
+// "iscsi://PORTAL/TARGET/LUN" from an `iscsi` blockdev node's options (lun
+// a number or a string): how a LUN QEMU opened as json:{...} is named, so it
+// compares with a pool's URLs.
+std::string lun_url_of_node(const nlohmann::json& iscsi_node);
 
 // "iscsi://host:port/iqn/3" -> "iqn/3": the same LUN however the portal is
 // written (a guest's filename and a pool's URL may spell it differently).

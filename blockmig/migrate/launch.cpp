@@ -273,9 +273,7 @@ std::string guest_location(const std::string& filename) {
     if (!filename.starts_with("json:")) return filename;
     auto j = nlohmann::json::parse(filename.substr(5), nullptr, false);
     for (int depth = 0; depth < 4 && j.is_object(); ++depth) {
-        if (j.value("driver", "") == "iscsi" && j.contains("lun"))
-            return fmt::format("iscsi://{}/{}/{}", j.value("portal", ""), j.value("target", ""),
-                               j["lun"].is_number() ? j["lun"].dump() : j.value("lun", ""));
+        if (j.value("driver", "") == "iscsi" && j.contains("lun")) return jobs::lun_url_of_node(j);
         if (j.contains("filename") && j["filename"].is_string())
             return j["filename"].get<std::string>();
         if (!j.contains("file")) break;

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 
+#include "jobs/luns.hpp"
 #include "qmp/commands.hpp"
 #include "source_path.hpp"
 
@@ -67,12 +68,7 @@ std::string location_from_filename(std::string_view filename) {
         // Walk down to the protocol node ("file" children).
         while (node->is_object() && node->contains("file") && (*node)["file"].is_object())
             node = &(*node)["file"];
-        if (node->value("driver", "") == "iscsi") {
-            std::string lun = (*node)["lun"].is_string() ? (*node)["lun"].get<std::string>()
-                                                         : (*node)["lun"].dump();
-            return fmt::format("iscsi://{}/{}/{}", node->value("portal", ""),
-                               node->value("target", ""), lun);
-        }
+        if (node->value("driver", "") == "iscsi") return jobs::lun_url_of_node(*node);
         if (node->value("driver", "") == "file") return node->value("filename", "");
         return {};
     }

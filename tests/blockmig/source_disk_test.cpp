@@ -23,6 +23,13 @@ TEST(SourceDisk, IscsiJsonFilenameBecomesLunUrl) {
         "iscsi://127.0.0.1:3260/iqn.2024-01.lab:t/1");
 }
 
+TEST(SourceDisk, IscsiJsonFilenameWithTheLunAsAStringBecomesTheSameUrl) {
+    EXPECT_EQ(
+        location_from_filename(R"(json:{"driver": "iscsi", "lun": "3", "portal": "10.0.0.6:3260", )"
+                               R"("target": "iqn.2024-01.lab:t"})"),
+        "iscsi://10.0.0.6:3260/iqn.2024-01.lab:t/3");
+}
+
 TEST(SourceDisk, UnknownJsonFilenameHasNoLocation) {
     EXPECT_EQ(location_from_filename(R"(json:{"driver": "nbd", "server": {}})"), "");
     EXPECT_EQ(location_from_filename("json:{broken"), "");
