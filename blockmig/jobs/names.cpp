@@ -67,4 +67,8 @@ std::filesystem::path DiskNames::hop_dir(const std::filesystem::path& run_dir,
     return run_dir / job_id / tag;
 }
 
+std::filesystem::path hop_log_path(const std::filesystem::path& socket) {
+    return socket.parent_path() / "qemu-storage-daemon.log";
+}
+
 }  // namespace blockmig::jobs

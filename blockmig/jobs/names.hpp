@@ -40,4 +40,9 @@ struct DiskNames {
 
 DiskNames names_for(std::string_view job_id, std::string_view device_id);
 
+// The storage daemon's log: beside its socket, in the hop's directory.
+// mirror/nbd_hop.cpp writes it; the journal records only the socket, so
+// whoever removes the log finds it from there.
+std::filesystem::path hop_log_path(const std::filesystem::path& socket);
+
 }  // namespace blockmig::jobs

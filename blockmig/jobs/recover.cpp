@@ -4,6 +4,7 @@
 
 #include <algorithm>
 
+#include "names.hpp"
 #include "pools/address.hpp"
 
 namespace blockmig::jobs {
@@ -202,9 +203,18 @@ class DiskRecoverer {
             m_out.actions.push_back(out.message);
             if (auto w = m_journal.outcome(stop.seq, RecordState::undone, out.message); !w)
                 return w;
+            remove_hop_log(r->socket);
             break;
         }
         return {};
+    }
+
+    // The hop ended with the guest on its target: its log explains nothing
+    // anyone needs. A hop that failed or was undone keeps it (the error
+    // quotes only its last line; the rest is for whoever debugs it).
+    void remove_hop_log(const std::string& socket) {
+        std::error_code ec;
+        std::filesystem::remove(hop_log_path(socket), ec);
     }
 
     Result<void> add_direct_node(const json& chain) {

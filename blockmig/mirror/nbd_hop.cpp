@@ -14,6 +14,8 @@
 #include <sstream>
 #include <thread>
 
+#include "jobs/names.hpp"
+
 namespace blockmig {
 
 namespace {
@@ -102,7 +104,7 @@ Result<NbdHop> NbdHop::start(const std::filesystem::path& state_dir,
     NbdHop hop;
     hop.m_dir = state_dir;
     hop.m_socket = state_dir / "nbd.sock";
-    hop.m_log = state_dir / "qemu-storage-daemon.log";
+    hop.m_log = jobs::hop_log_path(hop.m_socket);
     std::filesystem::remove(hop.m_socket, ec);
     const std::string node = protocol_node.value("node-name", "");
     if (node.empty() || hop.m_socket.string().size() >= sizeof(sockaddr_un::sun_path))
@@ -180,7 +182,7 @@ Result<NbdHop> NbdHop::adopt(int pid, const std::filesystem::path& socket) {
     hop.m_adopted = true;
     hop.m_socket = socket;
     hop.m_dir = socket.parent_path();
-    hop.m_log = hop.m_dir / "qemu-storage-daemon.log";
+    hop.m_log = jobs::hop_log_path(socket);
     return hop;
 }
 

@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <condition_variable>
+#include <fstream>
 
 #include "jobs/journal.hpp"
 #include "jobs/names.hpp"
@@ -97,7 +98,7 @@ class RecoverTest : public ::testing::Test {
         auto& q = *guest.qemu;
         done(EffectKind::volume_created, "mem:vm1.qcow2");
         if (hop) {
-            done(EffectKind::daemon_started, "/nonexistent/hop.sock", "/nonexistent/hop.sock");
+            done(EffectKind::daemon_started, hop_socket.string(), hop_socket.string());
             done(EffectKind::node_added, names.hop_node);
             q.nodes.insert(names.hop_node);
         } else {
@@ -128,6 +129,16 @@ class RecoverTest : public ::testing::Test {
         return *report;
     }
 
+    // The daemon's log where the hop writes it, beside `hop_socket`, which
+    // moves to a real directory first.
+    fs::path write_hop_log() {
+        hop_socket = dir.parent_path() / "hop" / "nbd.sock";
+        fs::create_directories(hop_socket.parent_path());
+        const fs::path log = hop_socket.parent_path() / "qemu-storage-daemon.log";
+        std::ofstream(log) << "qemu-storage-daemon: a line worth keeping after a failure\n";
+        return log;
+    }
+
     bool volume_exists() { return pool->stat("vm1.qcow2").has_value(); }
     bool journal_exists(const std::string& id) { return fs::exists(dir / (id + ".json")); }
     bool node_exists(const std::string& n) { return guest.qemu->nodes.contains(n); }
@@ -139,6 +150,7 @@ class RecoverTest : public ::testing::Test {
     UndoEnv env;
     DiskNames names;
     fs::path dir = jobs_test::temp_dir("recover") / "state";
+    fs::path hop_socket = "/nonexistent/hop.sock";  // no daemon is ever found there
 };
 
 TEST_F(RecoverTest, KilledWhileCopyingUndoesEverything) {
@@ -305,6 +317,26 @@ TEST_F(RecoverTest, PivotedThroughTheHopEndsOnADirectNode) {
     EXPECT_FALSE(node_exists(names.hop_node));
     EXPECT_TRUE(node_exists(names.prefix + "-proto"));
     EXPECT_TRUE(report.journal_removed);
+}
+
+TEST_F(RecoverTest, PivotedThroughTheHopRemovesTheDaemonLog) {
+    const fs::path log = write_hop_log();
+    auto id = make_job("ready", Finish::pivot, "", true);
+    complete_sent(id);
+    guest.qemu->devices["disk0"] = names.prefix + "-fmt";
+    auto report = recover(id);
+    ASSERT_EQ(report.disks[0].direction, Direction::forward);
+    ASSERT_TRUE(report.disks[0].settled);
+    EXPECT_FALSE(fs::exists(log)) << "the guest runs on its target: the hop's log has no use";
+}
+
+TEST_F(RecoverTest, UndoneHopKeepsTheDaemonLog) {
+    const fs::path log = write_hop_log();
+    auto id = make_job("copying", Finish::pivot, "running", true);
+    auto report = recover(id);
+    ASSERT_EQ(report.disks[0].direction, Direction::undo);
+    ASSERT_TRUE(report.disks[0].settled);
+    EXPECT_TRUE(fs::exists(log)) << "the log of a hop that did not end on the target is evidence";
 }
 
 TEST_F(RecoverTest, DeadPoolLeavesTheVolumeBehindWithinTheDeadlineAndNamesIt) {

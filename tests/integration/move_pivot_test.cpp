@@ -1,6 +1,7 @@
 // `move --no-pivot` leaves the mirror READY (through the NBD hop for an NFS
 // target) after blockmig exits; `blockmig pivot --abort` undoes it all and
-// `blockmig pivot` later finishes it onto a direct node.
+// `blockmig pivot` later finishes it onto a direct node, and the hop's
+// daemon log goes with the hop.
 #include <gtest/gtest.h>
 
 #include "move_test_util.hpp"
@@ -46,6 +47,10 @@ TEST(MovePivot, NoPivotThenAbortThenPivotFinishesOnADirectNode) {
     // 3. Again, and this time finish it later with `blockmig pivot`.
     r = blockmig_cli({"move", "--qmp", qmp, "--disk", "disk0", "--to", nfs.url(), "--no-pivot"});
     ASSERT_EQ(r.status, 0) << r.out;
+    const auto hops = storage_daemons_mentioning("vm.qcow2");
+    ASSERT_FALSE(hops.empty()) << "the hop must outlive blockmig";
+    const fs::path hop_log = hop_dir_of_daemon(hops.front()) / "qemu-storage-daemon.log";
+    EXPECT_TRUE(fs::exists(hop_log)) << hop_log << ": the running hop logs here";
     std::this_thread::sleep_for(2s);  // the guest keeps writing through the READY mirror
     const auto pivot_started = Clock::now();
     r = blockmig_cli({"pivot", "--qmp", qmp, "--disk", "disk0"});
@@ -56,6 +61,7 @@ TEST(MovePivot, NoPivotThenAbortThenPivotFinishesOnADirectNode) {
     EXPECT_NE(file.find(nfs.url() + "/vm.qcow2"), std::string::npos) << file;
     EXPECT_FALSE(any_node_mentions(*guest, "nbd")) << named_nodes(*guest).dump();
     EXPECT_TRUE(storage_daemons_mentioning("vm.qcow2").empty());
+    EXPECT_FALSE(fs::exists(hop_log)) << hop_log << ": a hop that ended cleanly leaves no log";
     EXPECT_LT(guest->max_heartbeat_gap(pivot_started), 1000ms);
     ASSERT_TRUE(guest_keeps_writing(*guest));
     auto v = pause_and_verify(*guest, nfs.url() + "/vm.qcow2", "qcow2", k_blocks);

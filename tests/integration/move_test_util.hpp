@@ -16,6 +16,7 @@
 #include <cstdint>
 #include <filesystem>
 #include <fstream>
+#include <iterator>
 #include <memory>
 #include <mutex>
 #include <nlohmann/json.hpp>
@@ -23,6 +24,7 @@
 #include <set>
 #include <sstream>
 #include <string>
+#include <string_view>
 #include <thread>
 #include <vector>
 
@@ -270,6 +272,20 @@ inline std::vector<int> storage_daemons_mentioning(const std::string& needle) {
         return cmdline.find("qemu-storage-daemon") != std::string::npos &&
                cmdline.find(needle) != std::string::npos;
     });
+}
+
+// The directory the NBD hop daemon `pid` serves from (its socket's, where
+// its log goes), read from its argv ("addr.path=DIR/nbd.sock"); empty if
+// the argv names no socket.
+inline fs::path hop_dir_of_daemon(int pid) {
+    std::ifstream in("/proc/" + std::to_string(pid) + "/cmdline", std::ios::binary);
+    const std::string argv{std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
+    constexpr std::string_view key = "addr.path=";
+    const auto at = argv.find(key);
+    if (at == std::string::npos) return {};
+    const auto start = at + key.size();
+    const auto end = argv.find_first_of(std::string_view(",\0", 2), start);
+    return fs::path(argv.substr(start, end == std::string::npos ? end : end - start)).parent_path();
 }
 
 // QEMU 7.2 running `guest` under TCG (no KVM): its post-copy, multifd and
