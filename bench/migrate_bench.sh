@@ -59,7 +59,8 @@ trap cleanup EXIT
 
 now() { date +%s.%N; }
 calc() { echo "scale=3; $*" | bc; }
-median() { printf '%s\n' "$@" | sort -n | awk '{v[NR]=$1} END {print (NR%2) ? v[(NR+1)/2] : (v[NR/2]+v[NR/2+1])/2}'; }
+# %.15g: awk's default %.6g turns byte counts into 2.33677e+08, which bc cannot read.
+median() { printf '%s\n' "$@" | sort -n | awk '{v[NR]=$1} END {printf "%.15g\n", (NR%2) ? v[(NR+1)/2] : (v[NR/2]+v[NR/2+1])/2}'; }
 link_bytes_per_s() {  # 200mbit -> 25000000
   local n=${1%[kmgKMG]bit} unit=${1#"${1%[kmgKMG]bit}"}
   case ${unit,,} in kbit) calc "$n * 1000 / 8" ;; mbit) calc "$n * 1000000 / 8" ;;

@@ -7,7 +7,8 @@
 // Destination: `nbd-server-start` on --dst-addr only, one writable
 // `block-export-add` per disk (per-job names, jobs/names.hpp). Source: an
 // NBD client node and a mirror::Mirror per disk, driven by one
-// mirror::Group (all READY, write-blocking where block-job-change exists).
+// mirror::Group (all READY, write-blocking where block-job-change exists;
+// without it a mirror a few MiB short of READY counts, mirror/group.hpp).
 // At pre-switchover finish() soft-cancels every mirror (final sync) and
 // detaches the NBD client nodes.
 //
@@ -45,8 +46,9 @@ class StorageCopy {
     // it completes), or with its offset at its length right now. false when
     // a job cannot be read. --policy postcopy switches only then.
     bool in_sync();
-    // At pre-switchover (vCPUs stopped): final sync of every mirror, then
-    // the NBD client nodes are removed from the source.
+    // At pre-switchover (vCPUs stopped): every mirror READY (one the RAM
+    // started without, nearly done, catches up now), final sync of each,
+    // then the NBD client nodes are removed from the source.
     Result<void> finish();
 
     // While the RAM moves: one query-block-jobs, each mirror's progress
@@ -59,6 +61,8 @@ class StorageCopy {
     Result<void> start_server();
     Result<void> export_disks(const SideFacts& src, const SideFacts& dst);
     Result<void> start_mirrors(const SideFacts& src);
+    // Waits (guest paused) until `m` is READY with nothing left to copy.
+    Result<void> catch_up(mirror::Mirror& m);
     Result<void> dst_effect(jobs::EffectKind kind, const std::string& name,
                             const std::function<Result<void>()>& act);
 

@@ -14,6 +14,10 @@ long seconds(std::chrono::milliseconds d) {
     return static_cast<long>(std::chrono::duration_cast<std::chrono::seconds>(d).count());
 }
 
+// Under this a copy is a few chunks short of READY: what it has left goes
+// up and down with the guest's writes.
+constexpr std::uint64_t k_nearly_done = 4u << 20;
+
 }  // namespace
 
 Group::Group(qmp::Client& client, Clock& clock)
@@ -65,8 +69,12 @@ Result<void> Group::wait_ready(const CopyPolicy& policy, const std::atomic<bool>
                 return fail(r.error().with_context(m->spec().disk));
             if (on_sample) on_sample(*m);
             if (m->ready_to_finish()) continue;
-            all_ready = false;
             if (auto r = supervise(*m, policy, now, on_notice); !r) return r;
+            if (policy.go_on_when_nearly_done && hovered(*m, policy, now)) {
+                announce_nearly_done(*m, on_notice);
+                continue;
+            }
+            all_ready = false;
         }
         if (all_ready) return {};
         // One bandwidth budget, shared among the jobs still copying.
@@ -91,26 +99,21 @@ Result<void> Group::supervise(Mirror& m, const CopyPolicy& policy, Clock::time_p
                                 m.spec().disk, seconds(policy.stall_timeout), m.target_url(),
                                 log.empty() ? "" : " storage daemon said: ", log));
     }
-    // Convergence: remaining bytes must keep shrinking.
-    const std::uint64_t remaining = m.remaining();
-    auto& best = m_best[&m];
-    if (best.second == Clock::time_point{} || remaining + (1u << 20) < best.first ||
-        remaining < best.first * 95 / 100) {
-        best = {remaining, now};
-        return {};
-    }
-    // Only a copy that still moves but never catches up is a convergence
-    // problem; one that does not move at all is a stall (above).
-    if (!policy.auto_switch || !policy.can_switch || m.switched_to_write_blocking() ||
-        now - best.second <= policy.converge_window || m.length() == 0 ||
-        now - m.last_progress() >= 2s)
-        return {};
     // QEMU >= 8.2 switches the running job (block-job-change); older ones
     // need a new mirror that copies everything again. A mirror into a hop
     // restarts too: on QEMU 10.0 a hop that dies under a mirror switched in
     // place corrupted the guest QEMU's heap (docs/known-issues.md); a re-copy
     // costs time, a dead guest costs its data.
     const bool in_place = policy.switch_in_place && !m.uses_hop();
+    if (converging(m, policy, in_place, now)) return {};
+    // Left to catch up at the switchover, never copied again.
+    if (policy.go_on_when_nearly_done && hovered(m, policy, now)) return {};
+    // Only a copy that still moves but never catches up is a convergence
+    // problem; one that does not move at all is a stall (above).
+    if (!policy.auto_switch || !policy.can_switch || m.switched_to_write_blocking() ||
+        m.length() == 0 || now - m.last_progress() >= 2s)
+        return {};
+    const std::uint64_t remaining = m.remaining();
     if (on_notice)
         on_notice(m, Notice{.kind = "copy-mode",
                             .fields = {{"disk", m.spec().disk},
@@ -118,14 +121,52 @@ Result<void> Group::supervise(Mirror& m, const CopyPolicy& policy, Clock::time_p
                                        {"how", in_place ? "in-place" : "restart"},
                                        {"reason", "guest writes faster than the copy"}},
                             .text = fmt::format(
-                                "{}: remaining {} MiB stopped shrinking for {} s; switching to "
-                                "write-blocking mode so the copy converges ({})",
-                                m.spec().disk, remaining >> 20, seconds(policy.converge_window),
+                                "{}: the copy stopped closing in on READY ({} KiB left); "
+                                "switching to write-blocking mode so it converges ({})",
+                                m.spec().disk, remaining >> 10,
                                 in_place ? "in place" : "restarting the mirror")});
     if (auto r = m.switch_to_write_blocking(in_place, speed_per_job(policy)); !r)
         return fail(r.error().with_context(m.spec().disk));
-    best = {};
+    m_closing.erase(&m);
     return {};
+}
+
+bool Group::hovered(const Mirror& m, const CopyPolicy& policy, Clock::time_point now) const {
+    auto it = m_closing.find(&m);
+    return it != m_closing.end() && it->second.nearly_done_since != Clock::time_point{} &&
+           now - it->second.nearly_done_since > policy.hover_window;
+}
+
+void Group::announce_nearly_done(const Mirror& m,
+                                 const std::function<void(const Mirror&, const Notice&)>& on_notice) {
+    auto& c = m_closing[&m];
+    if (c.announced || !on_notice) return;
+    c.announced = true;
+    on_notice(m, Notice{.kind = "nearly-ready",
+                        .fields = {{"disk", m.spec().disk}, {"remaining", m.remaining()}},
+                        .text = fmt::format("{}: {} KiB short of READY under the guest's writes; "
+                                            "the last chunks follow while the guest is paused",
+                                            m.spec().disk, m.remaining() >> 10)});
+}
+
+bool Group::converging(const Mirror& m, const CopyPolicy& policy, bool in_place,
+                       Clock::time_point now) {
+    const std::uint64_t remaining = m.remaining();
+    auto& c = m_closing[&m];
+    if (remaining >= k_nearly_done)
+        c.nearly_done_since = {};
+    else if (c.nearly_done_since == Clock::time_point{})
+        c.nearly_done_since = now;
+    if (in_place && c.nearly_done_since != Clock::time_point{} &&
+        now - c.nearly_done_since > policy.hover_window)
+        return false;
+    if (c.best_at == Clock::time_point{} || remaining + (1u << 20) < c.best ||
+        remaining < c.best * 95 / 100) {
+        c.best = remaining;
+        c.best_at = now;
+        return true;
+    }
+    return now - c.best_at <= policy.converge_window;
 }
 
 }  // namespace blockmig::mirror

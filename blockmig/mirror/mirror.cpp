@@ -189,9 +189,14 @@ Result<void> Mirror::start(qmp::CopyMode mode, std::uint64_t speed) {
     mirror.copy_mode = mode;
     // Keep the job after it ends so its error can be read, then dismiss it.
     mirror.auto_dismiss = false;
+    // A write-blocking job counts the guest's writes it forwards in its
+    // offset: the guest's write counter now tells them apart later.
+    const bool write_blocking = mode == qmp::CopyMode::write_blocking;
+    if (write_blocking) m_guest_written_at_switch = guest_written();
     if (auto r = m_effects.start_mirror(m_spec.disk, mirror); !r)
         return fail(r.error().with_context("blockdev-mirror"));
     m_state = MirrorState::copying;
+    if (write_blocking) m_switched = true;
     if (auto w = set_phase("copying"); !w) return fail(w.error());
     m_offset = 0;
     m_len = 0;
@@ -264,10 +269,7 @@ Result<void> Mirror::switch_to_write_blocking(bool in_place, std::uint64_t speed
         return fail(w.error());
     m_state = MirrorState::attached;
     m_copied_by_earlier_jobs += m_offset;
-    m_guest_written_at_switch = guest_written();
-    if (auto r = start(qmp::CopyMode::write_blocking, speed); !r) return r;
-    m_switched = true;
-    return {};
+    return start(qmp::CopyMode::write_blocking, speed);
 }
 
 Result<void> Mirror::wait_in_sync(std::chrono::milliseconds timeout) {

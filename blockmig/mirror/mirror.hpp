@@ -151,6 +151,7 @@ class Mirror {
     }
     // When the job last moved data (or slept on its rate limit).
     Clock::time_point last_progress() const { return m_last_progress; }
+    // Write-blocking now: started so, or switched (in place or restarted).
     bool switched_to_write_blocking() const { return m_switched; }
     bool switched_in_place() const { return m_switched_in_place; }
     // QEMU's count of what the job(s) wrote, restarted jobs included.

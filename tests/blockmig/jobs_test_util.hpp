@@ -98,6 +98,7 @@ struct FakeQemu {
     bool respond_mirror = false;        // blockdev-mirror starts a job in `mirror_status`
     std::string mirror_status = "ready";
     bool refuse_blockdev_add = false;
+    std::uint64_t written = 0;  // query-blockstats wr_bytes of every device
 
     bool got(const std::string& command, const std::string& arg_substring = "") {
         std::lock_guard lock(mutex);
@@ -169,6 +170,18 @@ struct FakeQemu {
                 out.push_back(e);
             }
             return reply(out);
+        }
+        if (cmd == "query-blockstats") {
+            json out = json::array();
+            for (auto& [dev, node] : devices)
+                out.push_back({{"device", ""},
+                               {"qdev", dev},
+                               {"stats", {{"wr_bytes", written}, {"rd_bytes", 0}}}});
+            return reply(out);
+        }
+        if (cmd == "block-job-change") {
+            if (!jobs.contains(args.value("id", ""))) return error("Block job not found");
+            return reply(json::object());
         }
         if (cmd == "block-job-cancel") {
             auto it = jobs.find(args.value("device", ""));

@@ -51,7 +51,11 @@ class MirrorTest : public ::testing::Test {
         mirror.emplace(
             *guest.client, *effects,
             mirror::MirrorSpec{
-                .disk = "disk0", .source_node = "disk0-fmt", .names = names, .stall_timeout = 5s},
+                .disk = "disk0",
+                .source_node = "disk0-fmt",
+                .device_names = {"disk0"},
+                .names = names,
+                .stall_timeout = 5s},
             clock);
     }
     void TearDown() override {
@@ -286,6 +290,125 @@ TEST_F(MirrorTest, GroupFailsAStalledCopyNamingTheTarget) {
     ASSERT_FALSE(r);
     EXPECT_EQ(r.error().code, ErrorCode::timeout);
     EXPECT_NE(r.error().message.find("mem:vm1.qcow2"), std::string::npos) << r.error().message;
+}
+
+// QEMU declares READY only when nothing is dirty and nothing in flight at
+// one instant; under a steady writer a copy can hover a few chunks short of
+// it for ever. Where the switch is free (block-job-change), the group
+// switches it after hover_window; where it would copy the disk again, only
+// after converge_window.
+class MirrorHover : public MirrorTest {
+  protected:
+    // Runs the group until its first copy-mode notice (or `give_up` of fake
+    // time); returns the fake time it took, or nullopt without a notice.
+    std::optional<std::chrono::nanoseconds> until_switch(bool in_place,
+                                                         std::chrono::nanoseconds give_up) {
+        start_hovering();
+        const auto start = clock.now();
+        std::atomic<bool> stop{false};
+        std::optional<std::chrono::nanoseconds> took;
+        auto on_sample = [&](const mirror::Mirror&) {
+            if (clock.now() - start > give_up) stop = true;
+            hover_on();
+        };
+        auto on_notice = [&](const mirror::Mirror&, const mirror::Notice& n) {
+            EXPECT_EQ(n.kind, "copy-mode");
+            EXPECT_EQ(n.fields.value("how", ""), in_place ? "in-place" : "restart") << n.fields;
+            took = clock.now() - start;
+            stop = true;
+        };
+        mirror::CopyPolicy policy{.stall_timeout = 60s, .switch_in_place = in_place, .tick = 1ms};
+        auto r = group->wait_ready(policy, &stop, on_sample, on_notice);
+        EXPECT_FALSE(r);
+        return took;
+    }
+
+    void start_hovering() {
+        guest.qemu->mirror_status = "running";
+        group.emplace(*guest.client, clock);
+        group->add(*mirror);
+        EXPECT_TRUE(mirror->attach(volume_target()));
+        EXPECT_TRUE(mirror->start(qmp::CopyMode::background, 0));
+    }
+    // A quarter second passes; the copy moves on, 128-384 KiB short of the
+    // end, never READY.
+    void hover_on() {
+        clock.advance(250ms);
+        std::lock_guard lock(guest.qemu->mutex);
+        auto& j = guest.qemu->jobs[names.block_job];
+        j.len = (100u << 20) + (++samples << 20);
+        j.offset = j.len - ((samples % 3 + 1) << 17);
+        j.busy = true;
+    }
+
+    std::optional<mirror::Group> group;
+    std::uint64_t samples = 0;
+};
+
+TEST_F(MirrorHover, GoOnWhenNearlyDoneEndsTheWaitAfterTwoSecondsWithoutASwitch) {
+    start_hovering();
+    const auto start = clock.now();
+    std::vector<std::string> notices;
+    auto r = group->wait_ready(
+        {.stall_timeout = 60s, .go_on_when_nearly_done = true, .tick = 1ms}, nullptr,
+        [&](const mirror::Mirror&) { hover_on(); },
+        [&](const mirror::Mirror&, const mirror::Notice& n) { notices.push_back(n.kind); });
+    ASSERT_TRUE(r) << r.error().message;
+    EXPECT_GE(clock.now() - start, 2s);
+    EXPECT_LT(clock.now() - start, 3s);
+    EXPECT_EQ(notices, std::vector<std::string>{"nearly-ready"});
+    EXPECT_EQ(mirror->state(), mirror::MirrorState::copying) << "not READY: only nearly";
+    EXPECT_FALSE(mirror->switched_to_write_blocking());
+    EXPECT_FALSE(guest.qemu->got("block-job-cancel")) << "never restarted";
+}
+
+TEST_F(MirrorHover, GoOnWhenNearlyDoneWaitsForACopyThatIsStillFarFromDone) {
+    start_hovering();
+    std::atomic<bool> stop{false};
+    const auto start = clock.now();
+    auto r = group->wait_ready(
+        {.stall_timeout = 60s, .go_on_when_nearly_done = true, .tick = 1ms}, &stop,
+        [&](const mirror::Mirror&) {
+            clock.advance(250ms);
+            if (clock.now() - start > 20s) stop = true;
+            std::lock_guard lock(guest.qemu->mutex);
+            auto& j = guest.qemu->jobs[names.block_job];
+            j.len = 1u << 30;  // 1 GiB, 1 MiB more each quarter second
+            j.offset = std::min<std::uint64_t>(j.offset + (1u << 20), j.len - (64u << 20));
+            j.busy = true;
+        });
+    ASSERT_FALSE(r);
+    EXPECT_EQ(r.error().code, ErrorCode::cancelled) << "waited until told to stop";
+}
+
+TEST_F(MirrorHover, InPlaceSwitchesACopyHoveringShortOfReadyAfterTwoSeconds) {
+    auto took = until_switch(true, 20s);
+    ASSERT_TRUE(took) << "never switched";
+    EXPECT_GE(*took, 2s);
+    EXPECT_LT(*took, 3s);
+    EXPECT_TRUE(guest.qemu->got("block-job-change", "write-blocking"));
+}
+
+TEST_F(MirrorHover, ARestartWaitsTheWholeConvergeWindow) {
+    auto took = until_switch(false, 20s);
+    ASSERT_TRUE(took) << "never switched";
+    EXPECT_GE(*took, 6s) << "a restart copies everything again: not after a short hover";
+    EXPECT_LT(*took, 7s);
+    EXPECT_FALSE(guest.qemu->got("block-job-change"));
+}
+
+TEST_F(MirrorTest, AMirrorStartedWriteBlockingCountsAsSwitchedAndCountsTheGuestsWrites) {
+    guest.qemu->written = 1000;
+    ASSERT_TRUE(mirror->attach(volume_target()));
+    ASSERT_TRUE(mirror->start(qmp::CopyMode::write_blocking, 0));
+    EXPECT_TRUE(mirror->switched_to_write_blocking());
+    EXPECT_FALSE(mirror->switched_in_place());
+    guest.qemu->written = 5096;
+    auto jobs = qmp::query_block_jobs(*guest.client);
+    ASSERT_TRUE(jobs);
+    ASSERT_TRUE(mirror->observe(*jobs, clock.now()));
+    ASSERT_TRUE(mirror->soft_cancel(5s));
+    EXPECT_EQ(mirror->guest_bytes_forwarded(), 4096u);
 }
 
 TEST_F(MirrorTest, GroupStopsWhenCancelled) {
