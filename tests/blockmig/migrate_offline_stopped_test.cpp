@@ -8,7 +8,6 @@
 #include <fcntl.h>
 #include <fmt/core.h>
 #include <gtest/gtest.h>
-#include <openssl/evp.h>
 #include <unistd.h>
 
 #include <fstream>
@@ -17,6 +16,7 @@
 #include "jobs/effects.hpp"
 #include "jobs/journal.hpp"
 #include "jobs_test_util.hpp"
+#include "sha256_test_util.hpp"
 #include "migrate/image_lock.hpp"
 #include "migrate/offline_recover.hpp"
 #include "pools/image/qcow2.hpp"
@@ -27,20 +27,13 @@ namespace fs = std::filesystem;
 
 namespace {
 
+using sha256_test::sha256;
+
 using jobs_test::k_mib;
 
 std::string read_all(const fs::path& file) {
     std::ifstream in(file, std::ios::binary);
     return {std::istreambuf_iterator<char>(in), {}};
-}
-
-std::string sha256(std::string_view data) {
-    unsigned char md[EVP_MAX_MD_SIZE];
-    unsigned int n = 0;
-    EVP_Digest(data.data(), data.size(), md, &n, EVP_sha256(), nullptr);
-    std::string hex;
-    for (unsigned int i = 0; i < n; ++i) hex += fmt::format("{:02x}", md[i]);
-    return hex;
 }
 
 // Another open of `file` holding QEMU's lock bytes, as a QEMU would.

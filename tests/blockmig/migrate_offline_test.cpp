@@ -7,12 +7,12 @@
 // unchanged, the order of powerdown / quit, the error line, the journal.
 #include <fmt/core.h>
 #include <gtest/gtest.h>
-#include <openssl/evp.h>
 
 #include "blockmig/offline.hpp"
 #include "jobs/effects.hpp"
 #include "jobs/journal.hpp"
 #include "jobs_test_util.hpp"
+#include "sha256_test_util.hpp"
 #include "migrate/offline_recover.hpp"
 
 using namespace blockmig;
@@ -21,6 +21,8 @@ using jobs_test::json;
 namespace fs = std::filesystem;
 
 namespace {
+
+using sha256_test::sha256;
 
 using jobs_test::k_mib;
 
@@ -158,15 +160,6 @@ std::vector<std::byte> contents(pools::Pool& pool, const std::string& name) {
     std::vector<std::byte> out((*v)->size());
     if (!pools::read_full(**v, out, 0)) return {};
     return out;
-}
-
-std::string sha256(const std::vector<std::byte>& data) {
-    unsigned char md[EVP_MAX_MD_SIZE];
-    unsigned int n = 0;
-    EVP_Digest(data.data(), data.size(), md, &n, EVP_sha256(), nullptr);
-    std::string hex;
-    for (unsigned int i = 0; i < n; ++i) hex += fmt::format("{:02x}", md[i]);
-    return hex;
 }
 
 class MigrateOfflineTest : public ::testing::Test {

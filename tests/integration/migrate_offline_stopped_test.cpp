@@ -17,29 +17,21 @@
 #include <sys/mount.h>
 #include <sys/wait.h>
 
-#include "move_test_util.hpp"
+#include "offline_test_util.hpp"
 
 namespace {
 
 using namespace move_test;
+using namespace offline_test;
 using blockmig::lab::NfsServer;
 
-constexpr std::uint64_t k_blocks = 4096;  // 16 MiB stamped per disk
-
-class MigrateOfflineStopped : public ::testing::Test {
+class MigrateOfflineStopped : public OfflineRig {
   protected:
-    void SetUp() override { LAB_REQUIRE(); }
+    MigrateOfflineStopped() : OfflineRig("offline-stopped") {}
     void TearDown() override {
         if (mounted) ::umount2(pool.c_str(), MNT_DETACH);
     }
 
-    void boot(std::vector<blockmig::lab::GuestDisk> disks) {
-        guest = std::make_unique<Guest>(GuestConfig{.disks = disks, .stamp_blocks = k_blocks});
-        ASSERT_TRUE(guest->wait_for_line("GUEST-UP", 120s)) << guest->console();
-        for (std::size_t i = 0; i < disks.size(); ++i)
-            ASSERT_TRUE(guest->wait_for_ack(std::string("vd") + char('a' + i), 1, 120s))
-                << guest->console();
-    }
     // The guest is shut off: QEMU quits, closing (flushing) its images.
     void quit_guest() {
         guest->qmp(R"({"execute":"quit"})");
@@ -56,38 +48,18 @@ class MigrateOfflineStopped : public ::testing::Test {
         return a;
     }
 
-    json done_line(const std::string& out) {
-        for (const auto& l : lines_of(out)) {
-            json j = json::parse(l, nullptr, false);
-            if (!j.is_discarded() && j.value("event", "") == "done") return j;
-        }
-        return json::object();
-    }
-
-    static std::string sha256_of(const fs::path& file) {
-        return blockmig::lab::run_ok({"sha256sum", file.string()}).substr(0, 64);
-    }
-
     void expect_intact(const fs::path& file, const char* format, const char* dev) {
         auto v = blockmig::lab::verify_image(file.string(), format, k_blocks, guest->last_ack(dev));
         EXPECT_TRUE(v.intact()) << file << ": " << v.output;
     }
 
-    blockmig::lab::TempDir dir{"offline-stopped"};
-    fs::path state = dir / "jobs";
-    fs::path pool = dir / "pool";
     bool mounted = false;
-    std::unique_ptr<Guest> guest;
 };
 
 TEST_F(MigrateOfflineStopped, RawAndQcow2FilesAreProbedCopiedVerifiedAndKept) {
     const fs::path raw = dir / "vm-a.raw", qcow2 = dir / "vm-b.qcow2", base = dir / "base.raw";
     blockmig::lab::run_ok({"truncate", "-s", "64M", raw.string()});
-    blockmig::lab::run_ok({"truncate", "-s", "48M", base.string()});
-    blockmig::lab::run_ok({"dd", "if=/dev/urandom", "of=" + base.string(), "bs=1M", "seek=32",
-                           "count=8", "conv=notrunc", "status=none"});
-    blockmig::lab::run_ok({"qemu-img", "create", "-q", "-f", "qcow2", "-b", base.string(), "-F",
-                           "raw", qcow2.string()});
+    make_overlay_on_raw(qcow2, base, 48, 8);
     fs::create_directories(pool);
     boot({{"disk0", raw, "raw"}, {"disk1", qcow2, "qcow2"}});
     quit_guest();
@@ -164,11 +136,7 @@ TEST_F(MigrateOfflineStopped, AnImageARunningQemuHasOpenIsRefused) {
 }
 
 TEST_F(MigrateOfflineStopped, TheFilesAreLockedWhileCopyingAndAKilledJobIsRecovered) {
-    // 448 MiB of data behind the stamped part: the copy and its digests take seconds.
-    const fs::path raw = dir / "vm-k.raw";
-    blockmig::lab::run_ok({"truncate", "-s", "512M", raw.string()});
-    blockmig::lab::run_ok({"dd", "if=/dev/urandom", "of=" + raw.string(), "bs=1M", "seek=64",
-                           "count=448", "conv=notrunc", "status=none"});
+    const fs::path raw = make_big_raw("vm-k.raw");
     fs::create_directories(pool);
     boot({{"disk0", raw, "raw"}});
     quit_guest();
@@ -176,14 +144,7 @@ TEST_F(MigrateOfflineStopped, TheFilesAreLockedWhileCopyingAndAKilledJobIsRecove
     const std::vector<std::string> open_writable{"qemu-io", "-f",    "raw",
                                                  "-c",      "flush", raw.string()};
     pid_t pid = spawn_blockmig(args(pool.string(), {"disk0=" + raw.string()}), true);
-    bool copying = false;
-    for (auto deadline = Clock::now() + 60s; !copying && Clock::now() < deadline;) {
-        json l = jobs_listing(state);
-        if (!l["jobs"].empty())
-            for (const auto& d : l["jobs"][0]["disks"])
-                if (d.value("phase", "") == "copying") copying = true;
-        if (!copying) std::this_thread::sleep_for(50ms);
-    }
+    const bool copying = until_copying();
     auto writer = blockmig::lab::run(open_writable);
     kill(pid, SIGKILL);
     waitpid(pid, nullptr, 0);
@@ -212,11 +173,7 @@ TEST_F(MigrateOfflineStopped, TheFilesAreLockedWhileCopyingAndAKilledJobIsRecove
 
 TEST_F(MigrateOfflineStopped, APoolFillingUpDuringTheCopyKeepsNothing) {
     const fs::path qcow2 = dir / "vm-f.qcow2", base = dir / "base-f.raw";
-    blockmig::lab::run_ok({"truncate", "-s", "64M", base.string()});
-    blockmig::lab::run_ok({"dd", "if=/dev/urandom", "of=" + base.string(), "bs=1M", "seek=32",
-                           "count=16", "conv=notrunc", "status=none"});
-    blockmig::lab::run_ok({"qemu-img", "create", "-q", "-f", "qcow2", "-b", base.string(), "-F",
-                           "raw", qcow2.string()});
+    make_overlay_on_raw(qcow2, base, 64, 16);
     fs::create_directories(pool);
     ASSERT_EQ(::mount("tmpfs", pool.c_str(), "tmpfs", 0, "size=4m"), 0) << std::strerror(errno);
     mounted = true;

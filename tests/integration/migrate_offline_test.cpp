@@ -11,24 +11,17 @@
 //   copy, the source file is intact and verifies.
 #include <sys/wait.h>
 
-#include "move_test_util.hpp"
+#include "offline_test_util.hpp"
 
 namespace {
 
 using namespace move_test;
+using namespace offline_test;
 using blockmig::lab::NfsServer;
 
-constexpr std::uint64_t k_blocks = 4096;  // 16 MiB stamped per disk
-
-class MigrateOffline : public ::testing::Test {
+class MigrateOffline : public OfflineRig {
   protected:
-    void SetUp() override { LAB_REQUIRE(); }
-
-    void boot(std::vector<blockmig::lab::GuestDisk> disks) {
-        guest = std::make_unique<Guest>(GuestConfig{.disks = disks, .stamp_blocks = k_blocks});
-        ASSERT_TRUE(guest->wait_for_line("GUEST-UP", 120s)) << guest->console();
-        ASSERT_TRUE(guest->wait_for_ack("vda", 1, 120s)) << guest->console();
-    }
+    MigrateOffline() : OfflineRig("offline") {}
 
     std::vector<std::string> args(const std::string& pool, std::vector<std::string> extra = {}) {
         std::vector<std::string> a{"--output",
@@ -47,36 +40,15 @@ class MigrateOffline : public ::testing::Test {
         return a;
     }
 
-    json done_line(const std::string& out) {
-        for (const auto& l : lines_of(out)) {
-            json j = json::parse(l, nullptr, false);
-            if (!j.is_discarded() && j.value("event", "") == "done") return j;
-        }
-        return json::object();
-    }
-
     json jobs_listing() { return move_test::jobs_listing(state); }
 
-    static std::string sha256_of(const fs::path& file) {
-        auto out = blockmig::lab::run_ok({"sha256sum", file.string()});
-        return out.substr(0, 64);
-    }
-
-    blockmig::lab::TempDir dir{"offline"};
-    fs::path state = dir / "jobs";
-    fs::path pool = dir / "pool";
-    std::unique_ptr<Guest> guest;
 };
 
 TEST_F(MigrateOffline, RawAndQcow2DisksAreCopiedVerifiedAndKept) {
     // disk1: a qcow2 overlay on a raw base holding 8 MiB of data past the stamped part.
     const fs::path raw = dir / "vm-a.raw", qcow2 = dir / "vm-b.qcow2", base = dir / "base.raw";
     blockmig::lab::run_ok({"truncate", "-s", "64M", raw.string()});
-    blockmig::lab::run_ok({"truncate", "-s", "48M", base.string()});
-    blockmig::lab::run_ok({"dd", "if=/dev/urandom", "of=" + base.string(), "bs=1M", "seek=32",
-                           "count=8", "conv=notrunc", "status=none"});
-    blockmig::lab::run_ok({"qemu-img", "create", "-q", "-f", "qcow2", "-b", base.string(), "-F",
-                           "raw", qcow2.string()});
+    make_overlay_on_raw(qcow2, base, 48, 8);
     fs::create_directories(pool);
     boot({{"disk0", raw, "raw"}, {"disk1", qcow2, "qcow2"}});
     ASSERT_TRUE(guest->wait_for_ack("vdb", 1, 120s)) << guest->console();
@@ -167,22 +139,11 @@ TEST_F(MigrateOffline, AnExistingCopyIsRefusedAndTheGuestKeepsRunning) {
 }
 
 TEST_F(MigrateOffline, KilledWhileCopyingIsRecoveredWithoutTheCopy) {
-    // 448 MiB of data behind the stamped part: the copy and its digests take seconds.
-    const fs::path raw = dir / "vm-k.raw";
-    blockmig::lab::run_ok({"truncate", "-s", "512M", raw.string()});
-    blockmig::lab::run_ok({"dd", "if=/dev/urandom", "of=" + raw.string(), "bs=1M", "seek=64",
-                           "count=448", "conv=notrunc", "status=none"});
+    const fs::path raw = make_big_raw("vm-k.raw");
     fs::create_directories(pool);
     boot({{"disk0", raw, "raw"}});
     pid_t pid = spawn_blockmig(args(pool.string()), true);
-    bool copying = false;
-    for (auto deadline = Clock::now() + 60s; !copying && Clock::now() < deadline;) {
-        json l = jobs_listing();
-        if (!l["jobs"].empty())
-            for (const auto& d : l["jobs"][0]["disks"])
-                if (d.value("phase", "") == "copying") copying = true;
-        if (!copying) std::this_thread::sleep_for(50ms);
-    }
+    const bool copying = until_copying();
     kill(pid, SIGKILL);
     waitpid(pid, nullptr, 0);
     ASSERT_TRUE(copying) << jobs_listing().dump();
