@@ -116,12 +116,7 @@ Result<std::vector<OfflineDisk>> plan_offline_files(
         if (!only.empty() && std::find(only.begin(), only.end(), f.device) == only.end()) continue;
         auto d = plan_file(f, open_volume);
         if (!d) return fail(d.error());
-        auto [it, fresh] = by_volume.emplace(d->volume, d->device);
-        if (!fresh)
-            return refuse(
-                fmt::format("disks {} and {} both have a file named {}: the copies "
-                            "would collide in the destination pool",
-                            it->second, d->device, d->volume));
+        if (auto r = claim_volume_name(by_volume, *d); !r) return fail(r.error());
         plan.push_back(std::move(*d));
     }
     return plan;

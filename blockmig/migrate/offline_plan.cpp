@@ -92,15 +92,19 @@ Result<std::vector<OfflineDisk>> plan_offline(const SideFacts& src,
         if (!p) return fail(p.error());
         if (p->volume.empty())
             return refuse(fmt::format("disk {}: {} names no file", d->device, p->source));
-        auto [it, fresh] = by_volume.emplace(p->volume, d->device);
-        if (!fresh)
-            return refuse(
-                fmt::format("disks {} and {} both have a file named {}: the copies "
-                            "would collide in the destination pool",
-                            it->second, d->device, p->volume));
+        if (auto r = claim_volume_name(by_volume, *p); !r) return fail(r.error());
         plan.push_back(std::move(*p));
     }
     return plan;
+}
+
+Result<void> claim_volume_name(std::map<std::string, std::string>& taken,
+                               const OfflineDisk& disk) {
+    auto [it, fresh] = taken.emplace(disk.volume, disk.device);
+    if (fresh) return {};
+    return refuse(fmt::format("disks {} and {} both have a file named {}: the copies "
+                              "would collide in the destination pool",
+                              it->second, disk.device, disk.volume));
 }
 
 }  // namespace blockmig::migrate

@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -32,6 +33,12 @@ using PathResolver = std::function<Result<std::string>(const std::string& filena
 // running nor shut down, a migration or block job in progress, an unknown
 // --disk, a format other than raw / qcow2, a json: filename, a file that
 // cannot be found, two disks whose files have the same name.
+// One copy per file name in the destination pool: records `disk`'s volume
+// in `taken` (volume -> device), or refuses the second disk that would
+// take a name (both disks named, one line).
+Result<void> claim_volume_name(std::map<std::string, std::string>& taken,
+                               const OfflineDisk& disk);
+
 Result<std::vector<OfflineDisk>> plan_offline(const SideFacts& src,
                                               const std::vector<std::string>& only,
                                               const PathResolver& resolve_path);
