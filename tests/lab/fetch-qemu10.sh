@@ -11,8 +11,17 @@
 # block modules in usr/lib/x86_64-linux-gnu/qemu (QEMU_MODULE_DIR; this build
 # does not find them on its own) and firmware in usr/share/seabios and
 # usr/share/qemu (-L). lab-bin/ holds wrappers of the same names that add
-# those settings, for the lab to put first in PATH. The prefix is reused while
-# this script is unchanged. Verified: 10.0.x runs against Debian 12's libraries.
+# those settings, for the lab to put first in PATH (or a libvirt domain's
+# <emulator>: libvirt clears the environment, the wrapper sets its own). The
+# prefix is reused while this script is unchanged. Verified: 10.0.x runs
+# against Debian 12's libraries.
+#
+# Every module this QEMU knows is unpacked, the GUI, OpenGL and SPICE ones
+# too: a module missing from QEMU_MODULE_DIR is looked for next in the
+# system's module dir, and loading QEMU 7.2's ui-opengl.so aborts QEMU 10
+# ("Only modules from the same build can be loaded", then an assertion in
+# module_load_dso). qom-list-types loads every QOM module, and libvirt sends
+# it when it probes an emulator: without them libvirt cannot use QEMU 10.
 set -euo pipefail
 cache=${1:-${BLOCKMIG_CACHE:-$HOME/.cache/blockmig}}
 hash=$(sha256sum < "$0" | cut -c1-16)
@@ -37,7 +46,8 @@ apt_opts=(-o Dir::Etc::sourcelist="$work/sources.list" -o Dir::Etc::sourceparts=
           -o APT::Sandbox::User=root)
 echo "fetch-qemu10: fetching QEMU 10 from bookworm-backports into $prefix" >&2
 apt-get "${apt_opts[@]}" update -qq >/dev/null
-pkgs=(qemu-system-x86 qemu-system-common qemu-system-data qemu-utils qemu-block-extra seabios)
+pkgs=(qemu-system-x86 qemu-system-common qemu-system-data qemu-utils qemu-block-extra seabios
+      qemu-system-modules-opengl qemu-system-modules-spice qemu-system-gui)
 selected=()
 for p in "${pkgs[@]}"; do
   v=$(apt-cache "${apt_opts[@]}" madison "$p" | awk '/bookworm-backports/ {print $3; exit}')
@@ -61,7 +71,17 @@ WRAPPER
 done
 version=$("$work/root/usr/bin/qemu-system-x86_64" --version | head -n 1)
 [[ $version == *"version 10."* ]] || { echo "fetch-qemu10: unexpected $version" >&2; exit 1; }
-echo "$version" > "$work/root/VERSION"
 rm -rf "$prefix"; mv "$work/root" "$prefix"
+# What libvirt's capability probe does, through the wrapper and with an empty
+# environment as libvirt runs it: a module of another build would abort it.
+# VERSION is written only after it passed: the prefix counts as fetched then.
+if ! printf '%s\n' '{"execute":"qmp_capabilities"}' '{"execute":"qom-list-types"}' '{"execute":"quit"}' |
+     env -i "$prefix/lab-bin/qemu-system-x86_64" -S -no-user-config -nodefaults -nographic \
+       -machine none,accel=tcg -qmp stdio >"$work/probe.out" 2>&1; then
+  echo "fetch-qemu10: QEMU 10 failed libvirt's probe (qom-list-types): $(tail -n 3 "$work/probe.out")" >&2
+  rm -rf "$prefix"
+  exit 1
+fi
+echo "$version" > "$prefix/VERSION"
 echo "fetch-qemu10: $version -> $prefix" >&2
 echo "$prefix"

@@ -43,13 +43,15 @@ auth_unix_ro = "none"
 log_outputs = "3:file:/var/log/libvirt/libvirtd.log"
 CONF
   fi
-  inner="mount --bind $dir/etc /etc/libvirt && mount --bind $dir/run /run/libvirt && \
-mount --bind $dir/lib /var/lib/libvirt && mount --bind $dir/log /var/log/libvirt && \
-mount --bind $dir/cache /var/cache/libvirt && \
-exec libvirtd -f /etc/libvirt/libvirtd.conf -p /run/libvirt/libvirtd.pid"
+  # DIR reaches the inner shell as "$1", never as part of its script.
+  # shellcheck disable=SC2016
+  inner='mount --bind "$1/etc" /etc/libvirt && mount --bind "$1/run" /run/libvirt &&
+mount --bind "$1/lib" /var/lib/libvirt && mount --bind "$1/log" /var/log/libvirt &&
+mount --bind "$1/cache" /var/cache/libvirt &&
+exec libvirtd -f /etc/libvirt/libvirtd.conf -p /run/libvirt/libvirtd.pid'
   netns=()
   [ -z "$ns" ] || netns=(ip netns exec "$ns")
-  setsid "${netns[@]}" unshare -m --propagation private sh -c "$inner" \
+  setsid "${netns[@]}" unshare -m --propagation private sh -c "$inner" libvirtd-host "$dir" \
     </dev/null >"$dir/libvirtd.out" 2>&1 &
   echo $! > "$dir/libvirtd.pid"
   # Cold, libvirtd probes QEMU's capabilities (~10 s, kept in DIR/cache).
@@ -58,7 +60,11 @@ exec libvirtd -f /etc/libvirt/libvirtd.conf -p /run/libvirt/libvirtd.pid"
     virsh -c "$uri" version >/dev/null 2>&1 && { echo "$uri"; exit 0; }
     sleep 0.1
   done
-  echo "libvirtd: $dir did not start: $(tail -n 3 "$dir/libvirtd.out")" >&2
+  # `virsh version` also needs the default emulator's capabilities: a running
+  # libvirtd that could not probe QEMU fails it too. Say which it was.
+  why=$(virsh -c "$uri" version 2>&1 >/dev/null | head -n 1 || true)
+  probe=$(grep -m 1 'Failed to probe capabilities' "$dir/log/libvirtd.log" 2>/dev/null || true)
+  echo "libvirtd: $dir did not start: ${why:-$(tail -n 3 "$dir/libvirtd.out")}${probe:+ ($probe)}" >&2
   "$0" stop "$dir"
   exit 1
   ;;
