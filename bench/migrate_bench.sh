@@ -22,10 +22,20 @@
 # bytes the thriftier tool sent) / link rate; and the same over the rate a
 # plain TCP stream (socat, the disk image once) gets through the link.
 #
-# Needs root, the lab (tests/lab: hosts.sh, guest.sh, libvirtd.sh) and
+# QEMU: both tools run the lab's QEMU flavour (tests/lab/qemu.sh): the
+# system's (Debian 12: 7.2) or, with BLOCKMIG_QEMU=10, QEMU 10.0 from the
+# lab cache. libvirt gets it as the domain's <emulator> (the lab's wrapper,
+# which sets its own module dir and firmware); libvirtd itself stays the
+# system's. The first round checks that both guests really run the same QEMU
+# binary (/proc/PID/exe; libvirt's also by QMP query-version) and says which.
+#
+# Needs root, the lab (tests/lab: hosts.sh, guest.sh, libvirtd.sh, qemu.sh) and
 # libvirt-daemon-system, libvirt-clients (Debian); not run by CI or ctest:
 # it wants a quiet machine. KEEP=1 keeps the work dir (reports, logs).
 set -euo pipefail
+shopt -s inherit_errexit  # a failing step inside a round ($(...)) stops the run
+set -E
+trap 'echo "migrate_bench: line $LINENO failed: $BASH_COMMAND" >&2' ERR
 here=$(cd "$(dirname "$0")" && pwd)
 lab=$here/../tests/lab
 bin=${1:-$here/../build/blockmig/blockmig}
@@ -93,19 +103,42 @@ wait_for() {  # FILE PATTERN SECONDS
   while [ $SECONDS -lt $deadline ]; do grep -q "$2" "$1" 2>/dev/null && return 0; sleep 0.2; done
   return 1
 }
+# Which QEMU binary PID runs, once per tool (rounds run in subshells: a file
+# in the work dir): "EXE" or "EXE, QMP query-version X.Y.Z".
+note_qemu() {  # TOOL PID [VERSION]
+  local f=$work/qemu-$1 exe
+  [ -e "$f" ] && return 0
+  exe=$(readlink "/proc/$2/exe") || { echo "migrate_bench: no QEMU process $2 ($1)" >&2; exit 1; }
+  echo "$exe${3:+, QMP query-version $3}" >"$f"
+}
+# After the first round of both: the same QEMU binary on both sides, or stop.
+check_qemus() {
+  local bm lv
+  bm=$(cat "$work/qemu-blockmig") lv=$(cat "$work/qemu-libvirt")
+  echo "migrate_bench: running QEMU: blockmig $bm; libvirt $lv" >&2
+  [ "${bm%%,*}" = "${lv%%,*}" ] ||
+    { echo "migrate_bench: blockmig and libvirt run different QEMU binaries" >&2; exit 1; }
+}
 # Each watcher by its PID: its children (tail, the loop) first.
 stop_watchers() {
   [ -f "$work/watchers" ] || return 0
   local p
-  for p in $(cat "$work/watchers"); do pkill -P "$p" 2>/dev/null; kill "$p" 2>/dev/null; done
+  for p in $(cat "$work/watchers"); do pkill -P "$p" 2>/dev/null || true; kill "$p" 2>/dev/null || true; done
   rm -f "$work/watchers"
 }
 
 read -r guest accel < <("$lab/guest.sh" prepare)
+# The QEMU flavour for everything below: blockmig's guests (guest.sh applies
+# it too), blockmig's own tools (BLOCKMIG_QEMU_DIR) and libvirt's <emulator>.
+flavour=$("$lab/qemu.sh" env)
+while IFS= read -r kv; do [ -z "$kv" ] || export "${kv?}"; done <<<"$flavour"
+emulator=$(command -v qemu-system-x86_64)
 append="stamp.blocks=8192 stamp.hb=50"
 cmdline="console=ttyS0 quiet panic=-1 stamp.hb=100 $append"
 link=$(link_bytes_per_s "$rate")
 echo "migrate_bench: ${disk_mib} MiB disk of real files, ${ram_mib} MiB RAM, link $rate, $repeat rounds, accel $accel, work dir $work"
+echo "migrate_bench: QEMU ${BLOCKMIG_QEMU:-system}: blockmig's guests $(qemu-system-x86_64 --version | head -n 1);" \
+     "libvirt's <emulator> $emulator: $("$emulator" --version | head -n 1)"
 "$lab/hosts.sh" up "$name" "$rate" >/dev/null
 echo "migrate_bench: starting two libvirtd (cold: ~10 s each)"
 "$lab/libvirtd.sh" start "$lv_a" "$ns_a" >/dev/null
@@ -153,6 +186,7 @@ blockmig_round() {
   start_guest "$s" "$ns_a"
   start_guest "$d" "$ns_b" -incoming defer
   wait_for "$s/console.log" "ACK dev=vda" 180 || { echo "migrate_bench: blockmig guest did not start" >&2; exit 1; }
+  note_qemu blockmig "$(cat "$s/qemu.pid")"
   watch_console "$s/console.log" "$s/hb"
   watch_console "$d/console.log" "$d/hb"
   sleep 1
@@ -175,6 +209,8 @@ blockmig_round() {
        "$(jq -r '[.streams[].bytes] | add' <<<"$done_line")"
 }
 
+# ACPI on, as in blockmig's guests (QEMU's default); without <acpi/> libvirt
+# 9.0 passes -no-acpi, which QEMU 10 no longer knows.
 domain_xml() {
   cat <<XML
 <domain type='qemu'>
@@ -184,9 +220,10 @@ domain_xml() {
   <os><type arch='x86_64' machine='pc'>hvm</type>
     <kernel>$guest/vmlinuz</kernel><initrd>$guest/initrd.img</initrd>
     <cmdline>$cmdline</cmdline></os>
+  <features><acpi/></features>
   <on_reboot>destroy</on_reboot>
   <devices>
-    <emulator>$(command -v qemu-system-x86_64)</emulator>
+    <emulator>$emulator</emulator>
     <disk type='file' device='disk'>
       <driver name='qemu' type='raw' cache='none' io='native'/>
       <source file='/var/lib/libvirt/images/bench.raw'/>
@@ -208,6 +245,12 @@ libvirt_round() {
   domain_xml >"$work/bench.xml"
   virsh -c "$uri_a" create "$work/bench.xml" >/dev/null
   wait_for "$src_log" "ACK dev=vda" 180 || { echo "migrate_bench: libvirt guest did not start" >&2; exit 1; }
+  if [ ! -e "$work/qemu-libvirt" ]; then
+    local version
+    version=$(virsh -c "$uri_a" qemu-monitor-command bench '{"execute":"query-version"}' |
+              jq -r '.return.qemu | "\(.major).\(.minor).\(.micro)"')
+    note_qemu libvirt "$(cat "$lv_a/run/qemu/bench.pid")" "$version"
+  fi
   watch_console "$src_log" "$work/lv$i-src.hb"
   watch_console "$dst_log" "$work/lv$i-dst.hb"
   sleep 1
@@ -248,6 +291,7 @@ for i in $(seq 1 "$repeat"); do
     fi
     if [ -z "$ram_min" ] || [ "$(calc "$ram < $ram_min")" = 1 ]; then ram_min=$ram; fi
   done
+  [ "$i" != 1 ] || check_qemus
 done
 
 floor=$(calc "($disk_bytes + $ram_min) / $link")
