@@ -39,6 +39,7 @@ struct MigrateArgs {
     int timeout_s = 0;
     double timeout_per_gib = 0;
     std::string policy = "minimal-downtime";
+    std::optional<int> postcopy_after_s;  // --postcopy-after (only with --policy postcopy)
     std::string compress = "none";
     int parallel = 0;
     bool keep_source = false;
@@ -133,6 +134,7 @@ Result<void> run_migrate_command(const MigrateArgs& args, const GlobalOptions& g
     o.policy = args.policy == "postcopy"  ? MigratePolicy::postcopy
                : args.policy == "suspend" ? MigratePolicy::suspend
                                           : MigratePolicy::minimal_downtime;
+    if (args.postcopy_after_s) o.postcopy_after = std::chrono::seconds(*args.postcopy_after_s);
     o.compress = args.compress == "zstd"     ? MigrateCompress::zstd
                  : args.compress == "xbzrle" ? MigrateCompress::xbzrle
                                              : MigrateCompress::none;
@@ -258,11 +260,16 @@ void add_migrate_command(CLI::App& app, Dispatch& dispatch) {
                     "minimal-downtime (default): pre-copy, the downtime limit starts at 100 ms and "
                     "doubles up to --max-downtime each time the remaining RAM stops shrinking, "
                     "then the migration is cancelled at the timeout; postcopy: switch to "
-                    "post-copy when pre-copy stalls and every disk is in sync (the guest runs on "
-                    "the destination while its RAM follows; no way back once switched); suspend: "
+                    "post-copy after --postcopy-after seconds of pre-copy, once every disk is in "
+                    "sync (the guest runs on the destination while its RAM follows; no way back "
+                    "once switched); suspend: "
                     "auto-converge throttles the guest, harder at each stall, and as last resort "
                     "it is paused to finish")
         ->check(CLI::IsMember({"minimal-downtime", "postcopy", "suspend"}));
+    cmd->add_option("--postcopy-after", args->postcopy_after_s,
+                    "with --policy postcopy: seconds of pre-copy before the switch to post-copy "
+                    "(10; 0 = as soon as every disk is in sync)")
+        ->check(CLI::Range(0, 86400));
     cmd->add_option("--compress", args->compress,
                     "zstd: multifd channels compress with zstd; xbzrle: delta-encode pages sent "
                     "again; none (default)")
@@ -314,6 +321,8 @@ void add_migrate_command(CLI::App& app, Dispatch& dispatch) {
                             args->copy_storage, args->disks);
         auto src_files =
             check_source_usage(args->offline, args->src_qmp, args->src_disks, args->src_formats);
+        if (args->postcopy_after_s && args->policy != "postcopy")
+            throw CLI::ValidationError("--postcopy-after", "only with --policy postcopy");
         if (args->offline && !args->tls_dir.empty())
             throw CLI::ValidationError("--tls-dir",
                                        "not with --offline (no stream crosses the network)");

@@ -376,7 +376,9 @@ class Run {
         migrate::PolicyController policy({.policy = m_o.policy,
                                           .max_downtime = m_o.max_downtime,
                                           .deadline = m_deadline,
-                                          .timeout = m_report.timeout});
+                                          .timeout = m_report.timeout,
+                                          .ram_started = m_o.clock->now(),
+                                          .postcopy_after = m_o.postcopy_after});
         m_downtime_limit = policy.downtime();  // what configure() set on the source
         auto next_sample = m_o.clock->now() + m_o.progress_interval;
         for (;;) {

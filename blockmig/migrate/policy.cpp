@@ -32,9 +32,11 @@ std::optional<PolicyAction> PolicyController::decide(Clock::time_point now,
                                 m_config.timeout.count(), where, m_downtime.count())};
     }
     if (!sample || m_paused) return std::nullopt;
+    if (m_config.policy == MigratePolicy::postcopy)
+        return postcopy_due(now, *sample, disks_in_sync);
     observe(*sample);
     if (!stalled()) return std::nullopt;
-    return escalate(*sample, disks_in_sync);
+    return escalate(*sample);
 }
 
 // Counts the passes whose leftover did not beat the best one by k_progress.
@@ -53,7 +55,28 @@ void PolicyController::observe(const RamSample& s) {
     m_stalled += static_cast<int>(std::min<std::uint64_t>(new_passes, 1000));
 }
 
-std::optional<PolicyAction> PolicyController::escalate(const RamSample& s, bool disks_in_sync) {
+// Post-copy once pre-copy ran --postcopy-after seconds, with every disk in sync.
+std::optional<PolicyAction> PolicyController::postcopy_due(Clock::time_point now,
+                                                           const RamSample& s, bool disks_in_sync) {
+    if (now - m_config.ram_started < m_config.postcopy_after) return std::nullopt;
+    const std::string why = fmt::format(
+        "pre-copy ran {} s (--postcopy-after {}) with {} still to send after {} passes",
+        std::chrono::duration_cast<std::chrono::seconds>(now - m_config.ram_started).count(),
+        m_config.postcopy_after.count(), human_mib(s.remaining), s.passes);
+    if (!disks_in_sync) {
+        // Post-copy would run the guest on disks that miss writes: wait,
+        // and say so once.
+        if (m_waiting) return std::nullopt;
+        m_waiting = true;
+        return PolicyAction{.step = PolicyStep::wait,
+                            .text = why + ": post-copy waits until every disk is in sync again"};
+    }
+    m_postcopy = true;
+    return PolicyAction{.step = PolicyStep::start_postcopy,
+                        .text = why + ": requested post-copy (every disk in sync)"};
+}
+
+std::optional<PolicyAction> PolicyController::escalate(const RamSample& s) {
     const std::string why = fmt::format("pre-copy stalled ({} left after each of {} passes)",
                                         human_mib(*m_floor), m_config.stall_passes);
     switch (m_config.policy) {
@@ -68,18 +91,7 @@ std::optional<PolicyAction> PolicyController::escalate(const RamSample& s, bool 
                                                     from.count(), m_downtime.count())};
         }
         case MigratePolicy::postcopy:
-            if (!disks_in_sync) {
-                // Post-copy would run the guest on disks that miss writes:
-                // wait, and say so once.
-                if (m_waiting) return std::nullopt;
-                m_waiting = true;
-                return PolicyAction{
-                    .step = PolicyStep::wait,
-                    .text = why + ": post-copy waits until every disk is in sync again"};
-            }
-            m_postcopy = true;
-            return PolicyAction{.step = PolicyStep::start_postcopy,
-                                .text = why + ": requested post-copy (every disk in sync)"};
+            return std::nullopt;  // decided by time: postcopy_due()
         case MigratePolicy::suspend: {
             m_stalled = 0;
             if (m_throttle_increment < k_max_throttle_increment) {

@@ -11,10 +11,13 @@
 // counts. Each stall escalates one step, then the count starts again:
 // - minimal-downtime: downtime-limit starts at k_start_downtime (Proxmox's
 //   100 ms) and doubles up to --max-downtime; at the deadline, abort.
-// - postcopy: downtime-limit --max-downtime; at the first stall, start
-//   post-copy, but only while every disk is in sync (its mirror ready and
-//   every guest write reaching the destination), else wait for the next
-//   stall; at the deadline (before the switch), abort.
+// - postcopy: downtime-limit --max-downtime; once pre-copy has run
+//   --postcopy-after seconds (virsh's migrate-postcopy after a delay; 0 =
+//   at the first sample), start post-copy, but only while every disk is in
+//   sync (its mirror ready and every guest write reaching the destination),
+//   else wait until they are; at the deadline (before the switch), abort.
+//   A time, not a stall count: the operator bounds how long the guest's RAM
+//   may churn in pre-copy, and the switch is never earlier than that.
 // - suspend: downtime-limit --max-downtime with QEMU's auto-converge on;
 //   each stall doubles cpu-throttle-increment (QEMU's 10 % -> 20 -> 40), and
 //   when the strongest throttle still stalls, pause the guest (`stop`) so
@@ -49,12 +52,19 @@ struct PolicyAction {
     std::string text;                       // one line for MigrateReport.actions and progress
 };
 
+// --postcopy-after's default, seconds of pre-copy before post-copy.
+inline constexpr std::chrono::seconds k_default_postcopy_after{10};
+
 struct PolicyConfig {
     MigratePolicy policy = MigratePolicy::minimal_downtime;
     std::chrono::milliseconds max_downtime{300};
     Clock::time_point deadline = Clock::time_point::max();  // max = no timeout
     std::chrono::seconds timeout{0};                        // for messages
     int stall_passes = 2;
+    // postcopy: when RAM pre-copy started (`migrate` sent) and how long it
+    // runs before the switch.
+    Clock::time_point ram_started{};
+    std::chrono::seconds postcopy_after{k_default_postcopy_after};
 };
 
 // Proxmox starts its downtime limit at 100 ms too (qemu-server's
@@ -77,7 +87,8 @@ class PolicyController {
     // One decision per sample (nullopt: nothing to do). `sample` nullopt:
     // query-migrate gave nothing this time (only the deadline is checked).
     // `disks_in_sync`: every disk's mirror is ready and mirrors every write
-    // (true without copied disks); only post-copy asks.
+    // (true without copied disks); only post-copy asks. Post-copy starts at
+    // the first sample from ram_started + postcopy_after on, never before.
     // After an abort, pause or post-copy the caller acts on it; the
     // controller decides nothing more but the deadline (never after
     // post-copy: from there the guest runs on the destination).
@@ -89,7 +100,9 @@ class PolicyController {
 
   private:
     void observe(const RamSample& s);
-    std::optional<PolicyAction> escalate(const RamSample& s, bool disks_in_sync);
+    std::optional<PolicyAction> escalate(const RamSample& s);
+    std::optional<PolicyAction> postcopy_due(Clock::time_point now, const RamSample& s,
+                                             bool disks_in_sync);
 
     PolicyConfig m_config;
     std::chrono::milliseconds m_downtime;

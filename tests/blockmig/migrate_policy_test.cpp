@@ -1,8 +1,8 @@
 // migrate/policy.hpp: the --policy controller fed scripted query-migrate
 // samples on a fake clock. Each test guards one decision: a shrinking
 // pre-copy is left alone, a stalled one escalates per policy (downtime
-// step, post-copy only with every disk in sync, throttle then pause), and
-// the deadline aborts.
+// step, throttle then pause), post-copy starts at --postcopy-after and only
+// with every disk in sync, and the deadline aborts.
 #include <gtest/gtest.h>
 
 #include "migrate/policy.hpp"
@@ -19,12 +19,15 @@ constexpr std::uint64_t k_mib = 1 << 20;
 class PolicyTest : public ::testing::Test {
   protected:
     PolicyController make(MigratePolicy policy, std::chrono::seconds timeout = 0s,
-                          std::chrono::milliseconds max_downtime = 400ms) {
+                          std::chrono::milliseconds max_downtime = 400ms,
+                          std::chrono::seconds postcopy_after = k_default_postcopy_after) {
         return PolicyController({.policy = policy,
                                  .max_downtime = max_downtime,
                                  .deadline = deadline_after(clock, timeout),
                                  .timeout = timeout,
-                                 .stall_passes = 2});
+                                 .stall_passes = 2,
+                                 .ram_started = clock.now(),
+                                 .postcopy_after = postcopy_after});
     }
 
     // One sample a second: pass `passes`, `remaining` MiB left.
@@ -71,7 +74,7 @@ TEST_F(PolicyTest, TheFirstPassNeverCountsAsAStall) {
 TEST_F(PolicyTest, ShrinkingRemainingRamTakesNoAction) {
     for (auto policy :
          {MigratePolicy::minimal_downtime, MigratePolicy::postcopy, MigratePolicy::suspend}) {
-        auto c = make(policy);
+        auto c = make(policy, 0s, 400ms, /*postcopy_after=*/60s);
         std::uint64_t left = 100;
         for (std::uint64_t pass = 1; pass <= 12; ++pass) {
             EXPECT_FALSE(feed(c, pass, left)) << to_string(policy) << " pass " << pass;
@@ -152,22 +155,45 @@ TEST_F(PolicyTest, NoDeadlineNeverAborts) {
     EXPECT_FALSE(c.decide(clock.now(), std::nullopt, true));
 }
 
-TEST_F(PolicyTest, PostcopyStartsWhenPreCopyStallsAndNotBefore) {
+TEST_F(PolicyTest, PostcopyStartsAfterTenSecondsByDefaultAndNotBefore) {
     auto c = make(MigratePolicy::postcopy, 60s);
     EXPECT_EQ(c.downtime(), 400ms) << "post-copy keeps --max-downtime";
-    EXPECT_FALSE(feed(c, 1, 200));
-    EXPECT_FALSE(feed(c, 2, 50));
-    EXPECT_FALSE(feed(c, 3, 50));
-    auto a = feed(c, 4, 50);
+    // Stalled from pass 2 on: still pre-copy until 10 s have passed.
+    for (std::uint64_t pass = 1; pass < 10; ++pass)
+        EXPECT_FALSE(feed(c, pass, 50)) << "second " << pass;
+    auto a = feed(c, 10, 50);
     ASSERT_TRUE(a);
     EXPECT_EQ(a->step, PolicyStep::start_postcopy);
+    EXPECT_NE(a->text.find("pre-copy ran 10 s (--postcopy-after 10)"), std::string::npos)
+        << a->text;
     // From the switch on the guest runs on the destination: no abort, ever.
     clock.advance(120s);
-    EXPECT_FALSE(feed(c, 5, 50));
+    EXPECT_FALSE(feed(c, 11, 50));
+}
+
+TEST_F(PolicyTest, PostcopyStartsAtTheConfiguredTimeEvenWhilePreCopyShrinks) {
+    auto c = make(MigratePolicy::postcopy, 0s, 400ms, 4s);
+    std::uint64_t left = 1000;
+    for (std::uint64_t pass = 1; pass < 4; ++pass) EXPECT_FALSE(feed(c, pass, left /= 2));
+    clock.advance(999ms);  // 3.999 s: not yet
+    EXPECT_FALSE(c.decide(clock.now(), RamSample{.remaining = 10 * k_mib, .passes = 4}, true));
+    clock.advance(1ms);
+    auto a = c.decide(clock.now(), RamSample{.remaining = 10 * k_mib, .passes = 4}, true);
+    ASSERT_TRUE(a);
+    EXPECT_EQ(a->step, PolicyStep::start_postcopy);
+}
+
+TEST_F(PolicyTest, PostcopyAfterZeroStartsAtTheFirstSampleButNeedsOne) {
+    auto c = make(MigratePolicy::postcopy, 0s, 400ms, 0s);
+    EXPECT_FALSE(c.decide(clock.now(), std::nullopt, true)) << "no sample: RAM not moving yet";
+    auto a = c.decide(clock.now(), RamSample{.remaining = 200 * k_mib, .passes = 1}, true);
+    ASSERT_TRUE(a);
+    EXPECT_EQ(a->step, PolicyStep::start_postcopy);
+    EXPECT_FALSE(feed(c, 2, 50)) << "requested once";
 }
 
 TEST_F(PolicyTest, PostcopyWaitsWhileADiskIsOutOfSync) {
-    auto c = make(MigratePolicy::postcopy);
+    auto c = make(MigratePolicy::postcopy, 0s, 400ms, 3s);
     auto actions = stall(c, 1, 6, 50, /*in_sync=*/false);
     ASSERT_EQ(actions.size(), 1u) << "said once";
     EXPECT_EQ(actions[0].step, PolicyStep::wait);
@@ -178,9 +204,9 @@ TEST_F(PolicyTest, PostcopyWaitsWhileADiskIsOutOfSync) {
 }
 
 TEST_F(PolicyTest, PostcopyAbortsAtTheDeadlineBeforeTheSwitch) {
-    auto c = make(MigratePolicy::postcopy, 10s);
-    auto actions = stall(c, 1, 10, 50, /*in_sync=*/false);
-    ASSERT_FALSE(actions.empty());
+    auto c = make(MigratePolicy::postcopy, 10s, 400ms, 30s);
+    auto actions = stall(c, 1, 10, 50);
+    ASSERT_EQ(actions.size(), 1u);
     EXPECT_EQ(actions.back().step, PolicyStep::abort);
 }
 

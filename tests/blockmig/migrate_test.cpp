@@ -81,6 +81,10 @@ struct FakeSide {
     std::string dies_on;            // a command on which this QEMU exits (no reply)
     std::string listening;          // destination: migrate-recover's URI
     FakeSide* peer = nullptr;       // the destination, for the source
+    // Set: each query-migrate of a pre-copy ("active") moves it on one
+    // second, and migrate-start-postcopy's arrival is noted on it.
+    FakeClock* clock = nullptr;
+    Clock::time_point postcopy_requested_at{};
     blockmig::qmp::testing::Script* script = nullptr;
 
     bool got(const std::string& command, const std::string& arg = "") {
@@ -127,6 +131,7 @@ struct FakeSide {
                 migration == "active" &&
                 (ram == Ram::stalls || ram == Ram::postcopy || ram == Ram::postcopy_fails);
             if (stalling) ++passes;
+            if (clock && migration == "active") clock->advance(1s);
             if (migration != "none")
                 r["ram"] = {{"transferred", passes << 20},
                             {"remaining", stalling ? 64 << 20 : 2 << 20},
@@ -310,6 +315,7 @@ struct FakeSide {
             return;
         }
         if (cmd == "migrate-start-postcopy") {
+            if (clock) postcopy_requested_at = clock->now();
             reply(json::object());
             run_state = "finish-migrate";
             event("pre-switchover");
@@ -538,27 +544,52 @@ TEST_F(MigrateTest, RamSamplesShowTheDowntimeLimitThePolicySetWithoutAskingQemu)
         std::count_if(from, to, [](const auto& c) { return c.starts_with("query-migrate "); }), 3);
 }
 
-TEST_F(MigrateTest, PostcopyStartsWhenPreCopyStallsAndEndsOnTheDestination) {
-    options.policy = MigratePolicy::postcopy;
-    src.side->ram = FakeSide::Ram::postcopy;
-    auto r = migrate();
-    ASSERT_TRUE(r) << r.error().message;
-    for (auto* side : {src.side.get(), dst.side.get()})
-        EXPECT_TRUE(side->got("migrate-set-capabilities", "postcopy-ram"));
-    EXPECT_TRUE(src.side->got("migrate-start-postcopy"));
-    EXPECT_LT(src.side->index_of("migrate-start-postcopy"), src.side->index_of("migrate-continue"));
-    EXPECT_TRUE(r->postcopy);
-    ASSERT_FALSE(r->actions.empty());
-    EXPECT_NE(r->actions.front().find("pre-copy stalled"), std::string::npos) << r->actions.front();
-    EXPECT_NE(r->actions.front().find("requested post-copy"), std::string::npos);
-    EXPECT_GE(src.side->passes, 4u) << "not before two passes stalled after the first";
-    EXPECT_TRUE(src.side->got("migrate-set-parameters", R"("downtime-limit":300)"));
-    EXPECT_FALSE(src.side->got("migrate-set-parameters", R"("downtime-limit":100)"))
-        << "post-copy keeps --max-downtime";
-    EXPECT_TRUE(src.side->got("quit"));
-    EXPECT_FALSE(src.side->got("cont"));
-    EXPECT_EQ(journals(), 0u);
+// Post-copy starts once pre-copy ran --postcopy-after seconds (each
+// query-migrate of the fake moves the fake clock on one second), not before.
+class MigratePostcopyAfter : public MigrateTest {
+  protected:
+    // `after`: --postcopy-after, nullopt = not given (10 s).
+    void migrates_switching_at(std::optional<std::chrono::seconds> after) {
+        FakeClock clock;
+        options.clock = &clock;
+        src.side->clock = &clock;
+        options.policy = MigratePolicy::postcopy;
+        if (after) options.postcopy_after = *after;
+        const auto due = after.value_or(10s);
+        src.side->ram = FakeSide::Ram::postcopy;
+        const auto before = clock.now();
+        auto r = migrate();
+        ASSERT_TRUE(r) << r.error().message;
+        for (auto* side : {src.side.get(), dst.side.get()})
+            EXPECT_TRUE(side->got("migrate-set-capabilities", "postcopy-ram"));
+        ASSERT_TRUE(src.side->got("migrate-start-postcopy"));
+        const auto at = src.side->postcopy_requested_at - before;
+        EXPECT_GE(at, due) << "not before --postcopy-after";
+        EXPECT_LT(at, due + 3s) << "at the first sample once it is due";
+        EXPECT_LT(src.side->index_of("migrate-start-postcopy"),
+                  src.side->index_of("migrate-continue"));
+        EXPECT_TRUE(r->postcopy);
+        ASSERT_FALSE(r->actions.empty());
+        EXPECT_NE(r->actions.front().find(fmt::format("--postcopy-after {}", due.count())),
+                  std::string::npos)
+            << r->actions.front();
+        EXPECT_NE(r->actions.front().find("requested post-copy"), std::string::npos);
+        EXPECT_TRUE(src.side->got("migrate-set-parameters", R"("downtime-limit":300)"));
+        EXPECT_FALSE(src.side->got("migrate-set-parameters", R"("downtime-limit":100)"))
+            << "post-copy keeps --max-downtime";
+        EXPECT_TRUE(src.side->got("quit"));
+        EXPECT_FALSE(src.side->got("cont"));
+        EXPECT_EQ(journals(), 0u);
+    }
+};
+
+TEST_F(MigratePostcopyAfter, SwitchesAfterTenSecondsByDefaultAndEndsOnTheDestination) {
+    migrates_switching_at(std::nullopt);
 }
+
+TEST_F(MigratePostcopyAfter, SwitchesAtTheConfiguredTimeNotBefore) { migrates_switching_at(25s); }
+
+TEST_F(MigratePostcopyAfter, ZeroSwitchesAtTheFirstSample) { migrates_switching_at(0s); }
 
 // The link dies in post-copy (both QEMUs postcopy-paused), stays down for two
 // reconnects, then comes back: the destination listens again, the source
@@ -567,6 +598,7 @@ TEST_F(MigrateTest, PausedPostcopyIsRecoveredAndCompletes) {
     FakeClock clock;
     options.clock = &clock;
     options.policy = MigratePolicy::postcopy;
+    options.postcopy_after = 0s;  // the fake clock stands still in pre-copy
     options.dst_addr = "10.0.0.2:4444";
     src.side->ram = FakeSide::Ram::postcopy_fails;
     src.side->resume_failures = 2;
@@ -603,6 +635,7 @@ TEST_F(MigrateTest, PostcopyRecoveryEndsAtTheDeadlineWithTheSourceKeptPaused) {
     FakeClock clock;
     options.clock = &clock;
     options.policy = MigratePolicy::postcopy;
+    options.postcopy_after = 0s;  // the fake clock stands still in pre-copy
     options.postcopy_recover_timeout = 20s;
     options.postcopy_retry_interval = 2s;
     src.side->ram = FakeSide::Ram::postcopy_fails;
@@ -655,6 +688,7 @@ TEST_F(MigrateTest, PostcopyWithTheDestinationGoneEndsWithTheSourceKeptPaused) {
     FakeClock clock;
     options.clock = &clock;
     options.policy = MigratePolicy::postcopy;
+    options.postcopy_after = 0s;  // the fake clock stands still in pre-copy
     src.side->ram = FakeSide::Ram::postcopy_fails;
     dst.side->dies_when_paused = true;
     const auto before = clock.now();

@@ -103,3 +103,41 @@ TEST(Cli, PoolsFileWorksBeforeAndAfterTheSubcommand) {
     CommandResult unnamed = blockmig_cli({"vol", "list", "nas"});
     EXPECT_EQ(unnamed.status, 1) << unnamed.out;
 }
+
+// --postcopy-after only means something to --policy postcopy: anything else
+// is one usage line naming it (exit 2); with postcopy it parses, and the run
+// then fails on the absent monitors (exit 1), not on the flag.
+TEST(Cli, PostcopyAfterIsOnlyForThePostcopyPolicy) {
+    TempDir tmp("cli-postcopy-after");
+    const std::string src = (tmp / "src.qmp").string(), dst = (tmp / "dst.qmp").string();
+    const std::vector<std::string> base{"migrate",   "--src-qmp",   src,
+                                        "--dst-qmp", dst,           "--copy-storage",
+                                        "none",      "--state-dir", (tmp / "jobs").string()};
+    auto with = [&](std::vector<std::string> extra) {
+        auto args = base;
+        args.insert(args.end(), extra.begin(), extra.end());
+        return blockmig_cli(args);
+    };
+    for (const auto& extra : std::vector<std::vector<std::string>>{
+             {"--postcopy-after", "5"},
+             {"--policy", "minimal-downtime", "--postcopy-after", "5"},
+             {"--policy", "suspend", "--postcopy-after", "0"},
+             {"--policy", "postcopy", "--postcopy-after", "-1"},
+             {"--policy", "postcopy", "--postcopy-after", "soon"}}) {
+        CommandResult r = with(extra);
+        std::string shown;
+        for (const auto& a : extra) shown += a + " ";
+        EXPECT_EQ(r.status, 2) << shown << "\n" << r.out;
+        auto lines = lines_of(r.out);
+        ASSERT_EQ(lines.size(), 1u) << shown << "\n" << r.out;
+        EXPECT_EQ(lines[0].rfind("blockmig: error: ", 0), 0u) << r.out;
+        EXPECT_NE(lines[0].find("--postcopy-after"), std::string::npos) << r.out;
+    }
+    CommandResult only = with({"--postcopy-after", "5"});
+    EXPECT_NE(only.out.find("only with --policy postcopy"), std::string::npos) << only.out;
+    for (const char* sec : {"0", "30"}) {
+        CommandResult r = with({"--policy", "postcopy", "--postcopy-after", sec, "--no-guardian"});
+        EXPECT_EQ(r.status, 1) << sec << "\n" << r.out;
+        EXPECT_EQ(r.out.find("--postcopy-after"), std::string::npos) << r.out;
+    }
+}

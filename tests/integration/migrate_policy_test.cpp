@@ -7,7 +7,7 @@
 // - minimal-downtime: the downtime limit steps 100 -> 200 -> 300 ms, then
 //   the migration is cancelled at --timeout: one error line, the guest keeps
 //   running and writing on A, every block verifies;
-// - postcopy: switches to post-copy once pre-copy stalls (QEMU reports
+// - postcopy: switches to post-copy after --postcopy-after (10 s; QEMU reports
 //   postcopy-active), the guest runs and writes on B, every block verifies
 //   (on QEMU >= 8 or KVM: QEMU 7.2's post-copy under TCG panics the guest);
 // - suspend: auto-converge throttles the vCPUs, its step raised at each
