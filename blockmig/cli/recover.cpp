@@ -37,6 +37,7 @@ void print_report(const jobs::RecoveryReport& report, const GlobalOptions& globa
                                           {"job", report.job},
                                           {"disks", disks},
                                           {"journal_removed", report.journal_removed},
+                                          {"ended", report.ended},
                                           {"next_step", report.next_step}}
                                .dump());
         return;
@@ -76,7 +77,9 @@ Result<void> recover_journal(const std::filesystem::path& dir, jobs::Journal& jo
                       : jobs::recover_job(journal, env, intent, dir);
     if (!report) return fail(report.error());
     print_report(*report, globals);
-    if (!report->journal_removed) {
+    if (!report->ended.empty()) {
+        failures.push_back(fmt::format("job {}: {}", id, report->ended));
+    } else if (!report->journal_removed) {
         std::string why = client ? ""
                                  : fmt::format("the guest's QMP {} does not answer ({}); ",
                                                journal.job().guest.qmp, client.error().message);

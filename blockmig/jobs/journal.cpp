@@ -246,6 +246,9 @@ bool JobDisk::settled(const Job& job) const {
 }
 
 bool Job::needs_recovery() const {
+    // What a lost migration left (the paused source, the destination's
+    // volumes) is the administrator's to judge: no recovery may touch it.
+    if (migration && migration->lost()) return false;
     if (guest_paused) return true;
     for (const auto& r : records)
         if (r.state == RecordState::left_behind) return true;

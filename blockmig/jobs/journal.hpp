@@ -116,10 +116,13 @@ struct MigrationFacts {
     std::string copy_storage = "none";  // "none" / "all" / "inc"
     bool keep_source = false;
     std::string policy = "minimal-downtime";  // --policy
-    // planned, configured, ram, switchover, completed, done, rolled_back
+    // planned, configured, ram, switchover, completed, done, rolled_back;
+    // lost: the destination QEMU died in post-copy (migrate/recover.hpp),
+    // an end no recovery can change: what is left is the administrator's.
     std::string phase = "planned";
     nlohmann::json source_saved = nlohmann::json::object();  // {capabilities: {...}, parameters}
     bool settled() const { return phase == "done" || phase == "rolled_back"; }
+    bool lost() const { return phase == "lost"; }
 };
 
 // What recovery needs to know about one disk besides the records.
@@ -162,6 +165,7 @@ struct Job {
     std::vector<const Record*> records_of(std::string_view disk) const;
     // Some disk is not settled (done, copied, rolled back) or something was
     // left behind: the job needs `blockmig recover` (or `blockmig pivot`).
+    // Never for a lost migration: it has ended.
     bool needs_recovery() const;
 };
 nlohmann::json to_json(const Job& job);

@@ -81,6 +81,10 @@ struct RecoveryReport {
     std::vector<DiskRecovery> disks;
     bool journal_removed = false;
     std::string next_step;  // what to run when something is not settled
+    // Set: the job has ended without reaching its goal and no recovery can
+    // change that (a migration lost in post-copy); one line saying why and
+    // what was kept. The journal stays, no longer needing recovery.
+    std::string ended;
 };
 
 // Decides and acts for one disk of the job behind `journal` (observing

@@ -17,6 +17,7 @@
 #include <mutex>
 #include <set>
 #include <thread>
+#include <tuple>
 
 #include "jobs/journal.hpp"
 #include "jobs_test_util.hpp"
@@ -705,6 +706,33 @@ TEST_F(MigrateTest, PostcopyWithTheDestinationGoneEndsWithTheSourceKeptPaused) {
     EXPECT_FALSE(src.side->got("quit"));
     EXPECT_FALSE(src.side->got("migrate_cancel"));
     EXPECT_EQ(journals(), 1u);
+
+    // `blockmig recover` proves the destination gone (no socket at its
+    // address): a definite end, not "wait" forever.
+    auto listed = jobs::list_jobs(options.jobs_dir);
+    ASSERT_TRUE(listed && listed->size() == 1);
+    EXPECT_TRUE(listed->front().job.needs_recovery());
+    const std::string id = listed->front().job.id;
+    {
+        auto j = jobs::Journal::open(options.jobs_dir, id);
+        ASSERT_TRUE(j) << j.error().message;
+        auto rec = migrate::recover_migration(*j, src.client.get(), dst.client.get(), 500ms,
+                                              options.jobs_dir, clock);
+        ASSERT_TRUE(rec) << rec.error().message;
+        EXPECT_NE(rec->ended.find("the guest was lost in post-copy"), std::string::npos)
+            << rec->ended;
+        EXPECT_NE(rec->ended.find("the shared volumes"), std::string::npos) << rec->ended;
+        EXPECT_EQ(rec->ended.find('\n'), std::string::npos) << "one line";
+        EXPECT_FALSE(rec->journal_removed);
+    }
+    EXPECT_FALSE(src.side->got("cont"));
+    EXPECT_FALSE(src.side->got("quit"));
+    EXPECT_FALSE(src.side->got("migrate_cancel"));
+    listed = jobs::list_jobs(options.jobs_dir);
+    ASSERT_TRUE(listed && listed->size() == 1) << "the journal records the end";
+    EXPECT_FALSE(listed->front().job.needs_recovery());
+    ASSERT_TRUE(listed->front().job.migration);
+    EXPECT_EQ(listed->front().job.migration->phase, "lost");
 }
 
 TEST_F(MigrateTest, SuspendThrottlesThenPausesTheGuestAndResumesItOnTheDestination) {
@@ -1414,6 +1442,134 @@ class MigrateRecover : public MigrateTest {
         return std::string::npos;
     }
 };
+
+// A --dst-launch --copy-storage all job past the switch to post-copy: the
+// source paused in postcopy-paused, the volume blockmig made on the
+// destination's pool journaled under @launch.
+class MigrateRecoverLost : public MigrateRecover {
+  protected:
+    jobs::Journal postcopy_journal() {
+        auto j = copy_journal("postcopy", true);
+        EXPECT_TRUE(j.update([](jobs::Job& job) { job.migration->copy_storage = "all"; }));
+        for (auto [disk, kind, name] :
+             {std::tuple{std::string("@launch"), jobs::EffectKind::destination_launched,
+                         (dir / "dst.qmp").string()},
+              std::tuple{std::string("@launch"), jobs::EffectKind::volume_created, volume.string()},
+              std::tuple{std::string(), jobs::EffectKind::postcopy_requested,
+                         std::string("migrate-start-postcopy")}}) {
+            auto seq = j.intend({.disk = disk, .effect = kind, .name = name});
+            EXPECT_TRUE(seq);
+            if (seq) {
+                EXPECT_TRUE(j.outcome(*seq, jobs::RecordState::done));
+            }
+        }
+        std::ofstream(volume) << "the guest's newest data";
+        src.side->migration = "postcopy-paused";
+        src.side->run_state = "finish-migrate";
+        return j;
+    }
+
+    std::size_t sent(FakeSide& side) {
+        std::lock_guard lock(side.mutex);
+        return side.commands.size();
+    }
+
+    fs::path volume = dir / "job-disk0.raw";
+    FakeClock clock;
+};
+
+TEST_F(MigrateRecoverLost, ADestinationProvenGoneEndsTheJobKeepingTheVolumesAndThePausedSource) {
+    auto j = postcopy_journal();
+    const auto before = clock.now();
+    auto r =
+        migrate::recover_migration(j, src.client.get(), nullptr, 500ms, options.jobs_dir, clock);
+    ASSERT_TRUE(r) << r.error().message;
+    EXPECT_LT(clock.now() - before, 10s) << "proof ends the retries at once";
+    const std::string& e = r->ended;
+    EXPECT_NE(e.find("the guest was lost in post-copy"), std::string::npos) << e;
+    EXPECT_NE(e.find("destination QEMU (" + (dir / "dst.qmp").string() + ") died"),
+              std::string::npos)
+        << e;
+    EXPECT_NE(e.find("the destination volume " + volume.string() +
+                     " holds its newest disk data "
+                     "and is kept"),
+              std::string::npos)
+        << e;
+    EXPECT_NE(e.find("the source QEMU (" + (dir / "src.qmp").string() + ") is left paused"),
+              std::string::npos)
+        << e;
+    EXPECT_EQ(e.find('\n'), std::string::npos) << "one line";
+    ASSERT_EQ(r->disks.size(), 1u);
+    EXPECT_NE(r->disks[0].direction, jobs::Direction::wait);
+    EXPECT_FALSE(r->journal_removed);
+    // Nothing that could hurt the guest's data or its RAM on the source.
+    auto& s = *src.side;
+    for (const char* c : {"quit", "cont", "stop", "migrate_cancel", "block-job-cancel",
+                          "blockdev-del", "migrate-set-capabilities", "migrate-set-parameters"})
+        EXPECT_FALSE(s.got(c)) << c;
+    EXPECT_FALSE(s.got("migrate", R"("resume":true)")) << "nothing listens for it";
+    EXPECT_TRUE(fs::exists(volume)) << "the destination's volume is kept";
+    EXPECT_EQ(s.block_jobs.size(), 1u);
+    EXPECT_EQ(s.nodes.size(), 1u);
+    // The journal records the end: no longer listed as needing recovery.
+    EXPECT_EQ(j.job().migration->phase, "lost");
+    EXPECT_FALSE(j.job().needs_recovery());
+    for (const auto& rec : j.job().records)
+        if (rec.effect == jobs::EffectKind::volume_created) {
+            EXPECT_EQ(rec.state, jobs::RecordState::done) << "never undone";
+        }
+    auto listed = jobs::list_jobs(options.jobs_dir);
+    ASSERT_TRUE(listed);
+    ASSERT_EQ(listed->size(), 1u);
+    EXPECT_FALSE(listed->front().job.needs_recovery());
+    EXPECT_EQ(listed->front().job.migration->phase, "lost");
+
+    // A second recover says the job has ended and asks no QEMU anything.
+    const auto commands = sent(s);
+    auto again =
+        migrate::recover_migration(j, src.client.get(), nullptr, 500ms, options.jobs_dir, clock);
+    ASSERT_TRUE(again) << again.error().message;
+    EXPECT_TRUE(again->ended.starts_with("the job has ended: the guest was lost in post-copy"))
+        << again->ended;
+    EXPECT_EQ(sent(s), commands);
+    EXPECT_TRUE(fs::exists(volume));
+    EXPECT_EQ(journals(), 1u);
+}
+
+// The monitor of a QEMU that is alive but does not answer (a host under
+// load, a link down): connections are queued by the kernel, never greeted.
+class SilentMonitor {
+  public:
+    explicit SilentMonitor(const fs::path& path) {
+        m_fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        sockaddr_un a{};
+        a.sun_family = AF_UNIX;
+        std::strncpy(a.sun_path, path.c_str(), sizeof a.sun_path - 1);
+        EXPECT_EQ(::bind(m_fd, reinterpret_cast<sockaddr*>(&a), sizeof a), 0) << path;
+        EXPECT_EQ(::listen(m_fd, 512), 0);
+    }
+    ~SilentMonitor() { ::close(m_fd); }
+
+  private:
+    int m_fd = -1;
+};
+
+TEST_F(MigrateRecoverLost, ADestinationThatOnlyTimesOutIsNoProofTheJobWaits) {
+    auto j = postcopy_journal();
+    SilentMonitor silent(dir / "dst.qmp");
+    auto r =
+        migrate::recover_migration(j, src.client.get(), nullptr, 100ms, options.jobs_dir, clock);
+    ASSERT_TRUE(r) << r.error().message;
+    EXPECT_TRUE(r->ended.empty()) << r->ended;
+    ASSERT_EQ(r->disks.size(), 1u);
+    EXPECT_EQ(r->disks[0].direction, jobs::Direction::wait) << r->disks[0].reason;
+    EXPECT_NE(r->next_step.find("blockmig recover"), std::string::npos);
+    EXPECT_NE(j.job().migration->phase, "lost");
+    EXPECT_TRUE(j.job().needs_recovery());
+    EXPECT_FALSE(src.side->got("quit"));
+    EXPECT_FALSE(src.side->got("cont"));
+    EXPECT_TRUE(fs::exists(volume));
+}
 
 TEST_F(MigrateRecover, MirrorPhaseUndoesTheCopyOnBothQemus) {
     auto j = copy_journal("mirror", false);
