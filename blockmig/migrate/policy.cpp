@@ -60,9 +60,10 @@ std::optional<PolicyAction> PolicyController::postcopy_due(Clock::time_point now
                                                            const RamSample& s, bool disks_in_sync) {
     if (now - m_config.ram_started < m_config.postcopy_after) return std::nullopt;
     const std::string why = fmt::format(
-        "pre-copy ran {} s (--postcopy-after {}) with {} still to send after {} passes",
+        "pre-copy ran {} s (--postcopy-after {}) with {} still to send after {} pass{}",
         std::chrono::duration_cast<std::chrono::seconds>(now - m_config.ram_started).count(),
-        m_config.postcopy_after.count(), human_mib(s.remaining), s.passes);
+        m_config.postcopy_after.count(), human_mib(s.remaining), s.passes,
+        s.passes == 1 ? "" : "es");
     if (!disks_in_sync) {
         // Post-copy would run the guest on disks that miss writes: wait,
         // and say so once.
