@@ -70,10 +70,11 @@ std::string lost_line(const jobs::Job& job) {
         "the guest was lost in post-copy: its destination QEMU ({}) died after the switch, "
         "with part of the guest's RAM only there and the rest only on the paused source, so it "
         "can run nowhere; {} {} its newest disk data and {} kept (restart the guest from {}); "
-        "the source QEMU ({}) is left paused for the administrator and never quit (its disks "
-        "are stale: never resume it)",
+        "the source QEMU ({}) is left paused for the administrator and never quit ({} stale: "
+        "never resume it)",
         job.migration->destination.qmp, volumes.text, volumes.plural ? "hold" : "holds",
-        volumes.plural ? "are" : "is", volumes.plural ? "them" : "it", job.guest.qmp);
+        volumes.plural ? "are" : "is", volumes.plural ? "them" : "it", job.guest.qmp,
+        job.migration->copy_storage == "none" ? "its RAM is" : "its RAM and disks are");
 }
 
 // The destination is proven gone (postcopy_recovery.hpp: no socket, or

@@ -13,6 +13,7 @@
 // it in its BLOCKMIG_QEMU=10 pass.
 #include <gtest/gtest.h>
 
+#include <csignal>
 #include <fstream>
 #include <sstream>
 
@@ -105,6 +106,71 @@ TEST_F(MigratePostcopy, LinkDownAfterTheSwitchIsRecoveredAndTheMigrationComplete
     const json dst_migration = qmp_return(*dst, R"({"execute":"query-migrate"})");
     EXPECT_EQ(dst_migration.value("status", ""), "completed") << dst_migration.dump();
     expect_guest_on_destination();
+}
+
+// The destination QEMU is SIGKILLed right after the switch: the guest's RAM
+// is split between a dead QEMU and the paused source, so it is lost. The run
+// fails with the source kept paused; `blockmig recover` proves the
+// destination gone (its monitor refuses) and ends the job in one line that
+// says so and names the volumes kept; the source QEMU is left paused (never
+// quit), the disk file stays, `blockmig jobs` no longer asks for recovery,
+// and a second recover says the job has ended.
+TEST_F(MigratePostcopy, DestinationKilledAfterTheSwitchEndsTheJobWithTheSourceKeptPaused) {
+    BackgroundCli cli(migrate_args({"--policy", "postcopy", "--postcopy-after", "2", "--bandwidth",
+                                    "8", "--max-downtime", "300", "--timeout", "240",
+                                    "--no-guardian", "--output", "json"}),
+                      src->qmp_socket().string());
+    ASSERT_TRUE(wait_for_phase("postcopy", 200s)) << "post-copy never started";
+    ASSERT_EQ(::kill(dst->pid(), SIGKILL), 0);
+    EXPECT_TRUE(dst->wait_exit(15s));
+    ASSERT_TRUE(cli.wait(180s)) << "blockmig ends: the destination is gone";
+    EXPECT_EQ(cli.result().status, 1) << cli.result().out;
+    EXPECT_NE(cli.result().out.find("the destination QEMU is gone"), std::string::npos)
+        << cli.result().out;
+    ASSERT_TRUE(src->running()) << "the source QEMU is kept";
+    json listed = jobs_listing();
+    ASSERT_EQ(listed["jobs"].size(), 1u) << listed.dump();
+    EXPECT_EQ(listed["jobs"][0].value("state", ""), "needs-recovery") << listed.dump();
+    const std::string id = listed["jobs"][0].value("id", "");
+
+    auto rec = blockmig_cli_split({"recover", id, "--state-dir", state.string()}, dir.path());
+    EXPECT_EQ(rec.status, 1) << rec.out << rec.err;
+    std::vector<std::string> errors;
+    for (const auto& l : lines_of(rec.err))
+        if (l.starts_with("blockmig: error:")) errors.push_back(l);
+    ASSERT_EQ(errors.size(), 1u) << "one clear line\n" << rec.out << rec.err;
+    const std::string& e = errors[0];
+    EXPECT_NE(e.find("job " + id + ": the guest was lost in post-copy: its destination QEMU (" +
+                     dst->qmp_socket().string() + ") died"),
+              std::string::npos)
+        << e;
+    EXPECT_NE(e.find("the shared volumes"), std::string::npos) << e;
+    EXPECT_NE(e.find("are kept"), std::string::npos) << e;
+    EXPECT_NE(e.find("left paused for the administrator"), std::string::npos) << e;
+    // Nothing was done to the source: alive, not running the guest, its
+    // migration still waiting in post-copy; the disk is still there.
+    ASSERT_TRUE(src->running()) << "never quit";
+    EXPECT_NE(qmp_return(*src, R"({"execute":"query-status"})").value("status", ""), "running");
+    EXPECT_TRUE(qmp_return(*src, R"({"execute":"query-migrate"})")
+                    .value("status", "")
+                    .starts_with("postcopy-"));
+    EXPECT_TRUE(fs::exists(disk));
+    listed = jobs_listing();
+    ASSERT_EQ(listed["jobs"].size(), 1u) << "the journal records the end\n" << listed.dump();
+    EXPECT_NE(listed["jobs"][0].value("state", ""), "needs-recovery") << listed.dump();
+    EXPECT_EQ(listed["jobs"][0]["migration"].value("phase", ""), "lost") << listed.dump();
+    EXPECT_FALSE(listed["jobs"][0].contains("recover")) << listed.dump();
+
+    auto again = blockmig_cli_split({"recover", id, "--state-dir", state.string()}, dir.path());
+    EXPECT_EQ(again.status, 1) << again.out << again.err;
+    EXPECT_NE(again.err.find("job " + id + ": the job has ended: the guest was lost in post-copy"),
+              std::string::npos)
+        << again.err;
+    EXPECT_TRUE(src->running());
+    auto all = blockmig_cli_split({"recover", "--all", "--state-dir", state.string()}, dir.path());
+    EXPECT_EQ(all.status, 0) << all.out << all.err;
+    EXPECT_NE(all.out.find("nothing to recover"), std::string::npos) << all.out;
+    std::cerr << e << "\n";
 }
 
 }  // namespace
