@@ -35,6 +35,7 @@ struct MigrateArgs {
     std::vector<std::string> launch_argv;  // after --
     std::optional<std::string> pools_file;
     double bandwidth_mib = 0;
+    std::string copy_mode;  // empty = auto
     int max_downtime_ms = 300;
     int timeout_s = 0;
     double timeout_per_gib = 0;
@@ -128,6 +129,9 @@ Result<void> run_migrate_command(const MigrateArgs& args, const GlobalOptions& g
         }
     }
     o.bandwidth = static_cast<std::uint64_t>(args.bandwidth_mib * 1024 * 1024);
+    o.copy_mode = args.copy_mode == "background"       ? CopyModePolicy::background
+                  : args.copy_mode == "write-blocking" ? CopyModePolicy::write_blocking
+                                                       : CopyModePolicy::auto_switch;
     o.max_downtime = std::chrono::milliseconds(args.max_downtime_ms);
     o.timeout = std::chrono::seconds(args.timeout_s);
     o.timeout_per_gib = args.timeout_per_gib;
@@ -244,6 +248,15 @@ void add_migrate_command(CLI::App& app, Dispatch& dispatch) {
     cmd->add_option("--bandwidth", args->bandwidth_mib,
                     "MiB/s for the migration stream (default: unlimited, set explicitly)")
         ->check(CLI::NonNegativeNumber);
+    cmd->add_option("--copy-mode", args->copy_mode,
+                    "how the disk mirrors treat the guest's writes during the copy: auto "
+                    "(default): write-blocking from the start where QEMU can switch a mirror in "
+                    "place (>= 8.2: each write reaches both sides before it completes, so a busy "
+                    "guest writes at the link's pace and nothing is copied twice), else "
+                    "background; background: writes complete locally and are copied after them, "
+                    "switched to write-blocking once in sync where QEMU can (as Proxmox); "
+                    "write-blocking: as auto, refused where QEMU cannot switch in place")
+        ->check(CLI::IsMember({"auto", "background", "write-blocking"}));
     cmd->add_option("--max-downtime", args->max_downtime_ms,
                     "longest acceptable guest pause at the switchover, in ms (300)")
         ->check(CLI::PositiveNumber);
@@ -353,6 +366,8 @@ void add_migrate_command(CLI::App& app, Dispatch& dispatch) {
             if (!dir.empty() && !std::filesystem::is_directory(dir))
                 throw CLI::ValidationError("--report", "no directory " + dir.string());
         }
+        if (!args->copy_mode.empty() && args->copy_storage == "none")
+            throw CLI::ValidationError("--copy-mode", "only with --copy-storage all or inc");
         if (args->dst_port != 0 && args->copy_storage == "none")
             throw CLI::ValidationError("--dst-port", "only with --copy-storage all or inc");
         if (args->dst_launch && args->copy_storage == "inc")

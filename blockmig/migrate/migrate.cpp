@@ -8,6 +8,7 @@
 
 #include <cmath>
 
+#include "copy_mode.hpp"
 #include "jobs/guardian.hpp"
 #include "jobs/journal.hpp"
 #include "launch.hpp"
@@ -181,6 +182,7 @@ class Run {
                                          *src_support, *dst_support);
         if (!plan) return fail(plan.error());
         m_plan = std::move(*plan);
+        if (auto r = check_copy_mode(); !r) return r;
         if (!m_o.tls_dir.empty()) {
             if (auto r = migrate::check_tls_support(
                     m_src, *m_dst, m_o.copy_storage != CopyStorage::none, m_o.qmp_timeout);
@@ -196,6 +198,17 @@ class Run {
                     m_o.copy_storage == CopyStorage::inc ? d.allocated.value_or(d.size) : d.size;
         m_report.timeout = migrate::migration_timeout(m_o.timeout, m_o.timeout_per_gib, bytes);
         (void)dst;
+        return {};
+    }
+
+    // --copy-mode write-blocking where QEMU cannot have it is refused here,
+    // before anything is touched (migrate/copy_mode.hpp).
+    Result<void> check_copy_mode() {
+        if (m_o.copy_storage == CopyStorage::none) return {};
+        auto features = qmp::Features::detect(m_src, m_o.qmp_timeout);
+        if (!features) return fail(features.error().with_context("source query-qmp-schema"));
+        auto mode = migrate::initial_copy_mode(m_o.copy_mode, *features);
+        if (!mode) return fail(mode.error());
         return {};
     }
 

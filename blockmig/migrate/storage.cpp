@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <map>
 
+#include "copy_mode.hpp"
 #include "qmp/features.hpp"
 #include "tls.hpp"
 
@@ -66,10 +67,12 @@ Result<void> StorageCopy::copy(const SideFacts& src, const SideFacts& dst,
     if (!features) return fail(features.error().with_context("source query-qmp-schema"));
     m_can_switch = features->mirror_copy_mode();
     m_in_place = features->mirror_change_copy_mode();
+    auto mode = initial_copy_mode(m_o.copy_mode, *features);
+    if (!mode) return fail(mode.error());
     if (auto r = export_disks(src, dst); !r) return r;
     // Subscribed before the first mirror starts: no READY is missed.
     mirror::Group group(m_src, *m_o.clock);
-    if (auto r = start_mirrors(src); !r) return r;
+    if (auto r = start_mirrors(src, *mode); !r) return r;
     for (auto& m : m_mirrors) group.add(*m);
     mirror::CopyPolicy policy{.bandwidth = m_o.bandwidth,
                               .timeout = m_o.timeout,
@@ -98,7 +101,8 @@ Result<void> StorageCopy::copy(const SideFacts& src, const SideFacts& dst,
     if (auto r = group.wait_ready(policy, &cancel, on_sample, on_notice); !r) return r;
     // Every disk in sync: from here each guest write reaches both sides
     // before it completes (Proxmox does the same on QEMU >= 8.2), so the
-    // final sync at the switchover has nothing left to copy.
+    // final sync at the switchover has nothing left to copy. A mirror that
+    // started write-blocking (--copy-mode auto here) is switched already.
     if (!m_in_place) return {};
     const auto speed = group.speed_per_job(policy);
     for (auto& m : m_mirrors)
@@ -166,7 +170,7 @@ Result<void> StorageCopy::export_disks(const SideFacts& src, const SideFacts& ds
     return {};
 }
 
-Result<void> StorageCopy::start_mirrors(const SideFacts& src) {
+Result<void> StorageCopy::start_mirrors(const SideFacts& src, qmp::CopyMode mode) {
     for (const auto& s : src.disks) {
         mirror::MirrorSpec spec{.disk = s.device,
                                 .source_node = s.node,
@@ -184,10 +188,16 @@ Result<void> StorageCopy::start_mirrors(const SideFacts& src) {
         if (!m_o.tls_dir.empty()) target.tls_creds = tls_object_id(m_journal.job().id);
         if (auto r = mirror.attach(target); !r) return fail(r.error().with_context(s.device));
         const std::uint64_t speed = m_o.bandwidth ? m_o.bandwidth / src.disks.size() : 0;
-        if (auto r = mirror.start(qmp::CopyMode::background, speed); !r)
+        if (auto r = mirror.start(mode, speed); !r)
             return fail(r.error().with_context(s.device));
-        m_progress.event("start", {{"disk", s.device}, {"target", mirror.target_url()}},
-                         fmt::format("{}: mirroring to {}", s.device, mirror.target_url()));
+        const char* mode_name =
+            mode == qmp::CopyMode::write_blocking ? "write-blocking" : "background";
+        m_progress.event("start",
+                         {{"disk", s.device},
+                          {"target", mirror.target_url()},
+                          {"copy_mode", mode_name}},
+                         fmt::format("{}: mirroring to {} ({})", s.device, mirror.target_url(),
+                                     mode_name));
     }
     return {};
 }

@@ -7,8 +7,9 @@
 // Destination: `nbd-server-start` on --dst-addr only, one writable
 // `block-export-add` per disk (per-job names, jobs/names.hpp). Source: an
 // NBD client node and a mirror::Mirror per disk, driven by one
-// mirror::Group (all READY, write-blocking where block-job-change exists;
-// without it a mirror a few MiB short of READY counts, mirror/group.hpp).
+// mirror::Group (started write-blocking or switched once READY where
+// block-job-change exists, copy_mode.hpp; without it background, and a
+// mirror a few MiB short of READY counts, mirror/group.hpp).
 // At pre-switchover finish() soft-cancels every mirror (final sync) and
 // detaches the NBD client nodes.
 //
@@ -60,7 +61,7 @@ class StorageCopy {
   private:
     Result<void> start_server();
     Result<void> export_disks(const SideFacts& src, const SideFacts& dst);
-    Result<void> start_mirrors(const SideFacts& src);
+    Result<void> start_mirrors(const SideFacts& src, qmp::CopyMode mode);
     // Waits (guest paused) until `m` is READY with nothing left to copy.
     Result<void> catch_up(mirror::Mirror& m);
     Result<void> dst_effect(jobs::EffectKind kind, const std::string& name,

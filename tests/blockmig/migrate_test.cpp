@@ -1072,6 +1072,24 @@ TEST_F(MigrateTest, CopyStorageAllOntoAVolumeOfAnotherSizeIsRefusedUntouched) {
     EXPECT_EQ(journals(), 0u);
 }
 
+TEST_F(MigrateTest, CopyModeWriteBlockingWhereQemuCannotSwitchInPlaceIsRefusedUntouched) {
+    options.copy_storage = CopyStorage::all;
+    options.copy_mode = CopyModePolicy::write_blocking;
+    const fs::path other = dir / "dst.raw";
+    std::ofstream(other) << "disk";
+    dst.side->disks["disk0"] = other.string();
+    src.side->schema = json::array();  // no block-job-change (QEMU 7.2)
+    auto r = migrate();
+    ASSERT_FALSE(r);
+    EXPECT_NE(r.error().message.find("--copy-mode write-blocking: the source QEMU cannot switch"),
+              std::string::npos)
+        << r.error().message;
+    for (auto* side : {src.side.get(), dst.side.get()})
+        for (const auto& c : side->commands)
+            EXPECT_TRUE(c.starts_with("query") || c.starts_with("qom")) << c;
+    EXPECT_EQ(journals(), 0u);
+}
+
 TEST_F(MigrateTest, CopyStorageAllOntoTheSameFileIsRefusedUntouched) {
     // Both fake QEMUs open the same file: copying it onto itself would destroy it.
     options.copy_storage = CopyStorage::all;
@@ -1111,8 +1129,9 @@ TEST_F(MigrateTest, CopyStorageIncReadsBothChainsAndRefusesAnotherBaseUntouched)
     const fs::path link = dir / "base-link.raw";
     fs::create_hard_link(base, link);
     dst.side->backings["disk0"] = link.string();
+    src.side->schema = json::array();  // an old QEMU: the mirrors would start in background
     r = migrate();
-    ASSERT_FALSE(r);  // the fake has no query-qmp-schema: the mirror phase fails
+    ASSERT_FALSE(r);  // the fake has no blockdev-mirror: the mirror phase fails
     EXPECT_EQ(r.error().message.find("pre-flight"), std::string::npos) << r.error().message;
     EXPECT_TRUE(src.side->got("migrate-set-capabilities"));
 }

@@ -154,7 +154,17 @@ class MigrateAll : public CopyRig {
     }
 };
 
+// What --copy-mode auto should pick, from QEMU's version (an oracle apart
+// from the schema detection blockmig uses): write-blocking from the start
+// where block-job-change can switch a mirror (QEMU >= 8.2).
+std::string expected_auto_copy_mode(Guest& guest) {
+    const json v = qmp_return(guest, R"({"execute":"query-version"})")["qemu"];
+    const bool in_place = v.value("major", 0) > 8 || (v.value("major", 0) == 8 && v.value("minor", 0) >= 2);
+    return in_place ? "write-blocking" : "background";
+}
+
 TEST_F(MigrateAll, GuestRunsOnTheDestinationAndItsOwnDiskVerifies) {
+    const std::string copy_mode = expected_auto_copy_mode(*src);
     const fs::path svg = dir / "report.svg";
     auto r = blockmig_cli_split(migrate_args({"--output", "json", "--report", svg.string()}),
                                 dir.path());
@@ -166,7 +176,10 @@ TEST_F(MigrateAll, GuestRunsOnTheDestinationAndItsOwnDiskVerifies) {
         json j = json::parse(l, nullptr, false);
         ASSERT_FALSE(j.is_discarded()) << "not JSON: " << l;
         if (j["event"] == "phase" && j["phase"] == "mirror") saw_mirror_phase = true;
-        if (j["event"] == "start") saw_start = true;
+        if (j["event"] == "start") {
+            saw_start = true;
+            EXPECT_EQ(j.value("copy_mode", ""), copy_mode) << l;
+        }
     }
     EXPECT_TRUE(saw_mirror_phase && saw_start) << r.out;
     json done = json::parse(lines.back());

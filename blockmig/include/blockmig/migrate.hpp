@@ -32,6 +32,7 @@
 #include <string>
 #include <vector>
 
+#include "blockmig/copy_mode.hpp"
 #include "blockmig/migrate_report.hpp"
 #include "blockmig/progress.hpp"
 #include "pools/address.hpp"
@@ -88,6 +89,10 @@ struct MigrateOptions {
     // Set: blockmig makes the destination (dst_qmp is then its {qmp} socket).
     std::optional<DestinationLaunch> launch;
     std::uint64_t bandwidth = 0;  // bytes/s; 0 = unlimited (still set explicitly)
+    // The disk mirrors (copy_storage all/inc): auto = write-blocking from the
+    // start where QEMU can also switch a mirror in place (block-job-change,
+    // QEMU >= 8.2), else background (migrate/copy_mode.hpp).
+    CopyModePolicy copy_mode = CopyModePolicy::auto_switch;
     std::chrono::milliseconds max_downtime{300};
     std::chrono::seconds timeout{0};  // whole migration; 0 = none
     // Instead of `timeout`: seconds per GiB of RAM plus the disks to copy (0 = none).

@@ -26,6 +26,7 @@
 #include <string_view>
 #include <vector>
 
+#include "blockmig/copy_mode.hpp"
 #include "blockmig/progress.hpp"
 #include "pools/address.hpp"
 #include "pools/pool.hpp"
@@ -33,8 +34,6 @@
 #include "qmp/clock.hpp"
 
 namespace blockmig {
-
-enum class CopyModePolicy { background, write_blocking, auto_switch };
 
 struct DiskTarget {
     std::string disk;    // guest device id (qdev id) or block node name
