@@ -280,8 +280,9 @@ void add_migrate_command(CLI::App& app, Dispatch& dispatch) {
                     "it is paused to finish")
         ->check(CLI::IsMember({"minimal-downtime", "postcopy", "suspend"}));
     cmd->add_option("--postcopy-after", args->postcopy_after_s,
-                    "with --policy postcopy: seconds of pre-copy before the switch to post-copy "
-                    "(10; 0 = as soon as every disk is in sync)")
+                    "with --policy postcopy: switch to post-copy after at most SEC seconds of "
+                    "pre-copy, even if it still converges (default: only when it stalls; 0 = as "
+                    "soon as every disk is in sync)")
         ->check(CLI::Range(0, 86400));
     cmd->add_option("--compress", args->compress,
                     "zstd: multifd channels compress with zstd; xbzrle: delta-encode pages sent "

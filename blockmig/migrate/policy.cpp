@@ -32,11 +32,31 @@ std::optional<PolicyAction> PolicyController::decide(Clock::time_point now,
                                 m_config.timeout.count(), where, m_downtime.count())};
     }
     if (!sample || m_paused) return std::nullopt;
-    if (m_config.policy == MigratePolicy::postcopy)
-        return postcopy_due(now, *sample, disks_in_sync);
     observe(*sample);
+    if (m_config.policy == MigratePolicy::postcopy) {
+        if (stalled()) return start_postcopy(stall_reason(), disks_in_sync);
+        if (auto why = postcopy_time_up(now, *sample)) return start_postcopy(*why, disks_in_sync);
+        return std::nullopt;
+    }
     if (!stalled()) return std::nullopt;
     return escalate(*sample);
+}
+
+std::string PolicyController::stall_reason() const {
+    return fmt::format("pre-copy stalled ({} left after each of {} passes)", human_mib(*m_floor),
+                       m_config.stall_passes);
+}
+
+// --postcopy-after SEC: pre-copy ran that long (nullopt: not yet, or not asked).
+std::optional<std::string> PolicyController::postcopy_time_up(Clock::time_point now,
+                                                              const RamSample& s) const {
+    if (!m_config.postcopy_after || now - m_config.ram_started < *m_config.postcopy_after)
+        return std::nullopt;
+    return fmt::format(
+        "pre-copy ran {} s (--postcopy-after {}) with {} still to send after {} pass{}",
+        std::chrono::duration_cast<std::chrono::seconds>(now - m_config.ram_started).count(),
+        m_config.postcopy_after->count(), human_mib(s.remaining), s.passes,
+        s.passes == 1 ? "" : "es");
 }
 
 // Counts the passes whose leftover did not beat the best one by k_progress.
@@ -55,15 +75,9 @@ void PolicyController::observe(const RamSample& s) {
     m_stalled += static_cast<int>(std::min<std::uint64_t>(new_passes, 1000));
 }
 
-// Post-copy once pre-copy ran --postcopy-after seconds, with every disk in sync.
-std::optional<PolicyAction> PolicyController::postcopy_due(Clock::time_point now,
-                                                           const RamSample& s, bool disks_in_sync) {
-    if (now - m_config.ram_started < m_config.postcopy_after) return std::nullopt;
-    const std::string why = fmt::format(
-        "pre-copy ran {} s (--postcopy-after {}) with {} still to send after {} pass{}",
-        std::chrono::duration_cast<std::chrono::seconds>(now - m_config.ram_started).count(),
-        m_config.postcopy_after.count(), human_mib(s.remaining), s.passes,
-        s.passes == 1 ? "" : "es");
+// Post-copy for `why`, but only with every disk in sync.
+std::optional<PolicyAction> PolicyController::start_postcopy(const std::string& why,
+                                                             bool disks_in_sync) {
     if (!disks_in_sync) {
         // Post-copy would run the guest on disks that miss writes: wait,
         // and say so once.
@@ -78,8 +92,7 @@ std::optional<PolicyAction> PolicyController::postcopy_due(Clock::time_point now
 }
 
 std::optional<PolicyAction> PolicyController::escalate(const RamSample& s) {
-    const std::string why = fmt::format("pre-copy stalled ({} left after each of {} passes)",
-                                        human_mib(*m_floor), m_config.stall_passes);
+    const std::string why = stall_reason();
     switch (m_config.policy) {
         case MigratePolicy::minimal_downtime: {
             if (m_downtime >= m_config.max_downtime) return std::nullopt;  // the deadline decides
@@ -92,7 +105,7 @@ std::optional<PolicyAction> PolicyController::escalate(const RamSample& s) {
                                                     from.count(), m_downtime.count())};
         }
         case MigratePolicy::postcopy:
-            return std::nullopt;  // decided by time: postcopy_due()
+            return std::nullopt;  // decide() starts it
         case MigratePolicy::suspend: {
             m_stalled = 0;
             if (m_throttle_increment < k_max_throttle_increment) {

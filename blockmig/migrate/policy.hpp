@@ -11,13 +11,12 @@
 // counts. Each stall escalates one step, then the count starts again:
 // - minimal-downtime: downtime-limit starts at k_start_downtime (Proxmox's
 //   100 ms) and doubles up to --max-downtime; at the deadline, abort.
-// - postcopy: downtime-limit --max-downtime; once pre-copy has run
-//   --postcopy-after seconds (virsh's migrate-postcopy after a delay; 0 =
-//   at the first sample), start post-copy, but only while every disk is in
-//   sync (its mirror ready and every guest write reaching the destination),
-//   else wait until they are; at the deadline (before the switch), abort.
-//   A time, not a stall count: the operator bounds how long the guest's RAM
-//   may churn in pre-copy, and the switch is never earlier than that.
+// - postcopy: downtime-limit --max-downtime; at the first stall, or once
+//   pre-copy has run --postcopy-after seconds if given (virsh's
+//   migrate-postcopy after a delay; 0 = at the first sample), whichever
+//   comes first, start post-copy, but only while every disk is in sync (its
+//   mirror ready and every guest write reaching the destination), else wait
+//   until they are; at the deadline (before the switch), abort.
 // - suspend: downtime-limit --max-downtime with QEMU's auto-converge on;
 //   each stall doubles cpu-throttle-increment (QEMU's 10 % -> 20 -> 40), and
 //   when the strongest throttle still stalls, pause the guest (`stop`) so
@@ -52,19 +51,16 @@ struct PolicyAction {
     std::string text;                       // one line for MigrateReport.actions and progress
 };
 
-// --postcopy-after's default, seconds of pre-copy before post-copy.
-inline constexpr std::chrono::seconds k_default_postcopy_after{10};
-
 struct PolicyConfig {
     MigratePolicy policy = MigratePolicy::minimal_downtime;
     std::chrono::milliseconds max_downtime{300};
     Clock::time_point deadline = Clock::time_point::max();  // max = no timeout
     std::chrono::seconds timeout{0};                        // for messages
     int stall_passes = 2;
-    // postcopy: when RAM pre-copy started (`migrate` sent) and how long it
-    // runs before the switch.
+    // postcopy: when RAM pre-copy started (`migrate` sent) and, if set, how
+    // long it runs at most before the switch (a stall switches earlier).
     Clock::time_point ram_started{};
-    std::chrono::seconds postcopy_after{k_default_postcopy_after};
+    std::optional<std::chrono::seconds> postcopy_after;
 };
 
 // Proxmox starts its downtime limit at 100 ms too (qemu-server's
@@ -88,7 +84,7 @@ class PolicyController {
     // query-migrate gave nothing this time (only the deadline is checked).
     // `disks_in_sync`: every disk's mirror is ready and mirrors every write
     // (true without copied disks); only post-copy asks. Post-copy starts at
-    // the first sample from ram_started + postcopy_after on, never before.
+    // a stall or at the first sample from ram_started + postcopy_after on.
     // After an abort, pause or post-copy the caller acts on it; the
     // controller decides nothing more but the deadline (never after
     // post-copy: from there the guest runs on the destination).
@@ -101,8 +97,9 @@ class PolicyController {
   private:
     void observe(const RamSample& s);
     std::optional<PolicyAction> escalate(const RamSample& s);
-    std::optional<PolicyAction> postcopy_due(Clock::time_point now, const RamSample& s,
-                                             bool disks_in_sync);
+    std::string stall_reason() const;
+    std::optional<std::string> postcopy_time_up(Clock::time_point now, const RamSample& s) const;
+    std::optional<PolicyAction> start_postcopy(const std::string& why, bool disks_in_sync);
 
     PolicyConfig m_config;
     std::chrono::milliseconds m_downtime;

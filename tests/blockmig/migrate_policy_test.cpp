@@ -1,8 +1,9 @@
 // migrate/policy.hpp: the --policy controller fed scripted query-migrate
 // samples on a fake clock. Each test guards one decision: a shrinking
 // pre-copy is left alone, a stalled one escalates per policy (downtime
-// step, throttle then pause), post-copy starts at --postcopy-after and only
-// with every disk in sync, and the deadline aborts.
+// step, throttle then pause), post-copy starts at a stall or at
+// --postcopy-after, whichever comes first, and only with every disk in sync,
+// and the deadline aborts.
 #include <gtest/gtest.h>
 
 #include "migrate/policy.hpp"
@@ -20,7 +21,7 @@ class PolicyTest : public ::testing::Test {
   protected:
     PolicyController make(MigratePolicy policy, std::chrono::seconds timeout = 0s,
                           std::chrono::milliseconds max_downtime = 400ms,
-                          std::chrono::seconds postcopy_after = k_default_postcopy_after) {
+                          std::optional<std::chrono::seconds> postcopy_after = std::nullopt) {
         return PolicyController({.policy = policy,
                                  .max_downtime = max_downtime,
                                  .deadline = deadline_after(clock, timeout),
@@ -155,23 +156,30 @@ TEST_F(PolicyTest, NoDeadlineNeverAborts) {
     EXPECT_FALSE(c.decide(clock.now(), std::nullopt, true));
 }
 
-TEST_F(PolicyTest, PostcopyStartsAfterTenSecondsByDefaultAndNotBefore) {
+TEST_F(PolicyTest, PostcopyStartsWhenPreCopyStallsAndNotBefore) {
     auto c = make(MigratePolicy::postcopy, 60s);
     EXPECT_EQ(c.downtime(), 400ms) << "post-copy keeps --max-downtime";
-    // Stalled from pass 2 on: still pre-copy until 10 s have passed.
-    for (std::uint64_t pass = 1; pass < 10; ++pass)
-        EXPECT_FALSE(feed(c, pass, 50)) << "second " << pass;
-    auto a = feed(c, 10, 50);
+    EXPECT_FALSE(feed(c, 1, 200));
+    EXPECT_FALSE(feed(c, 2, 50));
+    EXPECT_FALSE(feed(c, 3, 50));
+    auto a = feed(c, 4, 50);
     ASSERT_TRUE(a);
     EXPECT_EQ(a->step, PolicyStep::start_postcopy);
-    EXPECT_NE(a->text.find("pre-copy ran 10 s (--postcopy-after 10)"), std::string::npos)
-        << a->text;
+    EXPECT_NE(a->text.find("pre-copy stalled"), std::string::npos) << a->text;
     // From the switch on the guest runs on the destination: no abort, ever.
     clock.advance(120s);
-    EXPECT_FALSE(feed(c, 11, 50));
+    EXPECT_FALSE(feed(c, 5, 50));
 }
 
-TEST_F(PolicyTest, PostcopyStartsAtTheConfiguredTimeEvenWhilePreCopyShrinks) {
+TEST_F(PolicyTest, WithoutPostcopyAfterAConvergingPreCopyIsNeverSwitched) {
+    auto c = make(MigratePolicy::postcopy);
+    std::uint64_t left = 1000;
+    for (std::uint64_t pass = 1; pass <= 8; ++pass) EXPECT_FALSE(feed(c, pass, left /= 2));
+    clock.advance(std::chrono::hours(1));
+    EXPECT_FALSE(feed(c, 9, left /= 2)) << "an hour of pre-copy that still shrinks";
+}
+
+TEST_F(PolicyTest, PostcopyAfterSwitchesAtItsTimeEvenWhilePreCopyShrinks) {
     auto c = make(MigratePolicy::postcopy, 0s, 400ms, 4s);
     std::uint64_t left = 1000;
     for (std::uint64_t pass = 1; pass < 4; ++pass) EXPECT_FALSE(feed(c, pass, left /= 2));
@@ -181,6 +189,15 @@ TEST_F(PolicyTest, PostcopyStartsAtTheConfiguredTimeEvenWhilePreCopyShrinks) {
     auto a = c.decide(clock.now(), RamSample{.remaining = 10 * k_mib, .passes = 4}, true);
     ASSERT_TRUE(a);
     EXPECT_EQ(a->step, PolicyStep::start_postcopy);
+    EXPECT_NE(a->text.find("pre-copy ran 4 s (--postcopy-after 4)"), std::string::npos) << a->text;
+}
+
+TEST_F(PolicyTest, AStallSwitchesBeforePostcopyAfter) {
+    auto c = make(MigratePolicy::postcopy, 0s, 400ms, 60s);
+    auto actions = stall(c, 1, 4, 50);
+    ASSERT_EQ(actions.size(), 1u);
+    EXPECT_EQ(actions[0].step, PolicyStep::start_postcopy);
+    EXPECT_NE(actions[0].text.find("pre-copy stalled"), std::string::npos) << actions[0].text;
 }
 
 TEST_F(PolicyTest, PostcopyAfterZeroStartsAtTheFirstSampleButNeedsOne) {
@@ -193,7 +210,7 @@ TEST_F(PolicyTest, PostcopyAfterZeroStartsAtTheFirstSampleButNeedsOne) {
 }
 
 TEST_F(PolicyTest, PostcopyWaitsWhileADiskIsOutOfSync) {
-    auto c = make(MigratePolicy::postcopy, 0s, 400ms, 3s);
+    auto c = make(MigratePolicy::postcopy);
     auto actions = stall(c, 1, 6, 50, /*in_sync=*/false);
     ASSERT_EQ(actions.size(), 1u) << "said once";
     EXPECT_EQ(actions[0].step, PolicyStep::wait);
@@ -204,9 +221,9 @@ TEST_F(PolicyTest, PostcopyWaitsWhileADiskIsOutOfSync) {
 }
 
 TEST_F(PolicyTest, PostcopyAbortsAtTheDeadlineBeforeTheSwitch) {
-    auto c = make(MigratePolicy::postcopy, 10s, 400ms, 30s);
-    auto actions = stall(c, 1, 10, 50);
-    ASSERT_EQ(actions.size(), 1u);
+    auto c = make(MigratePolicy::postcopy, 10s);
+    auto actions = stall(c, 1, 10, 50, /*in_sync=*/false);
+    ASSERT_FALSE(actions.empty());
     EXPECT_EQ(actions.back().step, PolicyStep::abort);
 }
 

@@ -12,6 +12,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cmath>
 #include <cstring>
 #include <fstream>
 #include <mutex>
@@ -73,6 +74,12 @@ struct FakeSide {
     Ram ram = Ram::reaches_switchover;
     std::uint64_t passes = 1;      // dirty-sync-count while the RAM stalls
     bool fail_after_stop = false;  // stalls: the migration fails once the guest is paused
+    // postcopy: each pass leaves 11 % less than the one before (pre-copy
+    // converges slowly instead of stalling; still shrinking after 80 passes).
+    bool converging = false;
+    static std::uint64_t converged_left(std::uint64_t passes) {
+        return static_cast<std::uint64_t>(64.0 * (1 << 20) * std::pow(0.89, passes));
+    }
     bool resume_on_cancel = true;  // QEMU resumes a source whose migration ended
     // Post-copy recovery: how many `migrate` resume=true fail to connect
     // (the link still down) before one gets through; -1: never.
@@ -135,7 +142,9 @@ struct FakeSide {
             if (clock && migration == "active") clock->advance(1s);
             if (migration != "none")
                 r["ram"] = {{"transferred", passes << 20},
-                            {"remaining", stalling ? 64 << 20 : 2 << 20},
+                            {"remaining", !stalling    ? std::uint64_t{2} << 20
+                                          : converging ? converged_left(passes)
+                                                       : std::uint64_t{64} << 20},
                             {"total", 3 << 20},
                             {"duplicate", 0},
                             {"normal", 256},
@@ -545,19 +554,39 @@ TEST_F(MigrateTest, RamSamplesShowTheDowntimeLimitThePolicySetWithoutAskingQemu)
         std::count_if(from, to, [](const auto& c) { return c.starts_with("query-migrate "); }), 3);
 }
 
-// Post-copy starts once pre-copy ran --postcopy-after seconds (each
-// query-migrate of the fake moves the fake clock on one second), not before.
+TEST_F(MigrateTest, PostcopyStartsWhenPreCopyStallsAndEndsOnTheDestination) {
+    options.policy = MigratePolicy::postcopy;
+    src.side->ram = FakeSide::Ram::postcopy;
+    auto r = migrate();
+    ASSERT_TRUE(r) << r.error().message;
+    for (auto* side : {src.side.get(), dst.side.get()})
+        EXPECT_TRUE(side->got("migrate-set-capabilities", "postcopy-ram"));
+    EXPECT_TRUE(src.side->got("migrate-start-postcopy"));
+    EXPECT_LT(src.side->index_of("migrate-start-postcopy"), src.side->index_of("migrate-continue"));
+    EXPECT_TRUE(r->postcopy);
+    ASSERT_FALSE(r->actions.empty());
+    EXPECT_NE(r->actions.front().find("pre-copy stalled"), std::string::npos) << r->actions.front();
+    EXPECT_NE(r->actions.front().find("requested post-copy"), std::string::npos);
+    EXPECT_GE(src.side->passes, 4u) << "not before two passes stalled after the first";
+    EXPECT_TRUE(src.side->got("quit"));
+    EXPECT_FALSE(src.side->got("cont"));
+    EXPECT_EQ(journals(), 0u);
+}
+
+// With --postcopy-after, post-copy starts once pre-copy ran that long (each
+// query-migrate of the fake moves the fake clock on one second; the fake's
+// pre-copy never stalls), not before.
 class MigratePostcopyAfter : public MigrateTest {
   protected:
-    // `after`: --postcopy-after, nullopt = not given (10 s).
-    void migrates_switching_at(std::optional<std::chrono::seconds> after) {
+    void migrates_switching_at(std::chrono::seconds after) {
         FakeClock clock;
         options.clock = &clock;
         src.side->clock = &clock;
         options.policy = MigratePolicy::postcopy;
-        if (after) options.postcopy_after = *after;
-        const auto due = after.value_or(10s);
+        options.postcopy_after = after;
+        const auto due = after;
         src.side->ram = FakeSide::Ram::postcopy;
+        src.side->converging = true;
         const auto before = clock.now();
         auto r = migrate();
         ASSERT_TRUE(r) << r.error().message;
@@ -584,8 +613,8 @@ class MigratePostcopyAfter : public MigrateTest {
     }
 };
 
-TEST_F(MigratePostcopyAfter, SwitchesAfterTenSecondsByDefaultAndEndsOnTheDestination) {
-    migrates_switching_at(std::nullopt);
+TEST_F(MigratePostcopyAfter, SwitchesAfterTenSecondsAndEndsOnTheDestination) {
+    migrates_switching_at(10s);
 }
 
 TEST_F(MigratePostcopyAfter, SwitchesAtTheConfiguredTimeNotBefore) { migrates_switching_at(25s); }

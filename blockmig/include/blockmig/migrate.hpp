@@ -52,8 +52,8 @@ enum class CopyStorage { none, all, inc };
 // minimal_downtime: pre-copy only, the guest never slowed; downtime-limit
 //   starts at 100 ms and doubles up to max_downtime at each stall; at the
 //   timeout the migration is cancelled, the guest stays on the source;
-// postcopy: pre-copy for postcopy_after seconds (until every disk is in
-//   sync, if later), then post-copy: the guest runs on the destination
+// postcopy: pre-copy until it stalls, or for postcopy_after seconds if set
+//   (until every disk is in sync, if later), then post-copy: the guest runs on the destination
 //   while the rest of its RAM follows. From that switch on the guest's RAM is split across both
 //   hosts: nothing is rolled back;
 // suspend: auto-converge throttles the vCPUs, its step doubled at each
@@ -98,9 +98,10 @@ struct MigrateOptions {
     // Instead of `timeout`: seconds per GiB of RAM plus the disks to copy (0 = none).
     double timeout_per_gib = 0;
     MigratePolicy policy = MigratePolicy::minimal_downtime;
-    // postcopy (--postcopy-after): seconds of RAM pre-copy before the switch
-    // to post-copy; 0 = as soon as every disk is in sync.
-    std::chrono::seconds postcopy_after{10};
+    // postcopy (--postcopy-after): at most this many seconds of RAM pre-copy
+    // before the switch to post-copy (a stall switches earlier); 0 = as soon
+    // as every disk is in sync; unset = at the first stall only.
+    std::optional<std::chrono::seconds> postcopy_after;
     MigrateCompress compress = MigrateCompress::none;
     int parallel = 0;          // multifd channels; 0 = one migration stream
     bool keep_source = false;  // leave the paused source QEMU instead of quitting it
