@@ -62,12 +62,10 @@ Result<void> StorageCopy::dst_effect(EffectKind kind, const std::string& name,
 }
 
 Result<void> StorageCopy::copy(const SideFacts& src, const SideFacts& dst,
-                               const std::atomic<bool>& cancel) {
-    auto features = qmp::Features::detect(m_src);
-    if (!features) return fail(features.error().with_context("source query-qmp-schema"));
-    m_can_switch = features->mirror_copy_mode();
-    m_in_place = features->mirror_change_copy_mode();
-    auto mode = initial_copy_mode(m_o.copy_mode, *features);
+                               const qmp::Features& features, const std::atomic<bool>& cancel) {
+    m_can_switch = features.mirror_copy_mode();
+    m_in_place = features.mirror_change_copy_mode();
+    auto mode = initial_copy_mode(m_o.copy_mode, features);
     if (!mode) return fail(mode.error());
     if (auto r = export_disks(src, dst); !r) return r;
     // Subscribed before the first mirror starts: no READY is missed.

@@ -30,6 +30,7 @@
 #include "jobs/effects.hpp"
 #include "mirror/group.hpp"
 #include "preflight.hpp"
+#include "qmp/features.hpp"
 #include "release.hpp"
 
 namespace blockmig::migrate {
@@ -40,8 +41,9 @@ class StorageCopy {
                 const MigrateOptions& options, ProgressSink& progress);
 
     // Exports, NBD nodes, mirrors; returns once every mirror is ready to
-    // finish. `cancel` aborts the wait.
-    Result<void> copy(const SideFacts& src, const SideFacts& dst, const std::atomic<bool>& cancel);
+    // finish. `features`: the source QEMU's schema. `cancel` aborts the wait.
+    Result<void> copy(const SideFacts& src, const SideFacts& dst, const qmp::Features& features,
+                      const std::atomic<bool>& cancel);
     // Whether every mirror is ready and nothing is left to copy: in
     // write-blocking mode (each guest write reaches the destination before
     // it completes), or with its offset at its length right now. false when
