@@ -26,6 +26,19 @@ std::vector<std::string> lines_of(const std::string& text) {
     return out;
 }
 
+// A usage error: exit 2 and one `blockmig: error:` line, returned ("" if not).
+std::string usage_error_line(const std::vector<std::string>& args) {
+    CommandResult r = blockmig_cli(args);
+    std::string shown;
+    for (const auto& a : args) shown += a + " ";
+    EXPECT_EQ(r.status, 2) << shown << "\n" << r.out;
+    auto lines = lines_of(r.out);
+    EXPECT_EQ(lines.size(), 1u) << shown << "\n" << r.out;
+    if (lines.size() != 1) return "";
+    EXPECT_EQ(lines[0].rfind("blockmig: error: ", 0), 0u) << shown << "\n" << r.out;
+    return lines[0];
+}
+
 // A pools file naming `dir` as pool "nas".
 std::string pools_file(const TempDir& tmp) {
     std::filesystem::create_directories(tmp / "pool");
@@ -47,15 +60,7 @@ TEST(Cli, UsageErrorsExitTwoWithOneLine) {
         {"vol", "list", "/tmp", "extra"},                                   // stray argument
         {"move", "--qmp", "x", "--to", "/tmp", "--bandwidth", "-5"},
     };
-    for (const auto& args : cases) {
-        CommandResult r = blockmig_cli(args);
-        std::string shown;
-        for (const auto& a : args) shown += a + " ";
-        EXPECT_EQ(r.status, 2) << shown << "\n" << r.out;
-        auto lines = lines_of(r.out);
-        ASSERT_EQ(lines.size(), 1u) << shown << "\n" << r.out;
-        EXPECT_EQ(lines[0].rfind("blockmig: error: ", 0), 0u) << shown << "\n" << r.out;
-    }
+    for (const auto& args : cases) usage_error_line(args);
 }
 
 TEST(Cli, HelpAndVersionExitZero) {
@@ -113,28 +118,26 @@ TEST(Cli, PostcopyAfterIsOnlyForThePostcopyPolicy) {
     const std::vector<std::string> base{"migrate",   "--src-qmp",   src,
                                         "--dst-qmp", dst,           "--copy-storage",
                                         "none",      "--state-dir", (tmp / "jobs").string()};
-    auto with = [&](std::vector<std::string> extra) {
+    auto args_with = [&](std::vector<std::string> extra) {
         auto args = base;
         args.insert(args.end(), extra.begin(), extra.end());
-        return blockmig_cli(args);
+        return args;
     };
+    auto with = [&](std::vector<std::string> extra) { return blockmig_cli(args_with(extra)); };
     for (const auto& extra : std::vector<std::vector<std::string>>{
              {"--postcopy-after", "5"},
              {"--policy", "minimal-downtime", "--postcopy-after", "5"},
              {"--policy", "suspend", "--postcopy-after", "0"},
              {"--policy", "postcopy", "--postcopy-after", "-1"},
-             {"--policy", "postcopy", "--postcopy-after", "soon"}}) {
-        CommandResult r = with(extra);
-        std::string shown;
-        for (const auto& a : extra) shown += a + " ";
-        EXPECT_EQ(r.status, 2) << shown << "\n" << r.out;
-        auto lines = lines_of(r.out);
-        ASSERT_EQ(lines.size(), 1u) << shown << "\n" << r.out;
-        EXPECT_EQ(lines[0].rfind("blockmig: error: ", 0), 0u) << r.out;
-        EXPECT_NE(lines[0].find("--postcopy-after"), std::string::npos) << r.out;
-    }
-    CommandResult only = with({"--postcopy-after", "5"});
-    EXPECT_NE(only.out.find("only with --policy postcopy"), std::string::npos) << only.out;
+             {"--policy", "postcopy", "--postcopy-after", "soon"}})
+        EXPECT_NE(usage_error_line(args_with(extra)).find("--postcopy-after"), std::string::npos);
+    EXPECT_NE(usage_error_line(args_with({"--postcopy-after", "5"}))
+                  .find("only with --policy postcopy"),
+              std::string::npos);
+    // --copy-mode is about the disk mirrors: refused without a disk copy.
+    EXPECT_NE(usage_error_line(args_with({"--copy-mode", "background"}))
+                  .find("--copy-mode: only with --copy-storage all or inc"),
+              std::string::npos);
     for (const char* sec : {"0", "30"}) {
         CommandResult r = with({"--policy", "postcopy", "--postcopy-after", sec, "--no-guardian"});
         EXPECT_EQ(r.status, 1) << sec << "\n" << r.out;
