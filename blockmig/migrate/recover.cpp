@@ -131,23 +131,22 @@ Result<jobs::RecoveryReport> recover_migration(jobs::Journal& journal, qmp::Clie
     jobs::DiskRecovery guest;
     guest.disk = "guest";
     guest.phase = journal.job().migration ? journal.job().migration->phase : "";
-    if (journal.job().migration && journal.job().migration->lost()) {
+    // A lost guest: the report says so and ends the job, now or again.
+    auto lost_report = [&](std::string_view prefix) {
         guest.reason = lost_line(journal.job());
         guest.settled = true;
         report.disks.push_back(guest);
-        report.ended = "the job has ended: " + guest.reason;
+        report.ended = std::string(prefix) + guest.reason;
         return report;
-    }
+    };
+    if (journal.job().migration && journal.job().migration->lost())
+        return lost_report("the job has ended: ");
     bool lost = false;
     if (auto r = drive_postcopy(journal, src, dst, timeout, clock, guest, lost); !r)
         return fail(r.error());
     if (lost) {
         if (auto r = end_lost(journal); !r) return fail(r.error());
-        guest.reason = lost_line(journal.job());
-        guest.settled = true;
-        report.disks.push_back(guest);
-        report.ended = guest.reason;
-        return report;
+        return lost_report("");
     }
     auto s = settle(journal, src, dst, timeout);
     if (!s) return fail(s.error());

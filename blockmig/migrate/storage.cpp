@@ -188,8 +188,7 @@ Result<void> StorageCopy::start_mirrors(const SideFacts& src, qmp::CopyMode mode
         const std::uint64_t speed = m_o.bandwidth ? m_o.bandwidth / src.disks.size() : 0;
         if (auto r = mirror.start(mode, speed); !r)
             return fail(r.error().with_context(s.device));
-        const char* mode_name =
-            mode == qmp::CopyMode::write_blocking ? "write-blocking" : "background";
+        const std::string mode_name{qmp::to_string(mode)};
         m_progress.event("start",
                          {{"disk", s.device},
                           {"target", mirror.target_url()},
