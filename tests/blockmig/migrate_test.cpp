@@ -443,6 +443,14 @@ class MigrateTest : public ::testing::Test {
         auto l = jobs::list_jobs(options.jobs_dir);
         return l ? l->size() : 999;
     }
+    // A refusal before anything was touched: both QEMUs were only asked
+    // (query-*, qom-*), and no journal exists.
+    void expect_untouched() {
+        for (auto* side : {src.side.get(), dst.side.get()})
+            for (const auto& c : side->commands)
+                EXPECT_TRUE(c.starts_with("query") || c.starts_with("qom")) << c;
+        EXPECT_EQ(journals(), 0u);
+    }
 
     fs::path dir = jobs_test::temp_dir("migrate");
     fs::path disk = dir / "shared.raw";
@@ -1076,10 +1084,7 @@ TEST_F(MigrateTest, PreflightRefusalTouchesNothing) {
     ASSERT_FALSE(r);
     EXPECT_NE(r.error().message.find("not waiting for a migration"), std::string::npos)
         << r.error().message;
-    for (auto* side : {src.side.get(), dst.side.get()})
-        for (const auto& c : side->commands)
-            EXPECT_TRUE(c.starts_with("query") || c.starts_with("qom")) << c;
-    EXPECT_EQ(journals(), 0u);
+    expect_untouched();
 }
 
 TEST_F(MigrateTest, CopyStorageAllOntoAVolumeOfAnotherSizeIsRefusedUntouched) {
@@ -1095,10 +1100,7 @@ TEST_F(MigrateTest, CopyStorageAllOntoAVolumeOfAnotherSizeIsRefusedUntouched) {
                           "bytes but the source's {} is 4096 bytes; --copy-storage all needs a "
                           "destination volume of exactly the source's size",
                           other.string(), disk.string()));
-    for (auto* side : {src.side.get(), dst.side.get()})
-        for (const auto& c : side->commands)
-            EXPECT_TRUE(c.starts_with("query") || c.starts_with("qom")) << c;
-    EXPECT_EQ(journals(), 0u);
+    expect_untouched();
 }
 
 TEST_F(MigrateTest, CopyModeWriteBlockingWhereQemuCannotSwitchInPlaceIsRefusedUntouched) {
@@ -1113,10 +1115,7 @@ TEST_F(MigrateTest, CopyModeWriteBlockingWhereQemuCannotSwitchInPlaceIsRefusedUn
     EXPECT_NE(r.error().message.find("--copy-mode write-blocking: the source QEMU cannot switch"),
               std::string::npos)
         << r.error().message;
-    for (auto* side : {src.side.get(), dst.side.get()})
-        for (const auto& c : side->commands)
-            EXPECT_TRUE(c.starts_with("query") || c.starts_with("qom")) << c;
-    EXPECT_EQ(journals(), 0u);
+    expect_untouched();
 }
 
 TEST_F(MigrateTest, CopyStorageAllOntoTheSameFileIsRefusedUntouched) {
@@ -1125,10 +1124,7 @@ TEST_F(MigrateTest, CopyStorageAllOntoTheSameFileIsRefusedUntouched) {
     auto r = migrate();
     ASSERT_FALSE(r);
     EXPECT_NE(r.error().message.find("onto itself"), std::string::npos) << r.error().message;
-    for (auto* side : {src.side.get(), dst.side.get()})
-        for (const auto& c : side->commands)
-            EXPECT_TRUE(c.starts_with("query") || c.starts_with("qom")) << c;
-    EXPECT_EQ(journals(), 0u);
+    expect_untouched();
 }
 
 TEST_F(MigrateTest, CopyStorageIncReadsBothChainsAndRefusesAnotherBaseUntouched) {
@@ -1148,10 +1144,7 @@ TEST_F(MigrateTest, CopyStorageIncReadsBothChainsAndRefusesAnotherBaseUntouched)
                           "the destination's over {}, a different image; --copy-storage inc "
                           "needs both over the same base",
                           base.string(), other.string()));
-    for (auto* side : {src.side.get(), dst.side.get()})
-        for (const auto& c : side->commands)
-            EXPECT_TRUE(c.starts_with("query") || c.starts_with("qom")) << c;
-    EXPECT_EQ(journals(), 0u);
+    expect_untouched();
 
     // The same base file, reached by another name (a hard link): accepted
     // by identity, and the migration goes on past the pre-flight.
@@ -1177,10 +1170,7 @@ TEST_F(MigrateTest, CopyStorageIncRefusesAReusedOverlayUntouched) {
     ASSERT_FALSE(r);
     EXPECT_NE(r.error().message.find("already holds data (65536 KiB allocated)"), std::string::npos)
         << r.error().message;
-    for (auto* side : {src.side.get(), dst.side.get()})
-        for (const auto& c : side->commands)
-            EXPECT_TRUE(c.starts_with("query") || c.starts_with("qom")) << c;
-    EXPECT_EQ(journals(), 0u);
+    expect_untouched();
 }
 
 // ---- pre-flight (pure) ----------------------------------------------------------
