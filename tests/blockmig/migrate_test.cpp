@@ -1010,18 +1010,24 @@ TEST_F(MigrateTlsTest, AUsersDestinationIsNotAskedToStayUp) {
     EXPECT_FALSE(dst.side->got("migrate-incoming", "exit-on-error"));
 }
 
+// A listening unix socket at `path` (a fake QEMU monitor), its fd.
+int listen_unix(const fs::path& path, int backlog) {
+    const int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    sockaddr_un a{};
+    a.sun_family = AF_UNIX;
+    std::strncpy(a.sun_path, path.c_str(), sizeof a.sun_path - 1);
+    EXPECT_EQ(::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a), 0) << path;
+    EXPECT_EQ(::listen(fd, backlog), 0);
+    return fd;
+}
+
 // The monitor of a QEMU that is exiting: it accepts `drops` connections and
 // closes each before any greeting, then stops listening (the socket file
 // stays, so a connection is refused, as once that QEMU died).
 class ExitingMonitor {
   public:
     ExitingMonitor(const fs::path& path, int drops) {
-        m_fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-        sockaddr_un a{};
-        a.sun_family = AF_UNIX;
-        std::strncpy(a.sun_path, path.c_str(), sizeof a.sun_path - 1);
-        EXPECT_EQ(::bind(m_fd, reinterpret_cast<sockaddr*>(&a), sizeof a), 0) << path;
-        EXPECT_EQ(::listen(m_fd, 8), 0);
+        m_fd = listen_unix(path, 8);
         m_thread = std::thread([this, drops] {
             for (int i = 0; i < drops; ++i) {
                 pollfd p{m_fd, POLLIN, 0};
@@ -1579,12 +1585,7 @@ TEST_F(MigrateRecoverLost, ADestinationProvenGoneEndsTheJobKeepingTheVolumesAndT
 class SilentMonitor {
   public:
     explicit SilentMonitor(const fs::path& path) {
-        m_fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-        sockaddr_un a{};
-        a.sun_family = AF_UNIX;
-        std::strncpy(a.sun_path, path.c_str(), sizeof a.sun_path - 1);
-        EXPECT_EQ(::bind(m_fd, reinterpret_cast<sockaddr*>(&a), sizeof a), 0) << path;
-        EXPECT_EQ(::listen(m_fd, 512), 0);
+        m_fd = listen_unix(path, 512);
     }
     ~SilentMonitor() { ::close(m_fd); }
 
